@@ -1,0 +1,95 @@
+"""Content-keyed cache of computed arrays, with atomic writes.
+
+A cache entry is one ``.npz`` file named ``<kind>/<key>.npz`` where the key is a hash of
+everything that changes the result: the bytes of the input files and every parameter.
+A rerun with the same inputs loads the entry instead of recomputing it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .outputs import read_npz, write_npz
+
+log = logging.getLogger(__name__)
+
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """BLAKE2b of a file's bytes (memoised on path, size and mtime within a process)."""
+    p = Path(path).resolve()
+    st = p.stat()
+    memo = (str(p), st.st_size, st.st_mtime_ns)
+    if memo not in _FILE_DIGESTS:
+        h = hashlib.blake2b(digest_size=16)
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        _FILE_DIGESTS[memo] = h.hexdigest()
+    return _FILE_DIGESTS[memo]
+
+
+def make_key(**parts: Any) -> str:
+    """Hash keyword parts (JSON-able values, numpy arrays, or ``Path`` objects of files)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(parts):
+        h.update(name.encode())
+        h.update(_encode(parts[name]))
+    return h.hexdigest()
+
+
+def _encode(value: Any) -> bytes:
+    if isinstance(value, Path):
+        return f"file:{file_digest(value)}".encode()
+    if isinstance(value, np.ndarray):
+        return value.dtype.str.encode() + str(value.shape).encode() + value.tobytes()
+    if isinstance(value, (list, tuple)) and any(isinstance(v, (Path, np.ndarray)) for v in value):
+        return b"[" + b",".join(_encode(v) for v in value) + b"]"
+    return json.dumps(value, sort_keys=True, default=str).encode()
+
+
+class Cache:
+    """A folder of cache entries. ``root=None`` disables caching (always recompute)."""
+
+    def __init__(self, root: str | os.PathLike | None):
+        self.root = Path(root).expanduser() if root is not None else None
+
+    def path(self, kind: str, key: str) -> Path | None:
+        return None if self.root is None else self.root / kind / f"{key}.npz"
+
+    def load(self, kind: str, key: str) -> tuple[dict[str, np.ndarray], dict | None] | None:
+        p = self.path(kind, key)
+        if p is None or not p.exists():
+            return None
+        try:
+            return read_npz(p)
+        except Exception as err:  # a corrupt entry is recomputed, not trusted
+            log.warning("cache entry %s is unreadable (%s); recomputing", p, err)
+            return None
+
+    def save(self, kind: str, key: str, arrays: dict[str, Any], provenance: dict | None = None) -> Path | None:
+        p = self.path(kind, key)
+        if p is None:
+            return None
+        return write_npz(p, provenance=provenance, **arrays)
+
+    def get_or_compute(self, kind: str, key: str,
+                       compute: Callable[[], tuple[dict[str, Any], dict | None]]):
+        """Return ``(arrays, provenance, hit)``; compute and store on a miss."""
+        found = self.load(kind, key)
+        if found is not None:
+            log.info("cache hit: %s/%s", kind, key)
+            return found[0], found[1], True
+        arrays, prov = compute()
+        self.save(kind, key, arrays, prov)
+        arrays = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
+                  for k, v in arrays.items()}
+        return arrays, prov, False

@@ -1,0 +1,13 @@
+"""Exceptions that end a run with one clear message (the CLI prints it and exits 1)."""
+
+
+class GpureconError(Exception):
+    """Base class: a problem with the user's input, named in the message."""
+
+
+class DataError(GpureconError, ValueError):
+    """Bad or missing dataset input; the message names the file and field."""
+
+
+class ModelError(GpureconError, ValueError):
+    """An embedding model that cannot be loaded or used; the message names the checkpoint."""
