@@ -359,3 +359,17 @@ def test_files_lists_every_file_read(pristine):
     assert rec.files["events"] == path(pristine, "events.tsv")
     assert rec.files["electrodes"] == path(pristine, "space-ACPC_electrodes.tsv")
     assert rec.files["participants"] == pristine / "participants.tsv"
+
+
+@pytest.mark.parametrize("shift_ms, ok", [(-20, True), (-300, False)])
+def test_events_slightly_before_the_stimulus_flip_pass_far_ones_fail(ds, shift_ms, ok):
+    p = path(ds, "events.tsv")
+    df = read_tsv(p)
+    shift = int(round(shift_ms / 1000 * 1024))
+    df["sample"] = (df["sample"].astype(int) + shift).astype(str)
+    df["onset"] = (df["sample"].astype(int) / 1024).map(repr)
+    write_tsv(p, df)
+    if ok:
+        assert len(load_subject(ds, SUB).trials) == N_WORDS
+    else:
+        raises(ds, "Stimulus")

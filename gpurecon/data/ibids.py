@@ -477,7 +477,7 @@ def _word_trials(events: dict[str, list[str]], path: Path, sfreq: float, n_sampl
     idx = np.flatnonzero(is_word)
     idx = idx[np.argsort(onset[idx], kind="stable")]
     words = [events["value"][i].strip() for i in idx]
-    _check_stimulus(words, sample[idx], stimulus, path)
+    _check_stimulus(words, sample[idx], stimulus, sfreq, path)
     last_end = float(onset[idx[-1]])
     if "duration" in events:
         duration = _numbers(path, events, "duration")[idx[-1]]
@@ -485,9 +485,14 @@ def _word_trials(events: dict[str, list[str]], path: Path, sfreq: float, n_sampl
     return Trials(onset=onset[idx].astype(np.float64), sample=sample[idx], word=words), last_end
 
 
-def _check_stimulus(words: list[str], samples: np.ndarray, stimulus: np.ndarray, path: Path) -> None:
-    """The word on screen at each onset sample (within a rounding slack) must be the events value."""
-    tol = int(_SAMPLE_TOLERANCE)
+def _check_stimulus(words: list[str], samples: np.ndarray, stimulus: np.ndarray, sfreq: float,
+                    path: Path) -> None:
+    """The word on screen at each onset sample must be the events value.
+
+    A word found within 50 ms of the onset passes too: the two files may round the screen flip
+    differently, while a swapped or shifted word list (words 3 s apart) still fails.
+    """
+    tol = max(int(_SAMPLE_TOLERANCE), int(round(0.05 * sfreq)))
     mismatches = []
     for k, (word, s) in enumerate(zip(words, samples)):
         if stimulus[s] == word:
