@@ -59,3 +59,12 @@ def test_writers_round_trip(tmp_path):
     assert '"nan": null' in (tmp_path / "s.json").read_text()
     write_csv(tmp_path / "t.csv", ["a", "b"], [[1, "x,y"]], comments=["device: cpu"])
     assert (tmp_path / "t.csv").read_text() == '# device: cpu\na,b\n1,"x,y"\n'
+
+
+def test_atomic_files_get_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "p.json", {})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "p.json").stat().st_mode & 0o777 == 0o644
