@@ -1,0 +1,162 @@
+"""Where a model's files come from, and the identity that keys its cached embeddings.
+
+A checkpoint is one of
+- ``tiny`` / ``random-fullsize``: an untrained model built deterministically offline into
+  ``<cache root>/models/`` (see :mod:`.tiny`), then loaded like any local checkpoint;
+- a local path (a ``save_pretrained`` folder, or a fastText ``.bin``): identified by the
+  names, sizes and digests of its files;
+- a Hugging Face hub name (``gpt2``, ``facebook/wav2vec2-xls-r-300m``): identified by the
+  commit the revision resolves to (online, or from the local hub cache when offline).
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..cache import Cache, file_digest
+from ..errors import ModelError
+
+log = logging.getLogger(__name__)
+
+TINY_CHECKPOINTS = ("tiny", "random-fullsize")
+
+# Files above this size are fingerprinted by size + their first and last 16 MiB: hashing a
+# 7 GB fastText binary on every run would cost more than the cache saves.
+_FULL_DIGEST_LIMIT = 256 << 20
+_SAMPLE = 16 << 20
+
+_TEMP_MODELS: Path | None = None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A resolved checkpoint.
+
+    Attributes
+    ----------
+    spec : str
+        The configured value (``gpt2``, ``/data/cc.nl.300.bin``, ``tiny``).
+    location : str
+        What the loader gets: a local path or a hub repository id.
+    revision : str | None
+        The hub commit hash for hub checkpoints, else None.
+    checkpoint_id : str
+        Identity of the weights, used in cache keys.
+    untrained : bool
+        True for the offline tiny / random models.
+    """
+
+    spec: str
+    location: str
+    revision: str | None
+    checkpoint_id: str
+    untrained: bool
+
+
+def models_dir(cache: Cache | None) -> Path:
+    """``<cache root>/models``; without a cache root, a temporary folder for this process."""
+    global _TEMP_MODELS
+    if cache is not None and cache.root is not None:
+        return cache.root / "models"
+    if _TEMP_MODELS is None:
+        _TEMP_MODELS = Path(tempfile.mkdtemp(prefix="gpurecon-models-"))
+        atexit.register(shutil.rmtree, _TEMP_MODELS, True)
+    return _TEMP_MODELS
+
+
+def looks_like_path(spec: str) -> bool:
+    """A spec that names a file or folder rather than a hub repository (``org/name``).
+
+    An existing path wins, as in ``from_pretrained``; otherwise absolute, home and
+    explicitly relative paths and file names are paths, the rest hub names.
+    """
+    return (Path(spec).expanduser().exists() or spec.startswith(("/", "./", "../", "~"))
+            or spec.endswith((".bin", ".vec", ".kv", ".gz")))
+
+
+def fingerprint(path: str | os.PathLike) -> str:
+    """Digest of a file, or of every (non-hidden) file in a folder: names, sizes, contents."""
+    path = Path(path).expanduser().resolve()
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    h = hashlib.blake2b(digest_size=16)
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(path) if f != path else f.name}\0{size}\0".encode())
+        h.update((file_digest(f) if size <= _FULL_DIGEST_LIMIT else _sampled_digest(f, size)).encode())
+    return h.hexdigest()
+
+
+def _sampled_digest(path: Path, size: int) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        h.update(f.read(_SAMPLE))
+        f.seek(max(size - _SAMPLE, 0))
+        h.update(f.read(_SAMPLE))
+    return "sampled:" + h.hexdigest()
+
+
+def resolve_local(spec: str, what: str) -> Checkpoint:
+    """A checkpoint given as a local path; a missing path is a ModelError naming it."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise ModelError(f"{what} checkpoint {spec!r}: no such file or folder ({path.resolve()})")
+    return Checkpoint(spec, str(path.resolve()), None, fingerprint(path), False)
+
+
+def resolve_tiny(spec: str, build: Callable[[Path, str], Path], cache: Cache | None) -> Checkpoint:
+    """Build (once) the offline untrained model ``spec`` and resolve it as a local path."""
+    if spec not in TINY_CHECKPOINTS:
+        raise ValueError(f"tiny checkpoint must be one of {TINY_CHECKPOINTS}, got {spec!r}")
+    path = build(models_dir(cache), spec)
+    # Content-keyed like any local checkpoint: a copy of these files is the same checkpoint.
+    return Checkpoint(spec, str(path), None, fingerprint(path), True)
+
+
+def resolve_hub(name: str, revision: str | None, what: str, extra_hint: str = "") -> Checkpoint:
+    """A hub checkpoint: find the commit ``revision`` resolves to (the network, or offline
+    the local hub cache) through its ``config.json``; fail with how to provide it."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        config = hf_hub_download(repo_id=name, filename="config.json", revision=revision)
+    except Exception as err:  # offline + not cached, unknown repo/revision, invalid name
+        raise ModelError(how_to_provide(name, revision, what, err, extra_hint)) from None
+    commit = Path(config).parent.name  # <hub cache>/models--org--name/snapshots/<commit>/
+    return Checkpoint(name, name, commit, f"hub:{name}@{commit}", False)
+
+
+def how_to_provide(name: str, revision: str | None, what: str, err: Exception, extra_hint: str = "") -> str:
+    rev = f" (revision {revision})" if revision else ""
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+    reason = ("HF_HUB_OFFLINE is set" if offline else "it could not be fetched") + \
+        f": {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return (f"{what} checkpoint {name!r}{rev} is not in the local Hugging Face cache and {reason}. "
+            f"Provide it: on a connected machine run `huggingface-cli download {name}` (then copy "
+            f"the hub cache, ~/.cache/huggingface, here), or save it there with "
+            f"`from_pretrained({name!r}).save_pretrained(DIR)` (model and {extra_hint or 'tokenizer'}) "
+            f"and set model.checkpoint=DIR; or use model.checkpoint=tiny for the offline untrained "
+            f"tiny model.")
+
+
+def resolve_pretrained(spec: str, revision: str | None, what: str,
+                       build_tiny: Callable[[Path, str], Path], cache: Cache | None,
+                       extra_hint: str = "") -> Checkpoint:
+    """Resolve a transformers checkpoint spec: tiny, local path, or hub name."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"{what} checkpoint must be a non-empty string "
+                         f"(a hub name, a local path, or one of {TINY_CHECKPOINTS}), got {spec!r}")
+    if spec in TINY_CHECKPOINTS:
+        return resolve_tiny(spec, build_tiny, cache)
+    if looks_like_path(spec):
+        return resolve_local(spec, what)
+    return resolve_hub(spec, revision, what, extra_hint)
