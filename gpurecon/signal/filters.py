@@ -30,7 +30,7 @@ class FilterBank:
     """The band-pass and band-stop filters of one high-gamma setting (SOS, float64)."""
 
     key: tuple                       # (sfreq, l_freq, h_freq, stops, order): identifies the design
-    sos: tuple[np.ndarray, ...]      # band-pass first, then each band-stop, as applied
+    sections: tuple[np.ndarray, ...]  # read-only SOS: band-pass first, then each band-stop
     padlens: tuple[int, ...]         # sosfiltfilt's default padlen of each filter
     radii: tuple[float, ...]         # largest pole radius of each filter (its slowest decay)
 
@@ -43,6 +43,11 @@ class FilterBank:
     @property
     def sfreq(self) -> float:
         return self.key[0]
+
+    @property
+    def sos(self) -> list[np.ndarray]:
+        """Writable copies of the SOS arrays, in the order they are applied."""
+        return [s.copy() for s in self.sections]
 
     def decays(self, dtype: torch.dtype = torch.float64) -> tuple[int, ...]:
         """Samples after which each impulse response is below ``DECAY_TOL[dtype]``."""
@@ -113,7 +118,7 @@ def design_filters(sfreq: float, *, l_freq: float = 70.0, h_freq: float = 170.0,
     Returns
     -------
     FilterBank
-        Read-only SOS arrays in the order they are applied, their padlens and pole radii.
+        The SOS arrays in the order they are applied, their padlens and pole radii.
     """
     return _design(*validate_band(sfreq, l_freq, h_freq, stops, order))
 
@@ -156,7 +161,7 @@ def _cached_response(sos_bytes: bytes, shape: tuple, n_fft: int) -> np.ndarray:
 @lru_cache(maxsize=16)
 def _zero_phase_gain(bank: FilterBank, n_fft: int) -> np.ndarray:
     gain = np.ones(n_fft // 2 + 1)
-    for sos in bank.sos:
+    for sos in bank.sections:
         gain *= np.abs(response(sos, n_fft)) ** 2
     gain.setflags(write=False)
     return gain
@@ -232,7 +237,7 @@ def cascade_fft(u: torch.Tensor, bank: FilterBank, head_only: bool = False) -> t
 
     ``head_only=True``: exact only up to ``bank.reach(u.dtype)`` samples before the end of ``u``.
     """
-    for sos, padlen, decay in zip(bank.sos, bank.padlens, bank.decays(u.dtype)):
+    for sos, padlen, decay in zip(bank.sections, bank.padlens, bank.decays(u.dtype)):
         u = sosfiltfilt_fft(u, sos, padlen, decay, head_only)
     return u
 
