@@ -341,9 +341,9 @@ def test_bad_framing_arguments():
 
 def test_bad_epoch_arguments():
     env = np.zeros((2, 3000))
-    with pytest.raises(ValueError, match="trial 1 .*past|trial 1 "):
+    with pytest.raises(ValueError, match="trial 1 .*past the end"):
         epochs(env, [0, 2500], SFREQ, length=1.0)
-    with pytest.raises(ValueError, match="trial 0"):
+    with pytest.raises(ValueError, match="trial 0 .*before the signal"):
         epochs(env, [100], SFREQ, length=1.0, offset=-0.5)
     for onsets, word in (([1.5], "integer"), ([[1, 2]], "1-D"), ([], "non-empty")):
         with pytest.raises(ValueError, match=word):

@@ -168,12 +168,14 @@ def epochs(x, onsets, sfreq: float, length: float = 1.0, offset: float = 0.0) ->
     n_per = int(round(length * sfreq))
     if n_per < 1:
         raise ValueError(f"length={length} s is under one sample at sfreq={sfreq} Hz")
-    starts = _onset_samples(onsets) + int(round(offset * sfreq))
+    onset_samples = _onset_samples(onsets)
+    starts = onset_samples + int(round(offset * sfreq))
     n = x.shape[-1]
-    for i, s in enumerate(starts):
+    for i, (onset, s) in enumerate(zip(onset_samples, starts)):
         if s < 0 or s + n_per > n:
-            raise ValueError(f"onsets: trial {i} (onset sample {s - int(round(offset * sfreq))}) "
-                             f"needs samples [{s}, {s + n_per}) but x has {n} samples")
+            where = "starts before the signal" if s < 0 else f"runs past the end ({n} samples)"
+            raise ValueError(f"onsets: the window of trial {i} (onset sample {onset}) needs "
+                             f"samples [{s}, {s + n_per}) and {where}")
     index = torch.from_numpy(starts[:, None] + np.arange(n_per)).to(x.device)
     return x[:, index].permute(1, 0, 2).contiguous()      # (trials, channels, samples)
 
