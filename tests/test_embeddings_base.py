@@ -163,3 +163,10 @@ def test_tiny_builds_are_deterministic(tmp_path):
 def test_empty_word_is_a_data_error():
     with pytest.raises(DataError, match="trial 0 has an empty word"):
         get_embedder("fasttext", checkpoint="tiny").embed(make_recording([""]), CPU, None)
+
+
+def test_output_is_a_normal_tensor_the_solver_can_update(tmp_path):
+    X = get_embedder("gpt2", checkpoint="tiny").embed(make_recording(WORDS), CPU, None).X
+    assert not X.is_inference()
+    X -= X.mean(0)  # in place, outside inference mode
+    X.requires_grad_(True)

@@ -1,7 +1,13 @@
 """GPT-2 embeddings against direct transformers calls on the tiny offline model."""
 
 import functools
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
@@ -108,3 +114,31 @@ def test_empty_word_names_the_trial(tmp_path):
     with pytest.raises(DataError, match="trial 1"):
         get_embedder("gpt2", checkpoint="tiny").embed(
             make_recording(["hond", " "]), device=CPU, cache=fresh_cache(tmp_path))
+
+
+def test_cached_hub_checkpoint_loads_offline_at_its_commit(tmp_path):
+    """A hub name found in the local hub cache (offline) loads through the hub path and is
+    identified by its commit; its vectors equal the same files loaded as a local folder."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--gpurecon-tests--tiny-gpt2"
+    shutil.copytree(build_gpt2(shared_models(), "tiny"), repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    script = (
+        "import sys, numpy as np, torch\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from _embeddings_helpers import make_recording\n"
+        "from gpurecon.embeddings import get_embedder\n"
+        "out = get_embedder('gpt2', checkpoint='gpurecon-tests/tiny-gpt2').embed(\n"
+        "    make_recording(%r), torch.device('cpu'), None)\n"
+        "assert out.meta['revision'] == %r, out.meta\n"
+        "assert out.meta['checkpoint_id'] == 'hub:gpurecon-tests/tiny-gpt2@' + %r\n"
+        "np.save(sys.argv[1], out.X.numpy())\n") % (WORDS, commit, commit)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "X.npy"), str(Path(__file__).parent)],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    local = get_embedder("gpt2", checkpoint=str(repo / "snapshots" / commit)).embed(
+        make_recording(WORDS), device=CPU, cache=None)
+    np.testing.assert_array_equal(np.load(tmp_path / "X.npy"), local.X.numpy())

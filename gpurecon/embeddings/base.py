@@ -180,7 +180,9 @@ class Embedder:
             self._loaded_on = device
         with torch.inference_mode():
             X = self._compute(self._loaded, recording, device, meta)
-        X = X.to(device=device, dtype=torch.float32).contiguous()
+        # A clone made outside inference mode is a normal tensor: the solver may update it
+        # in place or use it under autograd, which inference tensors refuse.
+        X = X.to(device=device, dtype=torch.float32).clone(memory_format=torch.contiguous_format)
         meta["dim"] = int(X.shape[-1])
         if key is not None:
             cache.save(kind, key, {"X": X}, {"meta": meta, "key_parts": _jsonable_parts(key_parts)})

@@ -166,8 +166,9 @@ def _load_mmap(ckpt: Checkpoint, root: Path):
     try:
         params = json.loads((folder / "params.json").read_text(encoding="utf-8"))
         kv = FastTextKeyedVectors(params["vector_size"], params["min_n"], params["max_n"], params["bucket"])
-        kv.vectors = np.load(folder / "vectors.npy", mmap_mode="r")
-        kv.vectors_ngrams = np.load(folder / "vectors_ngrams.npy", mmap_mode="r")
+        # Plain ndarray views of the maps: indexing an np.memmap row by row is ~3x slower.
+        kv.vectors = np.load(folder / "vectors.npy", mmap_mode="r").view(np.ndarray)
+        kv.vectors_ngrams = np.load(folder / "vectors_ngrams.npy", mmap_mode="r").view(np.ndarray)
         kv.index_to_key = params["words"]
         kv.key_to_index = {w: i for i, w in enumerate(kv.index_to_key)}
         if kv.vectors.shape != (len(kv.index_to_key), kv.vector_size):
