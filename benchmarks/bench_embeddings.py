@@ -17,8 +17,10 @@ $GPURECON_BENCH_GPT2 / $GPURECON_BENCH_WAV2VEC2: a local path or a cached hub na
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -43,7 +45,6 @@ def recording(words, audio_seconds_per_trial=3.0, seed=0) -> Recording:
     samples = np.round(onsets * sfreq).astype(np.int64)
     duration = onsets[-1] + 2.5
     audio = np.random.default_rng(seed).standard_normal(int(duration * audio_sfreq))
-    n = int(duration * sfreq)
     return Recording("sub-bench", np.zeros((1, 1)), sfreq, ["A1"], ["Unknown"], np.zeros((1, 3)), audio,
                      audio_sfreq, Trials(onsets, samples, list(words)), np.array([""]), source="real")
 
@@ -148,7 +149,7 @@ def bench_wav2vec2(checkpoint, device, cache, n_trials, batch_size=8):
 
 def _label(checkpoint, meta):
     if checkpoint == "random-fullsize":
-        return f"random-fullsize (UNTRAINED, real shape)"
+        return "random-fullsize (UNTRAINED, real shape)"
     return f"{checkpoint} (UNTRAINED)" if meta.get("untrained") else str(checkpoint)
 
 
@@ -163,6 +164,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     cache = Cache(args.cache or tempfile.mkdtemp(prefix="gpurecon-bench-"))
+    if args.cache is None:  # the full-size random models take 1.5 GB
+        atexit.register(shutil.rmtree, cache.root, True)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cache {cache.root}")
     print("| model | checkpoint | device | ours | reference | speed-up | reference is |")
     print("|---|---|---|---|---|---|---|")

@@ -155,6 +155,7 @@ def _load_mmap(ckpt: Checkpoint, root: Path):
             (tmp / "params.json").write_text(json.dumps(dict(
                 vector_size=int(kv.vector_size), min_n=int(kv.min_n), max_n=int(kv.max_n),
                 bucket=int(kv.bucket), words=list(kv.index_to_key)), ensure_ascii=False), encoding="utf-8")
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private; a shared cache is not
             try:
                 os.rename(tmp, folder)
             except OSError:  # another process converted it first

@@ -72,6 +72,7 @@ def _build_once(root: Path, name: str, build: Callable[[Path], None]) -> Path:
     try:
         log.info("building the offline UNTRAINED model %s", target)
         build(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a shared cache is not
         try:
             os.rename(tmp, target)
         except OSError:  # another process finished the same build first
