@@ -160,3 +160,22 @@ def resolve_pretrained(spec: str, revision: str | None, what: str,
     if looks_like_path(spec):
         return resolve_local(spec, what)
     return resolve_hub(spec, revision, what, extra_hint)
+
+
+def resolve_with_config(spec: str, revision: str | None, what: str,
+                        build: Callable[[Path, str], Path], cache: Cache | None,
+                        memo: dict, extra_hint: str = "") -> tuple[Checkpoint, object]:
+    """:func:`resolve_pretrained` plus the checkpoint's transformers config, memoised in
+    ``memo`` (per models folder for tiny checkpoints, which live in the cache)."""
+    key = str(models_dir(cache)) if spec in TINY_CHECKPOINTS else ""
+    if key not in memo:
+        from transformers import AutoConfig
+
+        ckpt = resolve_pretrained(spec, revision, what, build, cache, extra_hint=extra_hint)
+        try:
+            config = AutoConfig.from_pretrained(ckpt.location, revision=ckpt.revision)
+        except Exception as err:
+            raise ModelError(f"{what} checkpoint {spec!r}: cannot read its config "
+                             f"({type(err).__name__}: {err})") from None
+        memo[key] = (ckpt, config)
+    return memo[key]

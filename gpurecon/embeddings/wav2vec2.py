@@ -22,7 +22,7 @@ from ..errors import ModelError
 from .audio import audio_windows
 from .base import (Embedder, check_positive_int, hidden_state_stack, parse_dtype, parse_layer,
                    resolve_layer, select_layers)
-from .checkpoints import TINY_CHECKPOINTS, Checkpoint, models_dir, resolve_pretrained
+from .checkpoints import Checkpoint, resolve_with_config
 from .tiny import build_wav2vec2
 
 log = logging.getLogger(__name__)
@@ -79,19 +79,8 @@ class Wav2Vec2Embedder(Embedder):
         self._resolved: dict = {}
 
     def _resolve(self, cache: Cache | None) -> tuple[Checkpoint, object]:
-        memo = str(models_dir(cache)) if self.checkpoint in TINY_CHECKPOINTS else ""
-        if memo not in self._resolved:
-            from transformers import AutoConfig
-
-            ckpt = resolve_pretrained(self.checkpoint, self.revision, "wav2vec2", build_wav2vec2, cache,
-                                      extra_hint="feature extractor")
-            try:
-                config = AutoConfig.from_pretrained(ckpt.location, revision=ckpt.revision)
-            except Exception as err:
-                raise ModelError(f"wav2vec2 checkpoint {self.checkpoint!r}: cannot read its config "
-                                 f"({type(err).__name__}: {err})") from None
-            self._resolved[memo] = (ckpt, config)
-        return self._resolved[memo]
+        return resolve_with_config(self.checkpoint, self.revision, "wav2vec2", build_wav2vec2, cache,
+                                   self._resolved, extra_hint="feature extractor")
 
     def _describe(self, recording, device, cache):
         ckpt, config = self._resolve(cache)
