@@ -1,0 +1,231 @@
+"""Batched FISTA with adaptive restart for many ElasticNet problems that share Hessians.
+
+Problems are laid out as ``(K, m, s)``: ``K`` groups, ``m`` problems per group, ``s`` features.
+All problems of a group share one design restricted to one feature set (a working set), so
+the Hessian product is a batched matrix product; problems differ in their training fold
+(low-rank corrections), their penalties and their targets. In sklearn's unscaled units each
+problem is
+
+    min_w  1/2 w^T H w - c^T w + yy/2 + a ||w||_1 + b/2 ||w||^2
+
+with ``H = Xc^T Xc`` and ``c = Xc^T yc`` of its centred training fold and ``yy = ||yc||^2``.
+The l2 term sits in the proximal step (soft threshold, then shrink), so the step ``1/L``
+only needs an upper bound ``L`` of ``lambda_max(H)``; one bound per group is valid for every
+fold because each fold's Hessian is the group's all-rows Hessian minus a PSD term.
+
+Convergence is checked every ``check_every`` iterations with sklearn's duality gap restricted to
+the working set (the caller checks the full gap). Finished problems are frozen; groups whose
+problems are all finished are dropped from the batch. Between checks there is no host sync.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .gap import enet_duality_gap
+
+# Repack the batch when the live problems fill at most this fraction of it.
+COMPACT_AT = 0.6
+
+
+class GramHessian:
+    """``H v = v G - sum_r (v . u_r) u_r`` with a group Gram ``G`` and per-problem rank-r downdates.
+
+    Parameters
+    ----------
+    gram : Tensor (K, s, s)
+        All-rows Gram of each group's working-set columns.
+    downdates : Tensor (K, m, r, s) or None
+        Rows whose outer products are subtracted per problem (held-out rows and the
+        fold-centring term); None when every problem uses the plain Gram.
+    """
+
+    def __init__(self, gram: torch.Tensor, downdates: torch.Tensor | None):
+        self.gram = gram
+        self.downdates = downdates
+
+    def apply(self, v: torch.Tensor) -> torch.Tensor:
+        hv = torch.bmm(v, self.gram)
+        u = self.downdates
+        if u is None:
+            return hv
+        if u.shape[2] == 1:
+            # leave-one-out: one row per problem, two fused passes
+            u0 = u[:, :, 0]
+            return hv.addcmul_(u0, torch.linalg.vecdot(u0, v)[..., None], value=-1.0)
+        coef = torch.matmul(u, v[..., None])                                  # (K, m, r, 1)
+        return hv.sub_(torch.matmul(u.transpose(-1, -2), coef)[..., 0])
+
+    def select(self, groups: torch.Tensor, slots: torch.Tensor) -> "GramHessian":
+        """Keep ``groups`` (K',) and, within them, the problems ``slots`` (K', m')."""
+        down = None if self.downdates is None else self.downdates[groups[:, None], slots]
+        return GramHessian(self.gram[groups], down)
+
+    def lipschitz(self) -> torch.Tensor:
+        """Frobenius norm of each group's Gram: an upper bound of every fold's lambda_max."""
+        return torch.linalg.matrix_norm(self.gram.to(torch.float64), ord="fro")
+
+
+class PrimalHessian:
+    """``H v = Xc^T (mask * centre(X v))`` computed from the design columns, never a Gram.
+
+    Parameters
+    ----------
+    design : Tensor (K, n, s)
+        Each group's working-set columns over all rows.
+    train : Tensor broadcastable to (K, m, n)
+        1.0 on a problem's training rows, 0.0 elsewhere.
+    n_train : Tensor broadcastable to (K, m, 1)
+        Training rows per problem.
+    center : bool
+        Centre over the training rows (fit_intercept).
+    """
+
+    def __init__(self, design: torch.Tensor, train: torch.Tensor, n_train: torch.Tensor, center: bool):
+        self.design, self.train, self.n_train, self.center = design, train, n_train, center
+
+    def apply(self, v: torch.Tensor) -> torch.Tensor:
+        z = torch.bmm(v, self.design.transpose(1, 2)) * self.train
+        if self.center:
+            z = z - (z.sum(-1, keepdim=True) / self.n_train) * self.train
+        return torch.bmm(z, self.design)
+
+    def select(self, groups: torch.Tensor, slots: torch.Tensor) -> "PrimalHessian":
+        """Keep ``groups`` (K',) and, within them, the problems ``slots`` (K', m')."""
+        def pick(t):
+            t = t[groups] if t.shape[0] > 1 else t.expand(groups.numel(), *t.shape[1:])
+            return t[torch.arange(groups.numel(), device=t.device)[:, None], slots] if t.shape[1] > 1 else t
+        return PrimalHessian(self.design[groups], pick(self.train), pick(self.n_train), self.center)
+
+    def lipschitz(self) -> torch.Tensor:
+        """Squared Frobenius norm of each group's columns (the trace bound of lambda_max)."""
+        return self.design.to(torch.float64).square().sum((1, 2))
+
+
+@dataclass
+class FistaResult:
+    coef: torch.Tensor      # (K, m, s)
+    gap: torch.Tensor       # (K, m) float64, duality gap restricted to the working set
+    n_iter: torch.Tensor    # (K, m) int64, iterations run in this call
+    done: torch.Tensor      # (K, m) bool, restricted gap <= target
+
+
+def restricted_gap(hess, c, yy, a, b, w):
+    """sklearn's gap of each problem restricted to its working set, float64 (K, m)."""
+    hw = hess.apply(w)
+    f64 = torch.float64
+    cw = (c.to(f64) * w.to(f64)).sum(-1)
+    whw = (w.to(f64) * hw.to(f64)).sum(-1)
+    r_norm2 = torch.clamp(yy - 2.0 * cw + whw, min=0.0)
+    r_dot_y = yy - cw
+    xtr = c - hw
+    xta = xtr - b.to(w.dtype)[..., None] * w
+    dual_norm = xta.abs().amax(-1) if w.shape[-1] else torch.zeros_like(yy)
+    xtr_norm2 = xtr.to(f64).square().sum(-1)
+    return enet_duality_gap(r_norm2, r_dot_y, w.abs().to(f64).sum(-1), w.to(f64).square().sum(-1),
+                            dual_norm, xtr_norm2, a, b)
+
+
+def fista(hess, c, yy, a, b, w0, target, max_iter, check_every=10, lipschitz=None) -> FistaResult:
+    """Run batched FISTA (adaptive restart) until each problem's restricted gap <= target.
+
+    Parameters
+    ----------
+    hess : GramHessian or PrimalHessian
+        The groups' Hessian products.
+    c : Tensor (K, m, s)
+        ``Xc^T yc`` per problem.
+    yy : Tensor (K, m) float64
+        ``||yc||^2`` per problem.
+    a, b : Tensor (K, m) float64
+        l1 and l2 strengths (unscaled).
+    w0 : Tensor (K, m, s)
+        Starting coefficients.
+    target : Tensor (K, m) float64
+        Stop a problem when its restricted gap is at most this.
+    max_iter : Tensor (K, m) int64 or int
+        Iteration allowance per problem.
+    check_every : int
+        Iterations between gap checks (the only host syncs).
+    lipschitz : Tensor (K,) or None
+        Upper bounds of the groups' lambda_max; ``hess.lipschitz()`` when None.
+    """
+    K, m, s = w0.shape
+    device, dtype = w0.device, w0.dtype
+    allowance = torch.as_tensor(max_iter, device=device).expand(K, m).clone()
+    coef, gap = w0.clone(), torch.full((K, m), float("inf"), dtype=torch.float64, device=device)
+    n_iter = torch.zeros((K, m), dtype=torch.int64, device=device)
+    done = torch.zeros((K, m), dtype=torch.bool, device=device)
+    if K == 0 or m == 0:
+        return FistaResult(coef, gap, n_iter, done)
+    lip = hess.lipschitz() if lipschitz is None else lipschitz
+    lip = torch.clamp(lip.to(torch.float64) * (1 + 1e-6), min=torch.finfo(torch.float64).tiny)
+
+    # Live state covers groups ``groups`` (K',) and within them problems ``slots`` (K', m');
+    # finished groups are dropped and, when most of a batch is frozen, problems are repacked.
+    groups = torch.arange(K, device=device)
+    slots = torch.arange(m, device=device).expand(K, m)
+    h, cc, yy_, a_, b_, tgt, allow = hess, c, yy, a, b, target, allowance
+    w = w0.clone()
+    v = w.clone()
+    t = torch.ones((K, m), dtype=dtype, device=device)
+    # per-problem step, threshold and shrink; a frozen problem gets (0, 0, 1): its update is
+    # then the identity, so freezing costs no masking inside the loop
+    step0 = (1.0 / lip).to(dtype)[:, None, None].expand(K, m, 1)
+    thr0 = (a / lip[:, None]).to(dtype)[..., None]
+    shrink0 = (1.0 / (1.0 + b / lip[:, None])).to(dtype)[..., None]
+    its = torch.zeros((K, m), dtype=torch.int64, device=device)
+
+    gap_active = restricted_gap(h, cc, yy_, a_, b_, w)
+    frozen = (gap_active <= tgt) | (allow <= 0)
+
+    def frozen_params(frozen):
+        live = (~frozen)[..., None]
+        return (torch.where(live, step0, 0.0), torch.where(live, thr0, 0.0),
+                torch.where(live, shrink0, 1.0), (~frozen).to(dtype))
+
+    def write_back():
+        gi, si = groups[:, None], slots
+        coef[gi, si], gap[gi, si], n_iter[gi, si] = w, gap_active, its
+        done[gi, si] = gap_active <= tgt
+
+    step, thr, shrink, live = frozen_params(frozen)
+    while True:
+        if not bool((~frozen).any()):  # host sync, once per check
+            write_back()
+            break
+        for _ in range(check_every):
+            z = torch.addcmul(v, h.apply(v).sub_(cc), step, value=-1.0)      # v - step * grad
+            w_new = (z - torch.clamp(z, min=-thr, max=thr)).mul_(shrink)    # prox: soft threshold, shrink
+            diff = w_new - w
+            # O'Donoghue-Candes gradient restart: drop momentum when it points uphill.
+            restart = torch.linalg.vecdot(v - w_new, diff) > 0
+            t_new = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
+            mom = torch.where(restart, 0.0, (t - 1.0) / t_new) * live
+            v = torch.addcmul(w_new, diff, mom[..., None])
+            t = torch.where(restart, 1.0, t_new)
+            w = w_new
+        its = its + (~frozen).to(torch.int64) * check_every
+        gap_active = torch.where(frozen, gap_active, restricted_gap(h, cc, yy_, a_, b_, w))
+        newly = ~frozen & ((gap_active <= tgt) | (its >= allow))
+        frozen = frozen | newly
+        v = torch.where(newly[..., None], w, v)
+        n_live = (~frozen).sum(1)
+        k_live, m_live = int((n_live > 0).sum()), int(n_live.max())  # host sync, once per check
+        # repack only when it shrinks the batch enough to pay for the copies
+        if k_live * m_live > COMPACT_AT * frozen.numel() or k_live == 0:
+            step, thr, shrink, live = frozen_params(frozen)
+            continue
+        write_back()
+        keep = torch.nonzero(n_live > 0).squeeze(1)
+        pick = torch.argsort(frozen[keep].to(torch.int8), dim=1, stable=True)[:, :m_live]   # live first
+        rows = keep[:, None]
+        groups, slots = groups[keep], slots[rows, pick]
+        h = h.select(keep, pick)
+        cc, yy_, a_, b_, tgt, allow = cc[rows, pick], yy_[rows, pick], a_[rows, pick], b_[rows, pick], tgt[rows, pick], allow[rows, pick]
+        w, v, t, frozen, its, gap_active = w[rows, pick], v[rows, pick], t[rows, pick], frozen[rows, pick], its[rows, pick], gap_active[rows, pick]
+        step0, thr0, shrink0 = step0[rows, pick], thr0[rows, pick], shrink0[rows, pick]
+        step, thr, shrink, live = frozen_params(frozen)
+    return FistaResult(coef, gap, n_iter, done)

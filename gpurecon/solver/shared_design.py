@@ -1,0 +1,424 @@
+"""The engine for one design X shared by every fold: working sets checked by KKT, warm starts.
+
+Problems are grouped by (grid point, target): a group holds that pair's problems for every
+fold and one working set of features shared by them (leave-one-out folds differ by one row,
+so their supports nearly coincide). One outer round is
+
+1. a full check of every unfinished problem: the fold's centred residual ``R`` through one
+   GEMM of X against all problems' coefficients (fold centring is a per-problem mean of
+   ``X w``, a rank-one correction: X is never copied per fold), then ``X^T R`` through a second
+   GEMM, then sklearn's duality gap in float64;
+2. for groups with unfinished problems, the features outside the working set that violate
+   the KKT condition ``|X_j^T R| <= a`` are added (the largest first, doubling the set);
+3. FISTA on the working sets (Gram form with per-fold low-rank downdates when the set is
+   small, primal form otherwise), to half the tolerance.
+
+It ends when every problem's full gap meets sklearn's tolerance, or its iterations run out.
+Leave-one-out fits start from the full-data fit of the same (grid point, target), restricted
+to its support and the features close to its KKT boundary (a strong-rule style screen, which
+the full check then verifies).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .fista import GramHessian, PrimalHessian, fista
+from .gap import enet_duality_gap
+from .newton import pdas
+
+F64 = torch.float64
+
+# A feature joins a warm-started working set when its full-data KKT score |X_j^T R|/a is at
+# least this: folds move scores by about 1/n, so 0.9 keeps every likely entrant.
+WARM_SCORE = 0.9
+# The inner solve aims below sklearn's tolerance so the full check rarely fails on rounding.
+INNER_FRACTION = 0.5
+# Size of the first working set of a cold start.
+FIRST_SET = 16
+# Outer rounds (check, grow, solve) before a problem is given up as not converged.
+MAX_ROUNDS = 60
+# Active-set Newton: rounds per outer round, and the largest working set it factorises.
+NEWTON_ROUNDS = 8
+NEWTON_MAX_SET = 1536
+
+
+@dataclass
+class Design:
+    """X (n+1, p+1): globally centred (when fitting intercepts), a zero row and a zero column
+    appended so that padded indices (``n`` for rows, ``p`` for features) read zeros."""
+
+    X: torch.Tensor
+    lam_max: torch.Tensor   # float64 scalar: lambda_max(X^T X) over all rows (valid for every fold)
+    center: bool
+
+    @property
+    def n(self) -> int:
+        return self.X.shape[0] - 1
+
+    @property
+    def p(self) -> int:
+        return self.X.shape[1] - 1
+
+
+@dataclass
+class Folds:
+    train: torch.Tensor     # (F, n) compute dtype, 1.0 on training rows
+    n_train: torch.Tensor   # (F,) float64
+    held_out: torch.Tensor  # (F, h) int64 held-out rows, padded with n (the zero row)
+    center: bool
+
+
+@dataclass
+class Solution:
+    """Coefficients of a chunk of groups in working-set form."""
+
+    ws: torch.Tensor        # (K, s) feature indices, padded with p
+    coef: torch.Tensor      # (K, F, s)
+    gap: torch.Tensor       # (K, F) float64, sklearn-unscaled duality gap
+    tol: torch.Tensor       # (K, F) float64, tol * ||yc||^2
+    n_iter: torch.Tensor    # (K, F) int64
+    converged: torch.Tensor  # (K, F) bool
+    score: torch.Tensor     # (K, p+1) max over folds of |X_j^T R| / a at the last check
+
+
+def make_design(X: torch.Tensor, center: bool) -> Design:
+    """Centre X (float64 mean, so large offsets cancel exactly) and pad it; see ``Design``."""
+    n, p = X.shape
+    if center:
+        X = (X.to(torch.float64) - X.to(torch.float64).mean(0)).to(X.dtype)
+    Xe = torch.zeros((n + 1, p + 1), dtype=X.dtype, device=X.device)
+    Xe[:n, :p] = X
+    x64 = X.to(torch.float64)
+    kernel = x64 @ x64.T if n <= p else x64.T @ x64
+    lam = torch.linalg.eigvalsh(kernel)[-1] if n and p else torch.zeros((), dtype=torch.float64)
+    return Design(Xe, lam.to(torch.float64), center)
+
+
+def make_folds(train_masks: torch.Tensor, center: bool, dtype: torch.dtype) -> Folds:
+    """Fold tensors from boolean training masks (F, n)."""
+    F, n = train_masks.shape
+    held = ~train_masks
+    h = max(int(held.sum(1).max()) if F else 0, 1)
+    # stable sort puts each fold's held-out rows first, in row order
+    order = torch.argsort((~held).to(torch.int8), dim=1, stable=True)[:, :h]
+    valid = torch.arange(h, device=train_masks.device)[None, :] < held.sum(1, keepdim=True)
+    held_out = torch.where(valid, order, torch.full_like(order, n))
+    return Folds(train_masks.to(dtype), train_masks.sum(1).to(torch.float64), held_out, center)
+
+
+def target_stats(Y: torch.Tensor, folds: Folds):
+    """Per (fold, target): training mean of Y (compute dtype) and ||yc||^2 (float64)."""
+    n = folds.train.shape[1]
+    y64 = Y[:n].to(torch.float64)
+    m64 = folds.train.to(torch.float64)
+    if folds.center:
+        ybar = (m64 @ y64) / folds.n_train[:, None]
+        yy = m64 @ (y64 * y64) - folds.n_train[:, None] * ybar * ybar
+        return ybar.to(Y.dtype), torch.clamp(yy, min=0.0)
+    return torch.zeros((m64.shape[0], Y.shape[1]), dtype=Y.dtype, device=Y.device), m64 @ (y64 * y64)
+
+
+def _residuals(design, Y, folds, ws, coef, t_idx):
+    """Centred training residuals (K, F, n) and the targets (K, n)."""
+    n = design.n
+    xw = design.X[:n][:, ws].permute(1, 0, 2)                 # (K, n, s)
+    z = torch.bmm(coef, xw.transpose(1, 2))                    # (K, F, n)
+    yk = Y[:n, t_idx].T                                        # (K, n)
+    r = yk[:, None, :] - z
+    if folds.center:
+        r = r - (r * folds.train).sum(-1, keepdim=True) / folds.n_train.to(r.dtype)[:, None]
+    return r * folds.train, yk
+
+
+def full_check(design, Y, folds, ws, coef, a, b, t_idx):
+    """sklearn's duality gap of every problem over all features, and the KKT scores.
+
+    Returns
+    -------
+    gap : Tensor (K, F) float64
+    score : Tensor (K, p+1)
+        Largest ``|X_j^T R| / a`` over the group's folds (``inf`` where ``a == 0`` and
+        ``X_j^T R != 0``); finished problems should be masked by the caller via ``skip``.
+    score_ws : Tensor (K, F, s)
+        The same per problem for the working-set features.
+    """
+    K, F, s = coef.shape
+    n, p1 = design.n, design.p + 1
+    r, yk = _residuals(design, Y, folds, ws, coef, t_idx)
+    xtr = (r.reshape(K * F, n) @ design.X[:n]).reshape(K, F, p1)
+    idx = ws[:, None, :].expand(K, F, s)
+    xtr_ws = xtr.gather(2, idx)
+    xta_ws = xtr_ws - b.to(coef.dtype)[..., None] * coef
+    f64 = torch.float64
+    any_ridge = bool((a == 0).any())
+    xtr_norm2 = xtr.to(f64).square().sum(-1) if any_ridge else None
+    # in place from here: the (K, F, p+1) tensor is the largest in the check
+    out_abs = xtr.abs_().scatter_(2, idx, 0.0)
+    dual_norm = torch.maximum(out_abs.amax(-1), xta_ws.abs().amax(-1))
+    r64 = r.to(f64)
+    gap = enet_duality_gap(
+        r64.square().sum(-1), (r64 * yk.to(f64)[:, None, :]).sum(-1),
+        coef.to(f64).abs().sum(-1), coef.to(f64).square().sum(-1),
+        dual_norm, xtr_norm2, a, b,
+    )
+    inv_a = torch.where(a > 0, 1.0 / torch.where(a > 0, a, 1.0), torch.inf).to(coef.dtype)[..., None]
+    out_abs.mul_(inv_a).nan_to_num_(nan=0.0)
+    score_ws = (xtr_ws.abs() * inv_a).nan_to_num_(nan=0.0)
+    return gap, out_abs, score_ws
+
+
+def _rebuild(ws, coef, member, p):
+    """New padded working sets from a membership mask (K, p+1); coefficients carried over."""
+    K, F, _ = coef.shape
+    member = member.clone()
+    member[:, p] = False
+    counts = member.sum(1)
+    s = max(int(counts.max()) if K else 0, 1)
+    order = torch.argsort((~member).to(torch.int8), dim=1, stable=True)[:, :s]
+    new_ws = torch.where(torch.arange(s, device=ws.device)[None, :] < counts[:, None], order,
+                         torch.full_like(order, p))
+    dense = torch.zeros((K, F, p + 1), dtype=coef.dtype, device=coef.device)
+    dense.scatter_(2, ws[:, None, :].expand(K, F, ws.shape[1]), coef)
+    dense[:, :, p] = 0
+    return new_ws, dense.gather(2, new_ws[:, None, :].expand(K, F, s))
+
+
+def _downdates(design, folds, ws, dtype):
+    """Rows U with fold Hessian = G - U^T U on the working sets: (K, F, r, s)."""
+    xo = design.X[folds.held_out][:, :, ws].permute(2, 0, 1, 3).to(dtype)   # (K, F, h, s)
+    if not folds.center:
+        return xo
+    root_n = folds.n_train.sqrt().to(dtype)[None, :, None, None]
+    if xo.shape[2] == 1:
+        # one held-out row: x x^T + x x^T / n_f is one row scaled by sqrt(1 + 1/n_f)
+        return xo * torch.sqrt(1.0 + 1.0 / folds.n_train).to(dtype)[None, :, None, None]
+    return torch.cat([xo, xo.sum(2, keepdim=True) / root_n], 2)
+
+
+def _fold_classes(folds):
+    """Distinct training sizes (float64) and each fold's class index."""
+    sizes, cls = torch.unique(folds.n_train, return_inverse=True)
+    return sizes, cls
+
+
+def _buckets(sizes, ratio=1.3):
+    """Group indices bucketed by working-set size so padding wastes at most ~30%."""
+    order = torch.argsort(sizes)
+    sz = sizes[order].tolist()
+    out, lo = [], 0
+    for i in range(1, len(sz) + 1):
+        if i == len(sz) or sz[i] > max(ratio * max(sz[lo], 1), sz[lo] + 8):
+            out.append((order[lo:i], max(int(sz[i - 1]), 1)))
+            lo = i
+    return out
+
+
+def _inner(design, Y, folds, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, allowance, t_idx, ybar,
+           opts, newton_start=False):
+    """Solve K groups on their working sets: FISTA, then an exact active-set Newton polish.
+
+    Groups are processed in buckets of similar working-set size. FISTA runs each unfinished
+    problem until its restricted gap is below ``opts.inner_fraction * tol``; with
+    ``opts.newton_rounds`` the PDAS polish then tries to make the solution exact (kept only
+    where the active set settles).
+
+    Returns the coefficients (K, F, s) and the iterations spent (K, F).
+    """
+    K, F, s = coef.shape
+    n, p, dt = design.n, design.p, coef.dtype
+    coef = coef.clone()
+    n_iter = torch.zeros((K, F), dtype=torch.int64, device=coef.device)
+    open_all = allowance > 0
+    sizes = (ws != p).sum(1)
+    for g, sb in _buckets(sizes):
+        g = g[open_all[g].any(1)]
+        if not g.numel():
+            continue
+        wsb, cb, open_ = ws[g, :sb], coef[g, :, :sb], open_all[g]
+        xw = design.X[:n][:, wsb].permute(1, 0, 2)                           # (K', n, sb)
+        yk = Y[:n, t_idx[g]].T
+        yc = (yk[:, None, :] - ybar.T[t_idx[g]][:, :, None]) * folds.train   # (K', F, n)
+        c = torch.bmm(yc, xw)
+        if sb <= 2 * n and F >= 4:
+            hess = GramHessian(torch.bmm(xw.transpose(1, 2), xw), _downdates(design, folds, wsb, dt))
+        else:
+            hess = PrimalHessian(xw, folds.train[None], folds.n_train.to(dt)[None, :, None], folds.center)
+        lip = torch.minimum(hess.lipschitz(), design.lam_max.to(coef.device).expand(g.numel()))
+        allow = torch.where(open_, allowance[g], torch.zeros_like(allowance[g]))
+        if newton_start and sb <= NEWTON_MAX_SET:
+            cb = _newton_start(design, folds, wsb, cb, xw, yc, alpha[g], l1_ratio[g], a[g], b[g], open_, opts)
+        target = tol_abs[g] * opts.inner_fraction
+        res = fista(hess, c, yy[g], a[g], b[g], cb, target, allow, opts.check_every, lipschitz=lip)
+        cb = res.coef
+        n_iter[g] = res.n_iter
+        if opts.newton_rounds and sb <= NEWTON_MAX_SET:
+            cb = _polish(design, folds, wsb, cb, xw, yc, alpha[g], l1_ratio[g], a[g], b[g], open_, opts)
+        coef[g, :, :sb] = cb
+    return coef, n_iter
+
+
+def _polish(design, folds, ws, coef, xw, yc, alpha, l1_ratio, a, b, open_, opts):
+    """PDAS from the FISTA iterate, in sub-batches; keeps the result where it settled."""
+    K, F, s = coef.shape
+    sizes, cls = _fold_classes(folds)
+    ridge = alpha * (1.0 - l1_ratio)
+    groups = torch.nonzero(open_.any(1)).squeeze(1)
+    step = max(1, int(opts.max_elems // max(1, F * s * s)))
+    coef = coef.clone()
+    for lo in range(0, groups.numel(), step):
+        g = groups[lo:lo + step]
+        xw64 = xw[g].to(F64)
+        start = coef[g]
+        x, stable = pdas(torch.bmm(xw64.transpose(1, 2), xw64), _downdates(design, folds, ws[g], F64),
+                         sizes, cls, ridge[g], torch.bmm(yc[g].to(F64), xw64), a[g], b[g],
+                         start != 0, torch.sign(start).to(F64), ws[g] == design.p, opts.newton_rounds)
+        coef[g] = torch.where((stable & open_[g])[..., None], x.to(coef.dtype), start)
+    return coef
+
+
+def _newton_start(design, folds, ws, coef, xw, yc, alpha, l1_ratio, a, b, open_, opts):
+    """One Newton step of every fold on the shared start's active set (one factorisation per
+    group, Woodbury per fold); coordinates whose sign flips restart at zero."""
+    K, F, s = coef.shape
+    sizes, cls = _fold_classes(folds)
+    ridge = alpha * (1.0 - l1_ratio)
+    groups = torch.nonzero((ridge > 0) & open_.any(1)).squeeze(1)
+    step = max(1, int(opts.max_elems // max(1, F * s * s)))
+    coef = coef.clone()
+    for lo in range(0, groups.numel(), step):
+        g = groups[lo:lo + step]
+        xw64 = xw[g].to(F64)
+        start = coef[g]
+        sign = torch.sign(start).to(F64)
+        x, _ = pdas(torch.bmm(xw64.transpose(1, 2), xw64), _downdates(design, folds, ws[g], F64),
+                    sizes, cls, ridge[g], torch.bmm(yc[g].to(F64), xw64), a[g], b[g],
+                    start != 0, sign, ws[g] == design.p, 1)
+        x = torch.where(torch.sign(x) == sign, x, torch.zeros_like(x))
+        coef[g] = torch.where(open_[g][..., None], x.to(coef.dtype), start)
+    return coef
+
+
+@dataclass
+class Options:
+    """Tuning knobs of the engine (defaults are what the benchmarks use)."""
+
+    check_every: int = 10           # FISTA iterations between gap checks (host syncs)
+    inner_fraction: float = INNER_FRACTION
+    newton_rounds: int = NEWTON_ROUNDS   # 0: no active-set Newton polish
+    newton_start: bool = True       # warm starts: one shared-factorisation Newton step first
+    max_elems: int = 2 ** 25        # float64 elements one Newton sub-batch may hold
+
+
+def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef=None,
+          opts: Options | None = None) -> Solution:
+    """Fit every (group, fold) problem; groups are (grid point, target) pairs.
+
+    Parameters
+    ----------
+    design : Design
+    Y : Tensor (n+1, T)
+        Targets, globally centred when fitting intercepts, zero last row.
+    folds : Folds
+    alpha, l1_ratio : Tensor (K,) float64
+        Each group's grid point.
+    t_idx : Tensor (K,) int64
+        Each group's target column in Y.
+    tol : float
+        sklearn's relative tolerance.
+    max_iter : int
+        FISTA iterations allowed per problem.
+    ws, coef : Tensor (K, s) and (K, F, s) or None
+        Warm start; a cold start begins at zero with an empty working set.
+    opts : Options or None
+        Engine settings.
+    """
+    opts = opts or Options()
+    warm = ws is not None
+    K, F, n, p = t_idx.numel(), folds.train.shape[0], design.n, design.p
+    dev, dt = design.X.device, design.X.dtype
+    ybar, yy_ft = target_stats(Y, folds)
+    yy = yy_ft.T[t_idx]                                                     # (K, F)
+    tol_abs = tol * yy
+    a = alpha[:, None] * l1_ratio[:, None] * folds.n_train[None, :]         # (K, F)
+    b = alpha[:, None] * (1.0 - l1_ratio[:, None]) * folds.n_train[None, :]
+    if ws is None:
+        ws = torch.full((K, 1), p, dtype=torch.int64, device=dev)
+        coef = torch.zeros((K, F, 1), dtype=dt, device=dev)
+    gap = torch.full((K, F), float("inf"), dtype=torch.float64, device=dev)
+    converged = torch.zeros((K, F), dtype=torch.bool, device=dev)
+    n_iter = torch.zeros((K, F), dtype=torch.int64, device=dev)
+    score_out = torch.zeros((K, p + 1), dtype=dt, device=dev)
+    inner_frac = torch.full((K,), opts.inner_fraction, dtype=torch.float64, device=dev)
+    final_ws = torch.full((K, p + 1), p, dtype=torch.int64, device=dev)  # filled per finished group
+    final_coef = torch.zeros((K, F, p + 1), dtype=dt, device=dev)
+    final_s = torch.zeros((K,), dtype=torch.int64, device=dev)
+    active = torch.arange(K, device=dev)
+    rounds = 0
+    while active.numel():
+        rounds += 1
+        g_gap, g_score, g_score_ws = full_check(design, Y, folds, ws, coef, a[active], b[active],
+                                                t_idx[active])
+        gap[active] = g_gap
+        conv = g_gap <= tol_abs[active]
+        converged[active] = conv
+        # MAX_ROUNDS guards against a check that rounding keeps failing with nothing to add
+        spent = (n_iter[active] >= max_iter) | (rounds >= MAX_ROUNDS)
+        finished = (conv | spent).all(1)
+        if bool(finished.any()):
+            # record every feature's score for finished groups (warm starts read them)
+            fs = g_score[finished].amax(1)
+            fs.scatter_reduce_(1, ws[finished], g_score_ws[finished].amax(1), reduce="amax")
+            score_out[active[finished]] = fs
+        g_score.masked_fill_((conv | spent)[..., None], 0.0)
+        group_score = g_score.amax(1)
+        # store finished groups
+        if bool(finished.any()):
+            fin = active[finished]
+            s = ws.shape[1]
+            final_ws[fin, :s] = ws[finished]
+            final_coef[fin, :, :s] = coef[finished]
+            final_s[fin] = s
+        keep = ~finished
+        if not bool(keep.any()):
+            break
+        active, ws, coef = active[keep], ws[keep], coef[keep]
+        group_score = group_score[keep]
+        # grow: add the strongest KKT violators, at least FIRST_SET, doubling the set
+        member = torch.zeros((active.numel(), p + 1), dtype=torch.bool, device=dev)
+        member.scatter_(1, ws, True)
+        size = member[:, :p].sum(1)
+        viol = (group_score > 1) & ~member
+        viol[:, p] = False
+        n_viol = viol.sum(1)
+        n_add = torch.minimum(n_viol, torch.clamp(size, min=FIRST_SET))
+        k_max = int(n_add.max())
+        if k_max:
+            top = torch.topk(torch.where(viol, group_score, -1.0), k_max, dim=1).indices
+            take = torch.arange(k_max, device=dev)[None, :] < n_add[:, None]
+            member.scatter_(1, torch.where(take, top, torch.full_like(top, p)), True)
+        ws, coef = _rebuild(ws, coef, member, p)
+        finished_p = converged[active] | (n_iter[active] >= max_iter)
+        allowance = torch.where(finished_p, torch.zeros_like(n_iter[active]), max_iter - n_iter[active])
+        # groups that gained nothing but are not converged get a tighter inner target
+        frac = torch.where(n_add == 0, inner_frac[active] * 0.25, inner_frac[active])
+        inner_frac[active] = frac
+        coef, spent_iter = _inner(design, Y, folds, ws, coef, alpha[active], l1_ratio[active], a[active],
+                                  b[active], yy[active], tol_abs[active] * (frac / opts.inner_fraction)[:, None],
+                                  allowance, t_idx[active], ybar, opts,
+                                  newton_start=warm and rounds == 1 and opts.newton_start)
+        n_iter[active] += spent_iter
+    s_max = max(int(final_s.max()) if K else 0, 1)
+    return Solution(final_ws[:, :s_max], final_coef[:, :, :s_max], gap, tol_abs, n_iter, converged,
+                    score_out)
+
+
+def warm_start_from_full(full: Solution, n_folds: int, p: int):
+    """Working sets and coefficients for fold problems from a full-data solution (F=1)."""
+    K = full.ws.shape[0]
+    member = full.score >= WARM_SCORE
+    member.scatter_(1, full.ws, member.gather(1, full.ws) | (full.coef[:, 0] != 0))
+    ws, coef = _rebuild(full.ws, full.coef, member, p)
+    return ws, coef.expand(K, n_folds, ws.shape[1]).contiguous()
