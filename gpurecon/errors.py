@@ -11,3 +11,7 @@ class DataError(GpureconError, ValueError):
 
 class ModelError(GpureconError, ValueError):
     """An embedding model that cannot be loaded or used; the message names the checkpoint."""
+
+
+class ConfigError(GpureconError, ValueError):
+    """A config value the stages reject; the message names the key."""
