@@ -19,7 +19,9 @@ def run_cli(args, tmp_path, cwd=None, env_extra=None, name="out"):
     env.pop("GPURECON_DATA_ROOT", None)
     env.update(env_extra or {})
     out = tmp_path / name
-    cmd = [sys.executable, "-m", "gpurecon", *args, f"hydra.run.dir={out}"]
+    cmd = [sys.executable, "-m", "gpurecon", *args]
+    if "-m" not in args:
+        cmd.append(f"hydra.run.dir={out}")
     proc = subprocess.run(cmd, cwd=cwd or tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)
     return proc, out
@@ -106,3 +108,31 @@ def test_regular_install_finds_conf(tmp_path):
     proc = subprocess.run([sys.executable, "-c", "import gpurecon; print(gpurecon.__file__)"],
                           cwd=tmp_path, env=env, capture_output=True, text=True)
     assert str(target) in proc.stdout
+
+
+def test_permutation_null_and_fold_wise_pca_for_wav2vec2(tmp_path):
+    proc, out = run_cli([*SMALL, "solver.n_permutations=40"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())["scores"]
+    assert s["n_permutations"] == 40
+    # planted features: far above every permutation of the trials
+    assert s["p_pcc_across_electrodes"] == pytest.approx(1 / 41)
+    assert s["pcc_across_electrodes"] > s["null_pcc_across_electrodes_95"]
+    assert "q_fdr" in (out / "scores_electrodes.csv").read_text()
+
+    proc, out = run_cli([*SMALL, "model=wav2vec2", "model.checkpoint=tiny"], tmp_path, name="w2v")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["solver"]["fold_preprocessing"] == "pca:0.9"
+    assert len(summary["solver"]["n_features_per_fold"]) == 20
+    assert summary["embedding"]["untrained"] is True and summary["provenance"]["untrained"] is True
+    assert summary["target"]["window_s"] == 2.0  # the study's window for Wav2Vec2
+
+
+def test_sweep_runs_each_grid_point(tmp_path):
+    env = {"GPURECON_OUTPUTS": str(tmp_path / "runs")}
+    proc, _ = run_cli(["-m", *SMALL, "solver.alpha=0.01,10"], tmp_path, env_extra=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = sorted((tmp_path / "runs").rglob("summary.json"))
+    alphas = sorted(json.loads(p.read_text())["solver"]["alpha"] for p in summaries)
+    assert alphas == [0.01, 10.0]
