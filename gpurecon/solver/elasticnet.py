@@ -25,6 +25,7 @@ Problems that do not converge within ``max_iter`` are reported in the result and
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import warnings
@@ -90,7 +91,7 @@ class EnetResult:
 
 def as_2d_float(name: str, value, dtype, device, ndim_ok=(2,)) -> torch.Tensor:
     """A float tensor on ``device``; ValueError naming ``name`` if not finite or wrong rank."""
-    t = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
+    t = value if isinstance(value, torch.Tensor) else torch.as_tensor(_writable(np.asarray(value)))
     if t.ndim not in ndim_ok:
         raise ValueError(f"{name} must have {' or '.join(map(str, ndim_ok))} dimensions, got shape {tuple(t.shape)}")
     if not (t.is_floating_point() or t.dtype in (torch.int8, torch.int16, torch.int32, torch.int64,
@@ -102,10 +103,16 @@ def as_2d_float(name: str, value, dtype, device, ndim_ok=(2,)) -> torch.Tensor:
     return t
 
 
+def _writable(a: np.ndarray) -> np.ndarray:
+    """torch refuses to wrap read-only arrays (e.g. memmaps) without a warning: copy those."""
+    return a if a.flags.writeable else a.copy()
+
+
 def default_dtype(X) -> torch.dtype:
     """float32 for float32/float16 input, float64 otherwise (as sklearn keeps float32)."""
-    dt = X.dtype if isinstance(X, torch.Tensor) else torch.as_tensor(np.asarray(X)[:0]).dtype
-    return torch.float32 if dt in (torch.float32, torch.float16, torch.bfloat16) else torch.float64
+    if isinstance(X, torch.Tensor):
+        return torch.float32 if X.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float64
+    return torch.float32 if np.asarray(X).dtype in (np.float32, np.float16) else torch.float64
 
 
 def make_grid(alphas, l1_ratios) -> list[tuple[float, float]]:
@@ -125,7 +132,7 @@ def check_train_masks(train_masks, n: int, device) -> torch.Tensor:
     """Boolean (folds, n) masks; ValueError unless every fold trains on at least 2 rows."""
     if train_masks is None:
         return torch.ones((1, n), dtype=torch.bool, device=device)
-    m = torch.as_tensor(np.asarray(train_masks) if not isinstance(train_masks, torch.Tensor) else train_masks)
+    m = train_masks if isinstance(train_masks, torch.Tensor) else torch.as_tensor(_writable(np.asarray(train_masks)))
     if m.ndim == 1:
         m = m[None]
     if m.ndim != 2 or m.shape[1] != n:
@@ -245,7 +252,8 @@ def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
     """
     alpha, l1, t_idx = _group_params(problem, targets)
     all_rows = problem.folds.train.shape[0] == 1 and bool((problem.folds.train > 0).all())
-    opts_full = opts_full or sd.Options(inner_fraction=FULL_INNER_FRACTION)
+    # the cold full-data fit grows its working sets fast and lets the Newton polish finish
+    opts_full = opts_full or sd.Options(inner_fraction=FULL_INNER_FRACTION, growth=1.0)
     opts_folds = opts_folds or sd.Options()
     if all_rows or not warm_start:
         return sd.solve(problem.design, problem.Y, problem.folds, alpha, l1, t_idx, problem.tol,
@@ -347,7 +355,8 @@ def enet_path_fit(X, Y, alphas, l1_ratios, train_masks=None, fit_intercept=True,
     n_iter = torch.zeros((F, G, T), dtype=torch.int64, device=dev)
     converged = torch.zeros((F, G, T), dtype=torch.bool, device=dev)
     for targets in target_chunks(problem, memory_budget):
-        sol = solve_chunk(problem, targets, warm_start)
+        with full_precision_matmul(dev):
+            sol = solve_chunk(problem, targets, warm_start)
         Tc = targets.numel()
 
         def put(dst, src):  # (K, F, ...) grid-major groups -> dst[:, :, targets]
@@ -363,6 +372,22 @@ def enet_path_fit(X, Y, alphas, l1_ratios, train_masks=None, fit_intercept=True,
     result = EnetResult(coef, intercept, n_iter, gap, tol_t, converged, problem.grid)
     warn_not_converged(result.n_not_converged, result.worst_gap_ratio, converged.numel())
     return result
+
+
+@contextlib.contextmanager
+def full_precision_matmul(device: torch.device):
+    """Never let TF32 into the solver: switch it off on CUDA for the call, restore afterwards."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision())
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved[0]
+        torch.set_float32_matmul_precision(saved[1])
 
 
 def warn_not_converged(count: int, worst_ratio: float, total: int) -> None:

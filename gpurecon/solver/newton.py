@@ -25,6 +25,8 @@ import torch
 
 F64 = torch.float64
 DEBUG = False
+# Largest zero-constraint system per problem: beyond it FISTA is cheaper than the solve.
+MAX_CONSTRAINTS = 96
 
 
 class SharedInverse:
@@ -165,6 +167,10 @@ def pdas(gram, downdates, b_class, fold_class, ridge, c, a, b, active, sign, fix
         # B: domain features inactive in this fold, forced to zero through a small system
         zero_in_dom = domain[:, None, :] & ~active
         n_in = zero_in_dom.sum(-1)
+        # problems needing a large zero-constraint system sit this round out (never stable)
+        too_big = n_in > MAX_CONSTRAINTS
+        zero_in_dom = zero_in_dom & ~too_big[..., None]
+        n_in = torch.where(too_big, 0, n_in)
         d = int(n_in.max())
         if DEBUG:
             print("pdas round: d", d, "mean", float(n_in.float().mean()), "domain", int(domain.sum(1).max()),
@@ -183,7 +189,7 @@ def pdas(gram, downdates, b_class, fold_class, ridge, c, a, b, active, sign, fix
         x = torch.where(active, x0 - inv.apply(lam_full), torch.zeros_like(x0))
         # a singular system (e.g. lasso on more features than samples) fails its factorisation:
         # such problems are never called stable
-        bad = ~inv.ok[:, None] | ~torch.isfinite(x).all(-1)
+        bad = ~inv.ok[:, None] | ~torch.isfinite(x).all(-1) | too_big
         if d:
             bad |= info != 0
         x = torch.where(bad[..., None], torch.zeros_like(x), x)

@@ -309,6 +309,8 @@ class Options:
     inner_fraction: float = INNER_FRACTION
     newton_rounds: int = NEWTON_ROUNDS   # 0: no active-set Newton polish
     newton_start: bool = True       # warm starts: one shared-factorisation Newton step first
+    round_iter: int = 200           # FISTA iterations per outer round at most
+    growth: float = 0.25            # a working set grows by at most this fraction per round
     max_elems: int = 2 ** 25        # float64 elements one Newton sub-batch may hold
 
 
@@ -393,7 +395,7 @@ def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef
         viol = (group_score > 1) & ~member
         viol[:, p] = False
         n_viol = viol.sum(1)
-        n_add = torch.minimum(n_viol, torch.clamp(size, min=FIRST_SET))
+        n_add = torch.minimum(n_viol, torch.clamp((size * opts.growth).long(), min=FIRST_SET))
         k_max = int(n_add.max())
         if k_max:
             top = torch.topk(torch.where(viol, group_score, -1.0), k_max, dim=1).indices
@@ -401,7 +403,10 @@ def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef
             member.scatter_(1, torch.where(take, top, torch.full_like(top, p)), True)
         ws, coef = _rebuild(ws, coef, member, p)
         finished_p = converged[active] | (n_iter[active] >= max_iter)
-        allowance = torch.where(finished_p, torch.zeros_like(n_iter[active]), max_iter - n_iter[active])
+        # FISTA gets a slice of the allowance per round, so the working set and the Newton
+        # polish get another chance before the iterations run out
+        allowance = torch.where(finished_p, torch.zeros_like(n_iter[active]),
+                                torch.clamp(max_iter - n_iter[active], max=opts.round_iter))
         # groups that gained nothing but are not converged get a tighter inner target
         frac = torch.where(n_add == 0, inner_frac[active] * 0.25, inner_frac[active])
         inner_frac[active] = frac

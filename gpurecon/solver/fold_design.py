@@ -1,0 +1,118 @@
+"""The engine for a different X per fold (fold-wise preprocessing, e.g. PCA fitted per fold).
+
+Each fold brings its own transformed design ``X_f`` (n, k), zero-padded to a common ``k``
+(padding columns are zero, so their coefficients stay zero). A fold's (grid point) pair is a
+group sharing one Gram ``Xc_f^T Xc_f`` over the fold's centred training rows; its problems are
+the targets. Every feature is in the working set (k is small after PCA), so FISTA's
+restricted gap is the full gap; an active-set Newton polish makes most solutions exact and the
+final gap is recomputed from explicit residuals in float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .fista import GramHessian, PrimalHessian, fista
+from .gap import enet_duality_gap
+from .newton import pdas
+
+F64 = torch.float64
+
+
+@dataclass
+class FoldDesignSolution:
+    coef: torch.Tensor       # (F, G, T, k)
+    gap: torch.Tensor        # (F, G, T) float64, sklearn-unscaled
+    tol: torch.Tensor        # (F, G, T) float64
+    n_iter: torch.Tensor     # (F, G, T) int64
+    converged: torch.Tensor  # (F, G, T) bool
+    x_mean: torch.Tensor     # (F, k) training means of X_f (0 without intercept)
+    y_mean: torch.Tensor     # (F, T) training means of Y (0 without intercept)
+
+
+def solve_fold_designs(Xf, Y, train, alpha, l1_ratio, tol, max_iter, center, inner_fraction=0.5,
+                       newton_rounds=8, check_every=10) -> FoldDesignSolution:
+    """Fit every (fold, grid point, target) with fold-specific designs.
+
+    Parameters
+    ----------
+    Xf : Tensor (F, n, k)
+        Each fold's design over all rows (training and held-out), compute dtype.
+    Y : Tensor (n, T)
+        Targets (not centred).
+    train : Tensor (F, n) bool
+    alpha, l1_ratio : Tensor (G,) float64
+    tol, max_iter, center
+        sklearn's tol, the FISTA iteration allowance, fit_intercept.
+    """
+    F, n, k = Xf.shape
+    T, G = Y.shape[1], alpha.numel()
+    dt, dev = Xf.dtype, Xf.device
+    m = train.to(dt)
+    n_f = train.sum(1).to(F64)
+    if center:
+        x_mean = torch.einsum("fn,fnk->fk", m, Xf) / n_f.to(dt)[:, None]
+        y_mean = (m @ Y) / n_f.to(dt)[:, None]
+    else:
+        x_mean = torch.zeros((F, k), dtype=dt, device=dev)
+        y_mean = torch.zeros((F, T), dtype=dt, device=dev)
+    xc = (Xf - x_mean[:, None, :]) * m[..., None]                                 # (F, n, k)
+    yc = (Y[None] - y_mean[:, None, :]) * m[..., None]                            # (F, n, T)
+    gram = torch.bmm(xc.transpose(1, 2), xc)                                      # (F, k, k)
+    c = torch.bmm(yc.transpose(1, 2), xc)                                         # (F, T, k)
+    yy = yc.to(F64).square().sum(1)                                               # (F, T)
+
+    # groups: (fold, grid point) -> K = F*G, problems = targets
+    K = F * G
+    rep = lambda t: t[:, None].expand(F, G, *t.shape[1:]).reshape(K, *t.shape[1:])  # noqa: E731
+    gram_k, c_k, yy_k = rep(gram), rep(c), rep(yy)
+    nf_k = n_f[:, None].expand(F, G).reshape(K)
+    al_k = alpha[None, :].expand(F, G).reshape(K)
+    l1_k = l1_ratio[None, :].expand(F, G).reshape(K)
+    a = (al_k * l1_k * nf_k)[:, None].expand(K, T)
+    b = (al_k * (1.0 - l1_k) * nf_k)[:, None].expand(K, T)
+    tol_abs = tol * yy_k
+    if k <= 2 * n:
+        hess = GramHessian(gram_k, None)
+    else:
+        hess = PrimalHessian(rep(xc), rep(m)[:, None, :], nf_k.to(dt)[:, None, None], center)
+    coef = torch.zeros((K, T, k), dtype=dt, device=dev)
+    n_iter = torch.zeros((K, T), dtype=torch.int64, device=dev)
+    frac = inner_fraction
+    fixed = torch.zeros((K, k), dtype=torch.bool, device=dev)
+    zero_down = torch.zeros((K, T, 1, k), dtype=F64, device=dev)
+    ridge = al_k * (1.0 - l1_k) * nf_k
+    for _ in range(4):  # FISTA, exact polish, verify; tighten the target if rounding misled it
+        gap = _final_gap(xc, yc, coef, a, b, F, G)
+        open_ = (gap > tol_abs) & (n_iter < max_iter)
+        if not bool(open_.any()):
+            break
+        allow = torch.where(open_, max_iter - n_iter, torch.zeros_like(n_iter))
+        res = fista(hess, c_k, yy_k, a, b, coef, tol_abs * frac, allow, check_every)
+        coef, n_iter = res.coef, n_iter + res.n_iter
+        if newton_rounds:
+            x, stable = pdas(gram_k.to(F64), zero_down, torch.ones(1, dtype=F64, device=dev),
+                             torch.zeros(T, dtype=torch.int64, device=dev), ridge, c_k.to(F64), a, b,
+                             coef != 0, torch.sign(coef).to(F64), fixed, newton_rounds)
+            coef = torch.where((stable & open_)[..., None], x.to(dt), coef)
+        frac *= 0.25
+    gap = _final_gap(xc, yc, coef, a, b, F, G)
+    shape = (F, G, T)
+    return FoldDesignSolution(coef.reshape(F, G, T, k), gap.reshape(shape), tol_abs.reshape(shape),
+                              n_iter.reshape(shape), (gap <= tol_abs).reshape(shape), x_mean, y_mean)
+
+
+def _final_gap(xc, yc, coef, a, b, F, G):
+    """sklearn's gap from explicit float64 residuals, (K, T)."""
+    K, T, k = coef.shape
+    w = coef.to(F64).reshape(F, G * T, k)
+    x64 = xc.to(F64)
+    r = yc.to(F64).transpose(1, 2).reshape(F, 1, T, -1) - torch.bmm(w, x64.transpose(1, 2)).reshape(F, G, T, -1)
+    r = r.reshape(K, T, -1)                                                            # (K, T, n)
+    xtr = torch.bmm(r.reshape(F, G * T, -1), x64).reshape(K, T, k)
+    dual_norm = (xtr - b[..., None] * coef.to(F64)).abs().amax(-1)
+    y64 = yc.to(F64).transpose(1, 2)[:, None].expand(F, G, T, -1).reshape(K, T, -1)
+    return enet_duality_gap(r.square().sum(-1), (r * y64).sum(-1), coef.to(F64).abs().sum(-1),
+                            coef.to(F64).square().sum(-1), dual_norm, xtr.square().sum(-1), a, b)

@@ -1,0 +1,200 @@
+"""Cross-validation, permutation nulls, nested selection and fold-wise preprocessing against
+scikit-learn loops (small problems, CPU)."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.decomposition import PCA as SkPCA
+from sklearn.linear_model import ElasticNet as SkElasticNet
+from sklearn.model_selection import KFold, LeaveOneGroupOut
+from sklearn.preprocessing import StandardScaler
+
+from gpurecon.solver import (PCA, Standardize, cross_val_predict, group_folds, kfold, leave_one_out,
+                             nested_cross_val_predict, permutations, permuted_targets)
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny batched ops: on a shared 2-core machine a second OpenMP thread mostly waits
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+
+def _data(n=22, p=40, T=3, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, p)) * rng.uniform(0.5, 2.0, p) + 4.0
+    Y = (X[:, :3] - 4.0) @ rng.standard_normal((3, T)) + 0.7 * rng.standard_normal((n, T)) + 1.0
+    return X, Y
+
+
+def _sk_cv(X, Y, masks, alpha, l1, transform=None):
+    out = np.zeros_like(Y)
+    for m in masks:
+        Xt, Xh = X[m], X[~m]
+        if transform is not None:
+            tr = transform().fit(Xt)
+            Xt, Xh = tr.transform(Xt), tr.transform(Xh)
+        model = SkElasticNet(alpha=alpha, l1_ratio=l1, tol=1e-12, max_iter=200_000).fit(Xt, Y[m])
+        out[~m] = model.predict(Xh)
+    return out
+
+
+def test_fold_masks_match_sklearn_splitters():
+    np.testing.assert_array_equal(leave_one_out(5), ~np.eye(5, dtype=bool))
+    for shuffle in (False, True):
+        masks = kfold(11, 3, shuffle=shuffle, seed=0)
+        assert masks.shape == (3, 11) and np.all((~masks).sum(0) == 1)
+        if not shuffle:
+            for m, (tr, _) in zip(masks, KFold(3).split(np.zeros(11))):
+                np.testing.assert_array_equal(np.nonzero(m)[0], tr)
+    groups = np.array([3, 1, 1, 2, 3, 2, 2])
+    for m, (tr, _) in zip(group_folds(groups), LeaveOneGroupOut().split(np.zeros(7), groups=groups)):
+        np.testing.assert_array_equal(np.nonzero(m)[0], tr)
+    np.testing.assert_array_equal(kfold(9, 3, shuffle=True, seed=4), kfold(9, 3, shuffle=True, seed=4))
+
+
+def test_leave_one_out_grid_matches_sklearn_loop():
+    X, Y = _data()
+    res = cross_val_predict(X, Y, [0.05, 0.5], [0.3, 1.0], tol=1e-10, device="cpu")
+    assert res.predictions.shape == (4, 22, 3) and res.n_not_converged == 0
+    for g, (alpha, l1) in enumerate(res.grid):
+        ref = _sk_cv(X, Y, leave_one_out(22), alpha, l1)
+        np.testing.assert_allclose(res.predictions[g].numpy(), ref, atol=1e-7 * np.abs(Y).max())
+
+
+def test_default_tolerance_predictions_close_to_sklearn():
+    X, Y = _data(seed=1)
+    res = cross_val_predict(X, Y[:, 0], 0.1, 0.5, device="cpu")
+    assert res.predictions.shape == (1, 22)
+    ref = _sk_cv(X, Y[:, :1], leave_one_out(22), 0.1, 0.5)[:, 0]
+    # the tolerance bounds each fold's fit error by sqrt(2 tol) * ||y_c||
+    bound = np.sqrt(2e-4) * np.linalg.norm(Y[:, 0] - Y[:, 0].mean())
+    assert np.abs(res.predictions[0].numpy() - ref).max() <= bound
+
+
+def test_kfold_and_group_folds_match_sklearn_loop():
+    X, Y = _data(seed=2)
+    for masks in (kfold(22, 4, shuffle=True, seed=1), group_folds(np.arange(22) % 5)):
+        res = cross_val_predict(X, Y, 0.2, 0.5, folds=masks, tol=1e-10, device="cpu")
+        np.testing.assert_allclose(res.predictions[0].numpy(), _sk_cv(X, Y, masks, 0.2, 0.5), atol=1e-7)
+
+
+def test_folds_must_partition_the_samples():
+    X, Y = _data()
+    masks = np.ones((2, 22), dtype=bool)
+    masks[0, :5] = False
+    with pytest.raises(ValueError, match="held out every sample exactly once|hold out every sample"):
+        cross_val_predict(X, Y, 0.1, 0.5, folds=masks, device="cpu")
+
+
+def test_permutation_batch_equals_one_by_one():
+    X, Y = _data(seed=3)
+    perms = permutations(22, 4, seed=7)
+    stacked, used = permuted_targets(Y, 4, seed=7)
+    np.testing.assert_array_equal(used, perms)
+    assert stacked.shape == (4, 22, 3)
+    res = cross_val_predict(X, Y, [0.1, 0.4], 0.5, permutations=perms, tol=1e-10, device="cpu")
+    assert res.null_predictions.shape == (4, 2, 22, 3)
+    for j in range(4):
+        one = cross_val_predict(X, stacked[j].numpy(), [0.1, 0.4], 0.5, tol=1e-10, device="cpu")
+        np.testing.assert_allclose(res.null_predictions[j].numpy(), one.predictions.numpy(), atol=1e-9)
+    np.testing.assert_allclose(res.predictions.numpy(),
+                               cross_val_predict(X, Y, [0.1, 0.4], 0.5, tol=1e-10, device="cpu").predictions.numpy(),
+                               atol=1e-9)
+
+
+def test_bad_permutations_rejected():
+    X, Y = _data()
+    with pytest.raises(ValueError, match="permutations must be"):
+        cross_val_predict(X, Y, 0.1, 0.5, permutations=np.zeros((2, 22), dtype=int), device="cpu")
+    with pytest.raises(ValueError, match="n_permutations must be"):
+        permutations(22, 0)
+
+
+def test_nested_selection_matches_sklearn_search():
+    X, Y = _data(n=16, p=20, T=2, seed=4)
+    alphas, l1s = [0.02, 0.3, 2.0], [0.5]
+    outer = kfold(16, 4)
+    res = nested_cross_val_predict(X, Y, alphas, l1s, folds=outer, inner="kfold:3", tol=1e-10, device="cpu")
+    expected = np.zeros_like(Y)
+    for o, m in enumerate(outer):
+        Xo, Yo = X[m], Y[m]
+        inner = kfold(int(m.sum()), 3)
+        losses = np.array([[((_sk_cv(Xo, Yo, inner, a, 0.5) - Yo) ** 2).mean(0)] for a in alphas])[:, 0]
+        best = losses.argmin(0)                                          # per target
+        np.testing.assert_allclose(res.inner_loss[o].numpy(), losses, rtol=1e-6)
+        np.testing.assert_array_equal(res.choice[o].numpy(), best)
+        for t in range(2):
+            model = SkElasticNet(alpha=alphas[best[t]], l1_ratio=0.5, tol=1e-12, max_iter=200_000).fit(Xo, Yo[:, t])
+            expected[~m, t] = model.predict(X[~m])
+    np.testing.assert_allclose(res.predictions.numpy(), expected, atol=1e-7)
+    shared = nested_cross_val_predict(X, Y, alphas, l1s, folds=outer, inner="kfold:3", select="shared",
+                                      tol=1e-10, device="cpu")
+    assert bool((shared.choice == shared.choice[:, :1]).all())
+
+
+def test_pca_preprocessing_matches_sklearn_pipeline_loop():
+    X, Y = _data(seed=5)
+    res = cross_val_predict(X, Y, 0.1, 0.5, preprocess=PCA(0.9), tol=1e-10, device="cpu")
+    np.testing.assert_allclose(res.predictions[0].numpy(), _sk_cv(X, Y, leave_one_out(22), 0.1, 0.5, lambda: SkPCA(0.9)),
+                               atol=1e-7)
+    kept = [SkPCA(0.9).fit(X[m]).n_components_ for m in leave_one_out(22)]
+    np.testing.assert_array_equal(res.n_features.numpy(), kept)
+
+
+def test_standardize_preprocessing_matches_sklearn_pipeline_loop():
+    X, Y = _data(n=18, p=10, seed=6)
+    masks = kfold(18, 3)
+    res = cross_val_predict(X, Y, 0.1, 0.5, folds=masks, preprocess="standardize", tol=1e-10, device="cpu")
+    np.testing.assert_allclose(res.predictions[0].numpy(), _sk_cv(X, Y, masks, 0.1, 0.5, StandardScaler), atol=1e-7)
+
+
+def test_pca_transform_is_the_sklearn_projection():
+    X, _ = _data(seed=7)
+    masks = kfold(22, 3)
+    Z = PCA(0.9).fit_transform_folds(torch.tensor(X), torch.tensor(masks))
+    for f, m in enumerate(masks):
+        ref = SkPCA(0.9).fit(X[m]).transform(X)
+        np.testing.assert_allclose(Z[f, :, :ref.shape[1]].numpy(), ref, atol=1e-9)
+        assert not Z[f, :, ref.shape[1]:].any()
+
+
+@pytest.mark.parametrize("transform", [PCA(0.9), Standardize()], ids=["pca", "standardize"])
+def test_held_out_row_does_not_leak_into_its_fold(transform):
+    X, Y = _data(seed=8)
+    masks = leave_one_out(22)
+    X2 = X.copy()
+    X2[5] = X2[5] * -7.0 + 100.0                       # sample 5 is held out by fold 5 only
+    Z1 = transform.fit_transform_folds(torch.tensor(X), torch.tensor(masks))
+    k1 = int(transform.n_features_[5])
+    Z2 = transform.fit_transform_folds(torch.tensor(X2), torch.tensor(masks))
+    assert int(transform.n_features_[5]) == k1
+    Z1, Z2 = Z1[..., :k1], Z2[..., :k1]     # folds are padded to the largest kept dimension
+    train = masks[5]
+    # fold 5's transform is fitted without sample 5: identical on its training rows ...
+    np.testing.assert_allclose(Z1[5, train].numpy(), Z2[5, train].numpy(), atol=1e-10)
+    # ... while folds that train on sample 5 do change
+    assert not np.allclose(Z1[0].numpy(), Z2[0].numpy())
+    r1 = cross_val_predict(X, Y, 0.1, 0.5, preprocess=transform, tol=1e-10, device="cpu")
+    r2 = cross_val_predict(X2, Y, 0.1, 0.5, preprocess=transform, tol=1e-10, device="cpu")
+    # the held-out prediction changes only through its own transformed input: recompute it
+    # from fold 5's model (unchanged) applied to the new transformed row
+    one1 = cross_val_predict(X, Y, 0.1, 0.5, folds=kfold(22, 22), preprocess=transform, tol=1e-10, device="cpu")
+    np.testing.assert_allclose(r1.predictions.numpy(), one1.predictions.numpy(), atol=1e-9)
+    z_old, z_new = Z1[5, 5].numpy(), Z2[5, 5].numpy()
+    coef = _fold_coef(Z1[5].numpy(), Y, train)
+    np.testing.assert_allclose(r2.predictions[0, 5].numpy() - r1.predictions[0, 5].numpy(),
+                               (z_new - z_old) @ coef.T, atol=1e-7)
+
+
+def _fold_coef(Z, Y, train):
+    return SkElasticNet(alpha=0.1, l1_ratio=0.5, tol=1e-12, max_iter=200_000).fit(Z[train], Y[train]).coef_
+
+
+def test_cross_val_predict_deterministic_and_torch_input():
+    X, Y = _data(seed=9)
+    a = cross_val_predict(X, Y, [0.1, 1.0], 0.5, device="cpu")
+    b = cross_val_predict(torch.tensor(X), torch.tensor(Y), [0.1, 1.0], 0.5, device="cpu")
+    assert torch.equal(a.predictions, b.predictions)
