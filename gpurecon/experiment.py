@@ -63,7 +63,12 @@ def resolve_dataset(data_cfg: DictConfig, subject: int, cache: Cache) -> Dataset
         raise DataError("data=ibids needs data.root=/path/to/SingleWordProductionDutch-iBIDS "
                         "(or $GPURECON_DATA_ROOT); use data=synthetic to run without it")
     if kind == "ibids" or (kind == "auto" and root):
-        return Dataset(Path(root).expanduser(), "real", f"data.root={root}")
+        from .data.ibids import is_synthetic
+
+        path = Path(root).expanduser()
+        # A synthetic dataset pointed to by data.root is still synthetic: say so everywhere.
+        found = "synthetic" if path.is_dir() and is_synthetic(path) else "real"
+        return Dataset(path, found, f"data.root={root}")
     from .data.synthetic import write_synthetic_dataset
 
     if cache.root is None:

@@ -136,3 +136,51 @@ def test_sweep_runs_each_grid_point(tmp_path):
     summaries = sorted((tmp_path / "runs").rglob("summary.json"))
     alphas = sorted(json.loads(p.read_text())["solver"]["alpha"] for p in summaries)
     assert alphas == [0.01, 10.0]
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    from gpurecon.data import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("ds") / "ibids", subjects=(3,), seed=2,
+                                   n_channels=5, n_words=12, audio_sfreq=8000.0)
+
+
+def _nwb(root):
+    return root / "sub-03" / "ieeg" / "sub-03_task-wordProduction_ieeg.nwb"
+
+
+def test_flat_channel_is_excluded_and_recorded(small_dataset, tmp_path):
+    import h5py
+
+    root = shutil.copytree(small_dataset, tmp_path / "flat")
+    with h5py.File(_nwb(root), "r+") as f:
+        f["acquisition/iEEG/data"][:, 1] = 2.0
+    names = (root / "sub-03/ieeg/sub-03_task-wordProduction_channels.tsv").read_text().splitlines()
+    flat_name = names[2].split("\t")[0]
+    proc, out = run_cli([f"data.root={root}", "subject=3", "device=cpu"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["excluded_channels"] == [flat_name]
+    assert summary["n_targets"] == 4
+    assert summary["provenance"]["data"] == "synthetic"  # data.root pointing at synthetic data
+    assert flat_name not in (out / "scores_electrodes.csv").read_text()
+
+
+def test_nan_samples_fail_with_the_channel_named_and_no_output(small_dataset, tmp_path):
+    import h5py
+
+    root = shutil.copytree(small_dataset, tmp_path / "nan")
+    with h5py.File(_nwb(root), "r+") as f:
+        f["acquisition/iEEG/data"][10:20, 2] = np.nan
+    proc, out = run_cli([f"data.root={root}", "subject=3"], tmp_path)
+    assert proc.returncode == 1
+    message = proc.stdout + proc.stderr
+    assert "NaN" in message and "ieeg.nwb" in message and "Traceback" not in message
+    assert not out.exists()
+
+
+def test_subject_out_of_range_names_the_valid_subjects(small_dataset, tmp_path):
+    proc, out = run_cli([f"data.root={small_dataset}", "subject=11"], tmp_path)
+    assert proc.returncode == 1 and "sub-03" in proc.stdout + proc.stderr
+    assert not out.exists()
