@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 @dataclass
@@ -117,7 +117,17 @@ MODEL_SCHEMAS = {
 }
 
 
+def bids_subject(subject: Any) -> str:
+    """``3`` -> ``sub-03`` (used in run folder names: ``${bids_sub:${subject}}``)."""
+    try:
+        return f"sub-{int(str(subject).removeprefix('sub-')):02d}"
+    except ValueError:
+        return f"sub-{subject}"
+
+
 def register_configs() -> None:
+    if not OmegaConf.has_resolver("bids_sub"):
+        OmegaConf.register_new_resolver("bids_sub", bids_subject)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="data", name="data_schema", node=DataConfig)

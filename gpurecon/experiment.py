@@ -54,10 +54,11 @@ class Provenance:
 
 
 def resolve_dataset(data_cfg: DictConfig, subject: int, cache: Cache) -> Dataset:
-    """Pick the real dataset (``data.root``) or the synthetic one, generated on first use."""
+    """Choose the real dataset (``data.root``) or the synthetic one (cheap: generates nothing;
+    see :func:`ensure_synthetic`)."""
     kind = data_cfg.kind
     if kind not in ("auto", "ibids", "synthetic"):
-        raise DataError(f"data.kind must be 'auto', 'ibids' or 'synthetic', got {kind!r}")
+        raise ConfigError(f"data.kind must be 'auto', 'ibids' or 'synthetic', got {kind!r}")
     root = data_cfg.root
     if kind == "ibids" and not root:
         raise DataError("data=ibids needs data.root=/path/to/SingleWordProductionDutch-iBIDS "
@@ -69,19 +70,24 @@ def resolve_dataset(data_cfg: DictConfig, subject: int, cache: Cache) -> Dataset
         # A synthetic dataset pointed to by data.root is still synthetic: say so everywhere.
         found = "synthetic" if path.is_dir() and is_synthetic(path) else "real"
         return Dataset(path, found, f"data.root={root}")
-    from .data.synthetic import write_synthetic_dataset
-
     if cache.root is None:
-        raise DataError("the synthetic dataset is generated into cache_dir; cache_dir must be set")
+        raise ConfigError("the synthetic dataset is generated into cache_dir; cache_dir must be set")
     key = make_key(version=SYNTHETIC_VERSION, seed=data_cfg.seed, n_channels=data_cfg.n_channels,
                    n_words=data_cfg.n_words, subject=int(subject))
-    ds_root = cache.root / "synthetic" / key
     reason = ("no data.root set (nor $GPURECON_DATA_ROOT)" if kind == "auto" else "data=synthetic")
-    if not (ds_root / "dataset_description.json").exists():
-        log.info("generating the synthetic dataset (seed %d) into %s", data_cfg.seed, ds_root)
-        write_synthetic_dataset(ds_root, subjects=[int(subject)], seed=data_cfg.seed,
+    return Dataset(cache.root / "synthetic" / key, "synthetic", reason)
+
+
+def ensure_synthetic(dataset: Dataset, data_cfg: DictConfig, subject: int) -> None:
+    """Generate the synthetic dataset into the cache on first use (atomically)."""
+    if dataset.kind != "synthetic" or (dataset.root / "dataset_description.json").exists():
+        return
+    if not dataset.reason.startswith("data.root"):
+        from .data.synthetic import write_synthetic_dataset
+
+        log.info("generating the synthetic dataset (seed %d) into %s", data_cfg.seed, dataset.root)
+        write_synthetic_dataset(dataset.root, subjects=[int(subject)], seed=data_cfg.seed,
                                 n_channels=data_cfg.n_channels, n_words=data_cfg.n_words)
-    return Dataset(ds_root, "synthetic", reason)
 
 
 def target_window(cfg: DictConfig) -> float:
@@ -297,6 +303,7 @@ def run(cfg: DictConfig, out_dir: str | os.PathLike) -> dict:
              cfg.subject, cfg.model.name, prov.fields["checkpoint"])
     if dataset.kind == "synthetic":
         log.warning("running on SYNTHETIC data (planted ground truth), not on recordings")
+    ensure_synthetic(dataset, cfg.data, cfg.subject)
 
     from .data import load_subject
 
