@@ -94,8 +94,8 @@ def solve_fold_designs(Xf, Y, train, alpha, l1_ratio, tol, max_iter, center, inn
         coef, n_iter = res.coef, n_iter + res.n_iter
         if newton_rounds:
             x, stable = pdas(gram_k.to(F64), zero_down, torch.ones(1, dtype=F64, device=dev),
-                             torch.zeros(T, dtype=torch.int64, device=dev), ridge, c_k.to(F64), a, b,
-                             coef != 0, torch.sign(coef).to(F64), fixed, newton_rounds)
+                             torch.zeros((K, T), dtype=torch.int64, device=dev), ridge, c_k.to(F64), a, b,
+                             coef != 0, torch.sign(coef).to(F64), fixed, newton_rounds, done=~open_)
             coef = torch.where((stable & open_)[..., None], x.to(dt), coef)
         frac *= 0.25
     gap = _final_gap(xc, yc, coef, a, b, F, G)

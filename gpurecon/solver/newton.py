@@ -43,8 +43,8 @@ class SharedInverse:
         Features the group's problems may use (the union of their active sets).
     b_class : Tensor (C,) float64
         Training size of each fold class (folds with equal size share ``b``).
-    fold_class : Tensor (F,) int64
-        Each fold's class.
+    fold_class : Tensor (K, F) int64
+        Each problem's class.
     downdates : Tensor (K, F, r, s) float64
         Rows subtracted from ``G`` per problem.
     ridge : Tensor (K,) float64
@@ -54,7 +54,7 @@ class SharedInverse:
     def __init__(self, gram, domain, b_class, fold_class, downdates, ridge):
         K, s, _ = gram.shape
         self.fold_class = fold_class
-        self.classes = [torch.nonzero(fold_class == c).squeeze(1) for c in range(b_class.numel())]
+        self.n_classes = b_class.numel()
         eye = torch.eye(s, dtype=F64, device=gram.device)
         dom = domain.to(F64)
         outer = dom[:, :, None] * dom[:, None, :]
@@ -76,13 +76,13 @@ class SharedInverse:
     def _apply_rows(self, rows):
         """``rows @ Q`` for rows (K, F, r, s) (Q symmetric), fold class by fold class."""
         K, F, r, s = rows.shape
-        if len(self.classes) == 1:
-            return torch.bmm(rows.reshape(K, F * r, s), self.Q[:, 0]).reshape(K, F, r, s)
-        out = torch.empty_like(rows)
-        for c, idx in enumerate(self.classes):
-            if idx.numel():
-                sub = rows[:, idx].reshape(K, -1, s)
-                out[:, idx] = torch.bmm(sub, self.Q[:, c]).reshape(K, idx.numel(), r, s)
+        flat = rows.reshape(K, F * r, s)
+        if self.n_classes == 1:
+            return torch.bmm(flat, self.Q[:, 0]).reshape(K, F, r, s)
+        out = torch.zeros_like(rows)
+        for c in range(self.n_classes):   # few classes (training sizes): compute each, keep its own
+            mine = (self.fold_class == c)[:, :, None, None]
+            out = torch.where(mine, torch.bmm(flat, self.Q[:, c]).reshape(K, F, r, s), out)
         return out
 
     def apply(self, vec):
@@ -97,7 +97,7 @@ class SharedInverse:
         K, F, d = idx.shape
         C, s = self.Q.shape[1], self.Q.shape[-1]
         # one flat take: cheaper than broadcast advanced indexing over four index tensors
-        base = (torch.arange(K, device=idx.device)[:, None] * C + self.fold_class[None, :]) * (s * s)
+        base = (torch.arange(K, device=idx.device)[:, None] * C + self.fold_class) * (s * s)
         lin = base[..., None, None] + idx[..., :, None] * s + idx[..., None, :]
         qbb = torch.take(self.Q, lin)
         vb = self.V.gather(3, idx[:, :, None, :].expand(K, F, self.V.shape[2], d))    # (K, F, r, d)
@@ -126,7 +126,7 @@ def hessian_apply(gram, downdates, b, x):
     return hx - torch.einsum("kfrs,kfr->kfs", downdates, coef) + b[..., None] * x
 
 
-def pdas(gram, downdates, b_class, fold_class, ridge, c, a, b, active, sign, fixed, rounds):
+def pdas(gram, downdates, b_class, fold_class, ridge, c, a, b, active, sign, fixed, rounds, done=None):
     """Primal-dual active-set rounds on every problem; float64 throughout.
 
     Parameters
@@ -143,6 +143,8 @@ def pdas(gram, downdates, b_class, fold_class, ridge, c, a, b, active, sign, fix
         Padding features: never active, their coefficient stays 0.
     rounds : int
         Most rounds to run.
+    done : Tensor (K, F) bool or None
+        Problems to leave alone (they neither move nor widen the group's domain).
 
     Returns
     -------
@@ -156,7 +158,7 @@ def pdas(gram, downdates, b_class, fold_class, ridge, c, a, b, active, sign, fix
     fixed3 = fixed[:, None, :].expand(K, F, s)
     active = active & ~fixed3
     sign = torch.where(active, sign, torch.zeros_like(sign))
-    stable = torch.zeros((K, F), dtype=torch.bool, device=c.device)
+    stable = torch.zeros((K, F), dtype=torch.bool, device=c.device) if done is None else done.clone()
     coef = torch.zeros_like(c)
     for _ in range(rounds):
         # the inverse lives on the union of the group's unfinished active sets

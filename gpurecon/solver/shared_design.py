@@ -27,7 +27,7 @@ import torch
 
 from .fista import GramHessian, PrimalHessian, fista
 from .gap import enet_duality_gap
-from .newton import pdas
+from .newton import MAX_CONSTRAINTS, pdas
 
 F64 = torch.float64
 
@@ -204,6 +204,14 @@ def _fold_classes(folds):
     return sizes, cls
 
 
+def _newton_pays(s, n, m, budget):
+    """Is an active-set Newton round (one s x s inverse shared by m problems, then two products
+    with it per problem) worth ``budget`` FISTA iterations of one problem? (About 4 rounds.)"""
+    fista_iter = 2 * s * s if s <= 2 * n else 4 * n * s
+    newton = 1.7 * s ** 3 / max(m, 1) + 6 * s * s
+    return 4 * newton <= budget * fista_iter
+
+
 def _buckets(sizes, ratio=1.3):
     """Group indices bucketed by working-set size so padding wastes at most ~30%."""
     order = torch.argsort(sizes)
@@ -217,7 +225,7 @@ def _buckets(sizes, ratio=1.3):
 
 
 def _inner(design, Y, folds, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, allowance, t_idx, ybar,
-           opts, newton_start=False):
+           opts, newton_start=False, round_no=1):
     """Solve K groups on their working sets: FISTA, then an exact active-set Newton polish.
 
     Groups are processed in buckets of similar working-set size. FISTA runs each unfinished
@@ -248,35 +256,63 @@ def _inner(design, Y, folds, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, allow
             hess = PrimalHessian(xw, folds.train[None], folds.n_train.to(dt)[None, :, None], folds.center)
         lip = torch.minimum(hess.lipschitz(), design.lam_max.to(coef.device).expand(g.numel()))
         allow = torch.where(open_, allowance[g], torch.zeros_like(allowance[g]))
-        if newton_start and sb <= NEWTON_MAX_SET:
-            cb = _newton_start(design, folds, wsb, cb, xw, yc, alpha[g], l1_ratio[g], a[g], b[g], open_, opts)
-        target = tol_abs[g] * opts.inner_fraction
-        res = fista(hess, c, yy[g], a[g], b[g], cb, target, allow, opts.check_every, lipschitz=lip)
-        cb = res.coef
+        use_newton = sb <= NEWTON_MAX_SET and _newton_pays(sb, n, F, opts.newton_budget)
+        if newton_start and use_newton:
+            if opts.newton_first:
+                # active-set Newton from the warm start; FISTA only where it does not settle
+                cb, settled = _polish(design, folds, wsb, cb, xw, yc, alpha[g], l1_ratio[g], a[g], b[g], open_,
+                                      opts, return_stable=True)
+                open_ = open_ & ~settled
+                allow = torch.where(open_, allow, torch.zeros_like(allow))
+            else:
+                cb = _newton_start(design, folds, wsb, cb, xw, yc, alpha[g], l1_ratio[g], a[g], b[g], open_, opts)
+        # without the exact polish to finish, FISTA itself must reach the tolerance
+        frac = opts.inner_fraction if (use_newton and opts.newton_rounds) else min(opts.inner_fraction, INNER_FRACTION)
+        target = tol_abs[g] * frac
+        fdt = opts.fista_dtype or dt
+        if fdt != dt:
+            hess, c, cb_f = hess.to(fdt), c.to(fdt), cb.to(fdt)
+        else:
+            cb_f = cb
+        res = fista(hess, c, yy[g], a[g], b[g], cb_f, target, allow, opts.check_every, lipschitz=lip,
+                    min_iter=newton_start)
+        cb = res.coef.to(dt)
         n_iter[g] = res.n_iter
-        if opts.newton_rounds and sb <= NEWTON_MAX_SET:
+        if opts.newton_rounds and use_newton and round_no >= opts.polish_from_round:
             cb = _polish(design, folds, wsb, cb, xw, yc, alpha[g], l1_ratio[g], a[g], b[g], open_, opts)
         coef[g, :, :sb] = cb
     return coef, n_iter
 
 
-def _polish(design, folds, ws, coef, xw, yc, alpha, l1_ratio, a, b, open_, opts):
-    """PDAS from the FISTA iterate, in sub-batches; keeps the result where it settled."""
+def _polish(design, folds, ws, coef, xw, yc, alpha, l1_ratio, a, b, open_, opts, return_stable=False):
+    """PDAS from the FISTA iterate for the open problems only (packed per group), in
+    sub-batches; keeps the result where the active set settled."""
     K, F, s = coef.shape
     sizes, cls = _fold_classes(folds)
     ridge = alpha * (1.0 - l1_ratio)
     groups = torch.nonzero(open_.any(1)).squeeze(1)
-    step = max(1, int(opts.max_elems // max(1, F * s * s)))
+    settled = torch.zeros_like(open_)
+    if not groups.numel():
+        return (coef, settled) if return_stable else coef
+    m = int(open_.sum(1).max())
+    per_group = 2 * s * s * sizes.numel() + m * (16 * s + MAX_CONSTRAINTS ** 2)
+    step = max(1, int(opts.max_elems // per_group))
     coef = coef.clone()
     for lo in range(0, groups.numel(), step):
         g = groups[lo:lo + step]
+        pick = torch.argsort((~open_[g]).to(torch.int8), dim=1, stable=True)[:, :m]   # open first
+        rows = torch.arange(g.numel(), device=coef.device)[:, None]
         xw64 = xw[g].to(F64)
-        start = coef[g]
-        x, stable = pdas(torch.bmm(xw64.transpose(1, 2), xw64), _downdates(design, folds, ws[g], F64),
-                         sizes, cls, ridge[g], torch.bmm(yc[g].to(F64), xw64), a[g], b[g],
-                         start != 0, torch.sign(start).to(F64), ws[g] == design.p, opts.newton_rounds)
-        coef[g] = torch.where((stable & open_[g])[..., None], x.to(coef.dtype), start)
-    return coef
+        start = coef[g][rows, pick]
+        x, stable = pdas(torch.bmm(xw64.transpose(1, 2), xw64),
+                         _downdates(design, folds, ws[g], F64)[rows, pick], sizes, cls[pick], ridge[g],
+                         torch.bmm(yc[g][rows, pick].to(F64), xw64), a[g][rows, pick], b[g][rows, pick],
+                         start != 0, torch.sign(start).to(F64), ws[g] == design.p, opts.newton_rounds,
+                         done=~open_[g][rows, pick])
+        take = stable & open_[g][rows, pick]
+        coef[g[:, None], pick] = torch.where(take[..., None], x.to(coef.dtype), start)
+        settled[g[:, None], pick] = take
+    return (coef, settled) if return_stable else coef
 
 
 def _newton_start(design, folds, ws, coef, xw, yc, alpha, l1_ratio, a, b, open_, opts):
@@ -294,7 +330,7 @@ def _newton_start(design, folds, ws, coef, xw, yc, alpha, l1_ratio, a, b, open_,
         start = coef[g]
         sign = torch.sign(start).to(F64)
         x, _ = pdas(torch.bmm(xw64.transpose(1, 2), xw64), _downdates(design, folds, ws[g], F64),
-                    sizes, cls, ridge[g], torch.bmm(yc[g].to(F64), xw64), a[g], b[g],
+                    sizes, cls[None].expand(g.numel(), F), ridge[g], torch.bmm(yc[g].to(F64), xw64), a[g], b[g],
                     start != 0, sign, ws[g] == design.p, 1)
         x = torch.where(torch.sign(x) == sign, x, torch.zeros_like(x))
         coef[g] = torch.where(open_[g][..., None], x.to(coef.dtype), start)
@@ -311,6 +347,10 @@ class Options:
     newton_start: bool = True       # warm starts: one shared-factorisation Newton step first
     round_iter: int = 200           # FISTA iterations per outer round at most
     growth: float = 0.25            # a working set grows by at most this fraction per round
+    fista_dtype: torch.dtype | None = None   # FISTA iterates (None: the design's); gaps stay float64
+    polish_from_round: int = 1      # first outer round that tries the Newton polish
+    newton_first: bool = False      # warm starts: active-set Newton before FISTA
+    newton_budget: float = 60.0     # Newton is used where it costs at most this many FISTA iterations
     max_elems: int = 2 ** 25        # float64 elements one Newton sub-batch may hold
 
 
@@ -365,6 +405,10 @@ def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef
                                                 t_idx[active])
         gap[active] = g_gap
         conv = g_gap <= tol_abs[active]
+        if warm and rounds == 1:
+            # a fold must not keep the full-data fit (which saw its held-out samples) just
+            # because that already meets its tolerance: every fold gets its own update
+            conv = torch.zeros_like(conv)
         converged[active] = conv
         # MAX_ROUNDS guards against a check that rounding keeps failing with nothing to add
         spent = (n_iter[active] >= max_iter) | (rounds >= MAX_ROUNDS)
@@ -413,7 +457,8 @@ def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef
         coef, spent_iter = _inner(design, Y, folds, ws, coef, alpha[active], l1_ratio[active], a[active],
                                   b[active], yy[active], tol_abs[active] * (frac / opts.inner_fraction)[:, None],
                                   allowance, t_idx[active], ybar, opts,
-                                  newton_start=warm and rounds == 1 and opts.newton_start)
+                                  newton_start=warm and rounds == 1 and opts.newton_start,
+                                  round_no=rounds)
         n_iter[active] += spent_iter
     s_max = max(int(final_s.max()) if K else 0, 1)
     return Solution(final_ws[:, :s_max], final_coef[:, :, :s_max], gap, tol_abs, n_iter, converged,
