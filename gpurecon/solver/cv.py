@@ -144,10 +144,13 @@ def _with_permutations(Y: torch.Tensor, perms) -> tuple[torch.Tensor, int]:
         return Y, 0
     p = torch.as_tensor(np.asarray(perms) if not isinstance(perms, torch.Tensor) else perms)
     n = Y.shape[0]
-    if p.ndim != 2 or p.shape[1] != n or not bool((torch.sort(p, 1).values == torch.arange(n)).all()):
+    if p.ndim != 2 or p.shape[1] != n or p.is_floating_point() or \
+            not bool((torch.sort(p, 1).values == torch.arange(n, device=p.device)).all()):
         raise ValueError(f"permutations must be an (n_permutations, {n}) array of row permutations")
-    p = p.to(Y.device)
-    return torch.cat([Y] + [Y[row] for row in p], 1), p.shape[0]
+    p = p.to(Y.device).long()
+    # columns: the real targets, then permutation j's copy of target t at T + j*T + t
+    permuted = Y[p].permute(1, 0, 2).reshape(n, -1)
+    return torch.cat([Y, permuted], 1), p.shape[0]
 
 
 def fold_predictions(problem: en.Problem, sol: sd.Solution, targets: torch.Tensor) -> torch.Tensor:

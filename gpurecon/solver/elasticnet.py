@@ -260,12 +260,13 @@ def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
     # exact Newton steps run whatever they cost
     budget = sd.Options.newton_budget if problem.tol >= MIXED_PRECISION_TOL else math.inf
     # the cold full-data fit grows its working sets fast and lets the Newton polish finish
+    tight = problem.tol < MIXED_PRECISION_TOL
     opts_full = opts_full or sd.Options(inner_fraction=FULL_INNER_FRACTION, growth=1.0,
-                                        fista_dtype=fista_dtype, newton_budget=budget)
+                                        fista_dtype=fista_dtype, newton_budget=budget, lowrank_newton=not tight)
     # folds start next to their optimum (full-data fit + one shared Newton step): FISTA to half
     # the tolerance is cheaper there than an exact polish, which only the stragglers get
     opts_folds = opts_folds or sd.Options(polish_from_round=3, inner_fraction=FOLD_INNER_FRACTION,
-                                          fista_dtype=fista_dtype, newton_budget=budget)
+                                          fista_dtype=fista_dtype, newton_budget=budget, lowrank_newton=not tight)
     if all_rows:
         # a single fit (the estimator): always finish with the exact polish
         single = dataclasses.replace(opts_full, newton_budget=math.inf)
@@ -327,8 +328,11 @@ def bytes_per_group(problem: Problem) -> int:
     F = problem.folds.train.shape[0]
     n, p1 = problem.design.n, problem.design.p + 1
     item = problem.Y.element_size()
-    s = min(p1, 4 * n)                        # typical working-set bound for the FISTA state
-    return item * (3 * F * p1 + 6 * F * n + 14 * F * s + 2 * s * s + 2 * n * s) + 8 * 4 * F * s
+    h = problem.folds.held_out.shape[1]
+    # the check's (F, p+1) products and the FISTA state at a full working set dominate; a Gram
+    # is only formed for working sets up to 2n; float64 temporaries of residuals and predictions
+    return (item * (20 * F * p1 + 8 * F * n + 4 * n * n + 2 * n * p1 + 2 * F * (h + 1) * min(p1, 2 * n))
+            + 8 * (6 * F * n + 2 * F * p1))
 
 
 def enet_path_fit(X, Y, alphas, l1_ratios, train_masks=None, fit_intercept=True, tol=1e-4,

@@ -33,12 +33,14 @@ class SharedInverse:
     """``Q = (G + b I)^{-1}`` on a domain of each group's working set, plus Woodbury pieces.
 
     Features outside the domain get an identity block (and zero downdate columns), so they
-    solve to zero and never couple to the rest.
+    solve to zero and never couple to the rest. With ``lowrank`` (working sets wider than the
+    number of samples) ``Q`` is never formed: ``G = X^T X`` has rank <= n, so
+    ``Q = (I - X^T (b I + X X^T)^{-1} X) / b`` needs one n x n inverse per group.
 
     Parameters
     ----------
-    gram : Tensor (K, s, s) float64
-        All-rows Gram of each group's working set.
+    cols : Tensor float64
+        The group's all-rows Gram (K, s, s), or with ``lowrank`` its columns X (K, n, s).
     domain : Tensor (K, s) bool
         Features the group's problems may use (the union of their active sets).
     b_class : Tensor (C,) float64
@@ -49,40 +51,62 @@ class SharedInverse:
         Rows subtracted from ``G`` per problem.
     ridge : Tensor (K,) float64
         Each group's ``alpha*(1-l1_ratio)``; ``b = ridge * n_train``.
+    lowrank : bool
     """
 
-    def __init__(self, gram, domain, b_class, fold_class, downdates, ridge):
-        K, s, _ = gram.shape
+    def __init__(self, cols, domain, b_class, fold_class, downdates, ridge, lowrank=False):
+        K, s = domain.shape
+        dev = cols.device
         self.fold_class = fold_class
         self.n_classes = b_class.numel()
-        eye = torch.eye(s, dtype=F64, device=gram.device)
-        dom = domain.to(F64)
-        outer = dom[:, :, None] * dom[:, None, :]
-        qs = []
-        self.ok = torch.ones(K, dtype=torch.bool, device=gram.device)   # factorisation succeeded
-        for c in range(b_class.numel()):
-            m = gram * outer + torch.diag_embed((ridge * b_class[c])[:, None] * dom + (1.0 - dom))
-            q, ok = _spd_inverse(m)
-            qs.append(q)
-            self.ok &= ok
-        self.Q = torch.stack(qs, 1)                                          # (K, C, s, s)
-        u = downdates * dom[:, None, None, :]
-        self.V = self._apply_rows(u)                                         # (K, F, r, s) = U Q
+        self.lowrank = lowrank
+        self.dom = domain.to(F64)
+        self.ok = torch.ones(K, dtype=torch.bool, device=dev)   # factorisations succeeded
+        if lowrank:
+            self.xd = cols * self.dom[:, None, :]                             # (K, n, s)
+            kern = torch.bmm(self.xd, self.xd.transpose(1, 2))
+            eye_n = torch.eye(kern.shape[-1], dtype=F64, device=dev)
+            self.bb = torch.stack([ridge * b_class[c] for c in range(self.n_classes)], 1)   # (K, C)
+            ms = []
+            for c in range(self.n_classes):
+                m, ok = _spd_inverse(kern + self.bb[:, c, None, None] * eye_n)
+                ms.append(m)
+                self.ok &= ok & (self.bb[:, c] > 0)
+            self.M = torch.stack(ms, 1)                                        # (K, C, n, n)
+        else:
+            outer = self.dom[:, :, None] * self.dom[:, None, :]
+            qs = []
+            for c in range(self.n_classes):
+                m = cols * outer + torch.diag_embed((ridge * b_class[c])[:, None] * self.dom + (1.0 - self.dom))
+                q, ok = _spd_inverse(m)
+                qs.append(q)
+                self.ok &= ok
+            self.Q = torch.stack(qs, 1)                                        # (K, C, s, s)
+        u = downdates * self.dom[:, None, None, :]
+        self.V = self._apply_rows(u)                                           # (K, F, r, s) = U Q
         r = u.shape[2]
-        cmat = torch.eye(r, dtype=F64, device=gram.device) - torch.einsum("kfrs,kfqs->kfrq", u, self.V)
-        self.Cinv, ok = _spd_inverse(cmat)                                   # (K, F, r, r)
+        cmat = torch.eye(r, dtype=F64, device=dev) - torch.einsum("kfrs,kfqs->kfrq", u, self.V)
+        self.Cinv, ok = _spd_inverse(cmat)                                     # (K, F, r, r)
         self.ok &= ok.all(1)
+
+    def _q(self, flat, c):
+        """``flat @ Q_c`` for rows flat (K, R, s)."""
+        if not self.lowrank:
+            return torch.bmm(flat, self.Q[:, c])
+        t = torch.bmm(torch.bmm(torch.bmm(flat, self.xd.transpose(1, 2)), self.M[:, c]), self.xd)
+        dom = self.dom[:, None, :]
+        return dom * (flat - t) / self.bb[:, c, None, None] + (1.0 - dom) * flat
 
     def _apply_rows(self, rows):
         """``rows @ Q`` for rows (K, F, r, s) (Q symmetric), fold class by fold class."""
         K, F, r, s = rows.shape
         flat = rows.reshape(K, F * r, s)
         if self.n_classes == 1:
-            return torch.bmm(flat, self.Q[:, 0]).reshape(K, F, r, s)
+            return self._q(flat, 0).reshape(K, F, r, s)
         out = torch.zeros_like(rows)
         for c in range(self.n_classes):   # few classes (training sizes): compute each, keep its own
             mine = (self.fold_class == c)[:, :, None, None]
-            out = torch.where(mine, torch.bmm(flat, self.Q[:, c]).reshape(K, F, r, s), out)
+            out = torch.where(mine, self._q(flat, c).reshape(K, F, r, s), out)
         return out
 
     def apply(self, vec):
@@ -93,13 +117,24 @@ class SharedInverse:
         return qv + torch.einsum("kfrs,kfr->kfs", self.V, coef)
 
     def block(self, idx):
-        """``Q_f[B, B]`` for index sets idx (K, F, d)."""
+        """``Q_f[B, B]`` for index sets idx (K, F, d) inside the domain."""
         K, F, d = idx.shape
-        C, s = self.Q.shape[1], self.Q.shape[-1]
-        # one flat take: cheaper than broadcast advanced indexing over four index tensors
-        base = (torch.arange(K, device=idx.device)[:, None] * C + self.fold_class) * (s * s)
-        lin = base[..., None, None] + idx[..., :, None] * s + idx[..., None, :]
-        qbb = torch.take(self.Q, lin)
+        if self.lowrank:
+            n = self.xd.shape[1]
+            xb = self.xd[:, None].expand(K, F, n, self.xd.shape[2]).gather(3, idx[:, :, None, :].expand(K, F, n, d))
+            if self.n_classes == 1:
+                m, bb = self.M[:, 0][:, None], self.bb[:, 0][:, None].expand(K, F)
+            else:
+                kk = torch.arange(K, device=idx.device)[:, None]
+                m, bb = self.M[kk, self.fold_class], self.bb[kk, self.fold_class]
+            eye = torch.eye(d, dtype=F64, device=idx.device)
+            qbb = (eye - xb.transpose(-1, -2) @ m @ xb) / bb[..., None, None]
+        else:
+            C, s = self.Q.shape[1], self.Q.shape[-1]
+            # one flat take: cheaper than broadcast advanced indexing over four index tensors
+            base = (torch.arange(K, device=idx.device)[:, None] * C + self.fold_class) * (s * s)
+            lin = base[..., None, None] + idx[..., :, None] * s + idx[..., None, :]
+            qbb = torch.take(self.Q, lin)
         vb = self.V.gather(3, idx[:, :, None, :].expand(K, F, self.V.shape[2], d))    # (K, F, r, d)
         return qbb + torch.einsum("kfrd,kfrq,kfqe->kfde", vb, self.Cinv, vb)
 
@@ -119,19 +154,21 @@ def _spd_inverse(m):
     return torch.where(ok[..., None, None], inv, torch.zeros_like(inv)), ok
 
 
-def hessian_apply(gram, downdates, b, x):
-    """``(H_f + b I) x`` with ``H_f = G - U^T U``, float64; x (K, F, s)."""
-    hx = torch.bmm(x, gram)
+def hessian_apply(cols, downdates, b, x, lowrank=False):
+    """``(H_f + b I) x`` with ``H_f = G - U^T U``, float64; x (K, F, s); ``cols`` is the Gram
+    (K, s, s), or with ``lowrank`` the columns X (K, n, s) and ``G x = X^T (X x)``."""
+    hx = torch.bmm(torch.bmm(x, cols.transpose(1, 2)), cols) if lowrank else torch.bmm(x, cols)
     coef = torch.einsum("kfrs,kfs->kfr", downdates, x)
     return hx - torch.einsum("kfrs,kfr->kfs", downdates, coef) + b[..., None] * x
 
 
-def pdas(gram, downdates, b_class, fold_class, ridge, c, a, b, active, sign, fixed, rounds, done=None):
+def pdas(cols, downdates, b_class, fold_class, ridge, c, a, b, active, sign, fixed, rounds, done=None,
+         lowrank=False):
     """Primal-dual active-set rounds on every problem; float64 throughout.
 
     Parameters
     ----------
-    gram, downdates, b_class, fold_class, ridge
+    cols, downdates, b_class, fold_class, ridge, lowrank
         See ``SharedInverse`` (float64).
     c : Tensor (K, F, s) float64
         ``Xc^T yc`` per problem.
@@ -163,7 +200,7 @@ def pdas(gram, downdates, b_class, fold_class, ridge, c, a, b, active, sign, fix
     for _ in range(rounds):
         # the inverse lives on the union of the group's unfinished active sets
         domain = (active & ~stable[..., None]).any(1)
-        inv = SharedInverse(gram, domain, b_class, fold_class, downdates, ridge)
+        inv = SharedInverse(cols, domain, b_class, fold_class, downdates, ridge, lowrank)
         rhs = torch.where(active, c - a3 * sign, torch.zeros_like(c))
         x0 = inv.apply(rhs)
         # B: domain features inactive in this fold, forced to zero through a small system
@@ -195,7 +232,7 @@ def pdas(gram, downdates, b_class, fold_class, ridge, c, a, b, active, sign, fix
         if d:
             bad |= info != 0
         x = torch.where(bad[..., None], torch.zeros_like(x), x)
-        g = c - hessian_apply(gram, downdates, b, x)
+        g = c - hessian_apply(cols, downdates, b, x, lowrank)
         flip = active & (torch.sign(x) != sign)
         enter = ~active & ~fixed3 & (g.abs() > a3 * (1 + 1e-10))
         moved = (flip | enter).any(-1) | bad

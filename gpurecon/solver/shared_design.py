@@ -204,11 +204,14 @@ def _fold_classes(folds):
     return sizes, cls
 
 
-def _newton_pays(s, n, m, budget):
+def _newton_pays(s, n, m, budget, lowrank=True):
     """Is an active-set Newton round (one s x s inverse shared by m problems, then two products
     with it per problem) worth ``budget`` FISTA iterations of one problem? (About 4 rounds.)"""
     fista_iter = 2 * s * s if s <= 2 * n else 4 * n * s
-    newton = 1.7 * s ** 3 / max(m, 1) + 6 * s * s
+    if s > n and lowrank:   # low-rank inverse: one n x n factorisation per group, products through X
+        newton = 2 * n ** 3 / max(m, 1) + 16 * n * s + 6 * n * n
+    else:
+        newton = 1.7 * s ** 3 / max(m, 1) + 6 * s * s
     return 4 * newton <= budget * fista_iter
 
 
@@ -256,7 +259,7 @@ def _inner(design, Y, folds, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, allow
             hess = PrimalHessian(xw, folds.train[None], folds.n_train.to(dt)[None, :, None], folds.center)
         lip = torch.minimum(hess.lipschitz(), design.lam_max.to(coef.device).expand(g.numel()))
         allow = torch.where(open_, allowance[g], torch.zeros_like(allowance[g]))
-        use_newton = sb <= NEWTON_MAX_SET and _newton_pays(sb, n, F, opts.newton_budget)
+        use_newton = sb <= NEWTON_MAX_SET and _newton_pays(sb, n, F, opts.newton_budget, opts.lowrank_newton)
         if newton_start and use_newton:
             if opts.newton_first:
                 # active-set Newton from the warm start; FISTA only where it does not settle
@@ -295,7 +298,11 @@ def _polish(design, folds, ws, coef, xw, yc, alpha, l1_ratio, a, b, open_, opts,
     if not groups.numel():
         return (coef, settled) if return_stable else coef
     m = int(open_.sum(1).max())
-    per_group = 2 * s * s * sizes.numel() + m * (16 * s + MAX_CONSTRAINTS ** 2)
+    # the low-rank inverse divides by b: the lasso (b = 0) needs the s x s one
+    lowrank = opts.lowrank_newton and s > design.n and bool((ridge[groups] > 0).all())
+    n = design.n
+    per_group = (2 * n * s + 2 * n * n * sizes.numel() if lowrank else 2 * s * s * sizes.numel()) \
+        + m * (16 * s + MAX_CONSTRAINTS ** 2 + (n * MAX_CONSTRAINTS if lowrank else 0))
     step = max(1, int(opts.max_elems // per_group))
     coef = coef.clone()
     for lo in range(0, groups.numel(), step):
@@ -304,15 +311,20 @@ def _polish(design, folds, ws, coef, xw, yc, alpha, l1_ratio, a, b, open_, opts,
         rows = torch.arange(g.numel(), device=coef.device)[:, None]
         xw64 = xw[g].to(F64)
         start = coef[g][rows, pick]
-        x, stable = pdas(torch.bmm(xw64.transpose(1, 2), xw64),
+        x, stable = pdas(_newton_cols(xw64, lowrank),
                          _downdates(design, folds, ws[g], F64)[rows, pick], sizes, cls[pick], ridge[g],
                          torch.bmm(yc[g][rows, pick].to(F64), xw64), a[g][rows, pick], b[g][rows, pick],
                          start != 0, torch.sign(start).to(F64), ws[g] == design.p, opts.newton_rounds,
-                         done=~open_[g][rows, pick])
+                         done=~open_[g][rows, pick], lowrank=lowrank)
         take = stable & open_[g][rows, pick]
         coef[g[:, None], pick] = torch.where(take[..., None], x.to(coef.dtype), start)
         settled[g[:, None], pick] = take
     return (coef, settled) if return_stable else coef
+
+
+def _newton_cols(xw64, lowrank):
+    """What the Newton steps multiply by: the columns (low-rank form) or their Gram."""
+    return xw64 if lowrank else torch.bmm(xw64.transpose(1, 2), xw64)
 
 
 def _newton_start(design, folds, ws, coef, xw, yc, alpha, l1_ratio, a, b, open_, opts):
@@ -322,16 +334,20 @@ def _newton_start(design, folds, ws, coef, xw, yc, alpha, l1_ratio, a, b, open_,
     sizes, cls = _fold_classes(folds)
     ridge = alpha * (1.0 - l1_ratio)
     groups = torch.nonzero((ridge > 0) & open_.any(1)).squeeze(1)
-    step = max(1, int(opts.max_elems // max(1, F * s * s)))
+    lowrank = opts.lowrank_newton and s > design.n
+    n = design.n
+    per_group = (2 * n * s + 2 * n * n if lowrank else 2 * s * s) + F * (16 * s + MAX_CONSTRAINTS ** 2
+                                                                       + (n * MAX_CONSTRAINTS if lowrank else 0))
+    step = max(1, int(opts.max_elems // per_group))
     coef = coef.clone()
     for lo in range(0, groups.numel(), step):
         g = groups[lo:lo + step]
         xw64 = xw[g].to(F64)
         start = coef[g]
         sign = torch.sign(start).to(F64)
-        x, _ = pdas(torch.bmm(xw64.transpose(1, 2), xw64), _downdates(design, folds, ws[g], F64),
+        x, _ = pdas(_newton_cols(xw64, lowrank), _downdates(design, folds, ws[g], F64),
                     sizes, cls[None].expand(g.numel(), F), ridge[g], torch.bmm(yc[g].to(F64), xw64), a[g], b[g],
-                    start != 0, sign, ws[g] == design.p, 1)
+                    start != 0, sign, ws[g] == design.p, 1, lowrank=lowrank)
         x = torch.where(torch.sign(x) == sign, x, torch.zeros_like(x))
         coef[g] = torch.where(open_[g][..., None], x.to(coef.dtype), start)
     return coef
@@ -351,6 +367,8 @@ class Options:
     polish_from_round: int = 1      # first outer round that tries the Newton polish
     newton_first: bool = False      # warm starts: active-set Newton before FISTA
     newton_budget: float = 60.0     # Newton is used where it costs at most this many FISTA iterations
+    lowrank_newton: bool = True     # n x n (Woodbury) inverses for wide working sets; the s x s one
+                                    # is more accurate when b is tiny next to X^T X (tight tolerances)
     max_elems: int = 2 ** 25        # float64 elements one Newton sub-batch may hold
 
 
