@@ -106,6 +106,10 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
+def cpu_run(args, fn):
+    return (None, None) if args.skip_cpu else timed(fn)
+
+
 def gpu_run(fn):
     if not torch.cuda.is_available():
         return None, None
@@ -122,7 +126,8 @@ def max_rel_diff(ours, ref, scale):
 
 
 def report(name, sk_s, cpu_s, gpu_s, diff, notes=""):
-    line = f"{name}: sklearn {sk_s:9.1f} s | gpurecon CPU {cpu_s:8.2f} s ({sk_s / cpu_s:6.1f}x)"
+    line = f"{name}: sklearn {sk_s:9.1f} s | " + (f"gpurecon CPU {cpu_s:8.2f} s ({sk_s / cpu_s:6.1f}x)"
+                                                  if cpu_s is not None else "gpurecon CPU: skipped")
     line += (f" | CUDA {gpu_s:7.2f} s ({sk_s / gpu_s:7.1f}x)" if gpu_s is not None else " | CUDA: not available")
     line += f" | max |pred - sklearn| / std(y) = {diff:.2e}"
     print(line + (f"  [{notes}]" if notes else ""), flush=True)
@@ -140,11 +145,12 @@ def run_p1(args, X, factors):
     for label, alpha in P1_ALPHAS.items():
         sk, sk_s = timed(lambda: sklearn_loo(X, Y, alpha, 0.5, sk_folds, args.np_dtype))
         sk_s *= N / len(sk_folds)
-        res, cpu_s = timed(lambda: cross_val_predict(X, Y, alpha, 0.5, device="cpu", dtype=args.dtype))
-        _, gpu_s = gpu_run(lambda: cross_val_predict(X, Y, alpha, 0.5, device="cuda", dtype=args.dtype))
-        pred = res.predictions[0].numpy()[sk_folds]
+        res, cpu_s = cpu_run(args, lambda: cross_val_predict(X, Y, alpha, 0.5, device="cpu", dtype=args.dtype))
+        gres, gpu_s = gpu_run(lambda: cross_val_predict(X, Y, alpha, 0.5, device="cuda", dtype=args.dtype))
+        res = res or gres
+        pred = res.predictions[0].cpu().numpy()[sk_folds] if res is not None else np.full_like(sk, np.nan)
         nnz = _nonzero_fraction(X, Y, alpha)
-        note = f"{nnz:.1%} coefficients non-zero; not converged: {res.n_not_converged}"
+        note = f"{nnz:.1%} coefficients non-zero; not converged: {res.n_not_converged if res is not None else 'n/a'}"
         if len(sk_folds) < N:
             note += f"; sklearn on {len(sk_folds)} folds x{N // len(sk_folds)}"
         rows.append(report(f"P1 {label}", sk_s, cpu_s, gpu_s, max_rel_diff(pred, sk, std), note))
@@ -169,16 +175,19 @@ def run_p2(args, X, factors):
         for r in P2_L1:
             sk[(a, r)] = sklearn_loo(X, Y[:, sub_sk], a, r, sk_folds, args.np_dtype)
     sk_s = (time.perf_counter() - t0) * (T / len(sub_sk)) * (N / len(sk_folds))
-    res, cpu_s = timed(lambda: cross_val_predict(X, Y[:, sub_cpu], P2_ALPHAS, P2_L1, device="cpu", dtype=args.dtype))
-    cpu_s *= T / len(sub_cpu)
-    _, gpu_s = gpu_run(lambda: cross_val_predict(X, Y, P2_ALPHAS, P2_L1, device="cuda", dtype=args.dtype))
+    res, cpu_s = cpu_run(args, lambda: cross_val_predict(X, Y[:, sub_cpu], P2_ALPHAS, P2_L1, device="cpu",
+                                                          dtype=args.dtype))
+    cpu_s = cpu_s * T / len(sub_cpu) if cpu_s is not None else None
+    gres, gpu_s = gpu_run(lambda: cross_val_predict(X, Y, P2_ALPHAS, P2_L1, device="cuda", dtype=args.dtype))
     pos = np.searchsorted(sub_cpu, sub_sk)
+    if res is None and gres is not None:
+        res, pos = gres, sub_sk
     std = Y[:, sub_sk].std(0)
-    diff = max(max_rel_diff(res.predictions[g].numpy()[sk_folds][:, pos], sk[grid], std)
-               for g, grid in enumerate(res.grid))
+    diff = max(max_rel_diff(res.predictions[g].cpu().numpy()[sk_folds][:, pos], sk[grid], std)
+               for g, grid in enumerate(res.grid)) if res is not None else float("nan")
     note = (f"sklearn: {len(sub_sk)} targets x {len(sk_folds)} folds, extrapolated linearly to {T} x {N}; "
             f"gpurecon CPU: {len(sub_cpu)} targets, extrapolated x{T / len(sub_cpu):.1f}; "
-            f"not converged: {res.n_not_converged}")
+            f"not converged: {res.n_not_converged if res is not None else 'n/a'}")
     return [report("P2 25,400 targets x 12 grid, LOO", sk_s, cpu_s, gpu_s, diff, note)]
 
 
@@ -190,16 +199,17 @@ def run_p3(args, X, factors):
     sk, sk_s = timed(lambda: sklearn_loo(X, Y[perms[0]], 1.0, 0.5, sk_folds, args.np_dtype))
     sk_s *= n_perm * N / len(sk_folds)
     k = args.p3_cpu_permutations
-    res, cpu_s = timed(lambda: cross_val_predict(X, Y, 1.0, 0.5, permutations=perms[:k], device="cpu",
-                                                 dtype=args.dtype))
-    cpu_s *= (n_perm + 1) / (k + 1)
-    _, gpu_s = gpu_run(lambda: cross_val_predict(X, Y, 1.0, 0.5, permutations=perms, device="cuda",
-                                                 dtype=args.dtype))
+    res, cpu_s = cpu_run(args, lambda: cross_val_predict(X, Y, 1.0, 0.5, permutations=perms[:k], device="cpu",
+                                                          dtype=args.dtype))
+    cpu_s = cpu_s * (n_perm + 1) / (k + 1) if cpu_s is not None else None
+    gres, gpu_s = gpu_run(lambda: cross_val_predict(X, Y, 1.0, 0.5, permutations=perms, device="cuda",
+                                                    dtype=args.dtype))
+    res = res or gres
     std = Y[perms[0]].std(0)
-    diff = max_rel_diff(res.null_predictions[0, 0].numpy()[sk_folds], sk, std)
+    diff = max_rel_diff(res.null_predictions[0, 0].cpu().numpy()[sk_folds], sk, std) if res is not None else float("nan")
     note = (f"sklearn: 1 permutation x {len(sk_folds)} folds, extrapolated x{n_perm * N // len(sk_folds)}; "
             f"gpurecon CPU: {k} permutations + the real targets, extrapolated to {n_perm}; "
-            f"not converged: {res.n_not_converged}")
+            f"not converged: {res.n_not_converged if res is not None else 'n/a'}")
     return [report("P3 1000-permutation null of P1", sk_s, cpu_s, gpu_s, diff, note)]
 
 
@@ -222,6 +232,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (sklearn's coordinate descent is single-threaded)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--skip-cpu", action="store_true",
+                    help="no gpurecon CPU runs (a GPU check: sklearn --quick subsets + CUDA at full size)")
     ap.add_argument("--p2-sklearn-targets", type=int, default=None)
     ap.add_argument("--p2-cpu-targets", type=int, default=None)
     ap.add_argument("--p3-cpu-permutations", type=int, default=None)
@@ -246,8 +258,8 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         gpu = f"{r['gpu']:.2f} ({r['sk'] / r['gpu']:.0f}x)" if r["gpu"] is not None else "not available"
-        print(f"| {r['name']} | {r['sk']:.1f} | {r['cpu']:.2f} | {r['sk'] / r['cpu']:.1f}x | {gpu} | "
-              f"{r['diff']:.1e} | {r['notes']} |")
+        cpu = (f"{r['cpu']:.2f} | {r['sk'] / r['cpu']:.1f}x" if r["cpu"] is not None else "skipped | -")
+        print(f"| {r['name']} | {r['sk']:.1f} | {cpu} | {gpu} | {r['diff']:.1e} | {r['notes']} |")
 
 
 if __name__ == "__main__":

@@ -198,3 +198,23 @@ def test_cross_val_predict_deterministic_and_torch_input():
     a = cross_val_predict(X, Y, [0.1, 1.0], 0.5, device="cpu")
     b = cross_val_predict(torch.tensor(X), torch.tensor(Y), [0.1, 1.0], 0.5, device="cpu")
     assert torch.equal(a.predictions, b.predictions)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu_and_is_deterministic():
+    X, Y = _data(n=30, p=60, seed=10)
+    perms = permutations(30, 3, seed=1)
+    kw = dict(alphas=[0.05, 0.5], l1_ratios=[0.5, 1.0], permutations=perms, tol=1e-8)
+    cpu = cross_val_predict(X, Y, device="cpu", **kw)
+    gpu = cross_val_predict(X, Y, device="cuda", **kw)
+    again = cross_val_predict(X, Y, device="cuda", **kw)
+    assert gpu.predictions.device.type == "cuda"
+    np.testing.assert_allclose(gpu.predictions.cpu().numpy(), cpu.predictions.numpy(), atol=1e-6)
+    np.testing.assert_allclose(gpu.null_predictions.cpu().numpy(), cpu.null_predictions.numpy(), atol=1e-6)
+    assert torch.equal(gpu.predictions, again.predictions)
+    pca_cpu = cross_val_predict(X, Y, 0.1, 0.5, preprocess="pca:0.9", device="cpu", tol=1e-8)
+    pca_gpu = cross_val_predict(X, Y, 0.1, 0.5, preprocess="pca:0.9", device="cuda", tol=1e-8)
+    np.testing.assert_allclose(pca_gpu.predictions.cpu().numpy(), pca_cpu.predictions.numpy(), atol=1e-6)
+    X32 = torch.tensor(X, dtype=torch.float32, device="cuda")
+    res = cross_val_predict(X32, torch.tensor(Y, dtype=torch.float32, device="cuda"), 0.1, 0.5)
+    assert res.predictions.dtype == torch.float32 and res.n_not_converged == 0

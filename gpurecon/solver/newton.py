@@ -24,7 +24,6 @@ from __future__ import annotations
 import torch
 
 F64 = torch.float64
-DEBUG = False
 # Largest zero-constraint system per problem: beyond it FISTA is cheaper than the solve.
 MAX_CONSTRAINTS = 96
 
@@ -211,9 +210,6 @@ def pdas(cols, downdates, b_class, fold_class, ridge, c, a, b, active, sign, fix
         zero_in_dom = zero_in_dom & ~too_big[..., None]
         n_in = torch.where(too_big, 0, n_in)
         d = int(n_in.max())
-        if DEBUG:
-            print("pdas round: d", d, "mean", float(n_in.float().mean()), "domain", int(domain.sum(1).max()),
-                  "stable", float(stable.float().mean()))
         lam_full = torch.zeros_like(c)
         if d:
             order = torch.argsort((~zero_in_dom).to(torch.int8), dim=-1, stable=True)[..., :d]
