@@ -179,3 +179,16 @@ def resolve_with_config(spec: str, revision: str | None, what: str,
                              f"({type(err).__name__}: {err})") from None
         memo[key] = (ckpt, config)
     return memo[key]
+
+
+def load_pretrained(ckpt: Checkpoint, spec: str, what: str, processor_cls, model_cls,
+                    device, dtype) -> tuple[object, object]:
+    """Load a checkpoint's processor (tokenizer / feature extractor) and model through
+    ``from_pretrained``, the path real checkpoints take; the model in eval mode on ``device``."""
+    try:
+        processor = processor_cls.from_pretrained(ckpt.location, revision=ckpt.revision)
+        model = model_cls.from_pretrained(ckpt.location, revision=ckpt.revision)
+    except Exception as err:
+        raise ModelError(f"{what} checkpoint {spec!r} ({ckpt.location}) could not be "
+                         f"loaded: {type(err).__name__}: {err}") from None
+    return processor, model.to(device=device, dtype=dtype).eval()

@@ -15,10 +15,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..cache import Cache
-from ..errors import DataError, ModelError
+from ..errors import DataError
 from .base import (Embedder, check_positive_int, hidden_state_stack, parse_dtype, parse_layer,
                    resolve_layer, select_layers, unique_words)
-from .checkpoints import Checkpoint, resolve_with_config
+from .checkpoints import Checkpoint, load_pretrained, resolve_with_config
 from .tiny import build_gpt2
 
 log = logging.getLogger(__name__)
@@ -80,14 +80,8 @@ class GPT2Embedder(Embedder):
         from transformers import AutoModel, AutoTokenizer
 
         ckpt, _ = self._resolve(cache)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(ckpt.location, revision=ckpt.revision)
-            model = AutoModel.from_pretrained(ckpt.location, revision=ckpt.revision)
-        except Exception as err:
-            raise ModelError(f"gpt2 checkpoint {self.checkpoint!r} ({ckpt.location}) could not be "
-                             f"loaded: {type(err).__name__}: {err}") from None
-        model = model.to(device=device, dtype=parse_dtype(self.dtype, device)).eval()
-        return tokenizer, model
+        return load_pretrained(ckpt, self.checkpoint, "gpt2", AutoTokenizer, AutoModel, device,
+                               parse_dtype(self.dtype, device))
 
     def _compute(self, loaded, recording, device, meta):
         tokenizer, model = loaded

@@ -18,11 +18,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..cache import Cache
-from ..errors import ModelError
+
 from .audio import audio_windows
 from .base import (Embedder, check_positive_int, hidden_state_stack, parse_dtype, parse_layer,
                    resolve_layer, select_layers)
-from .checkpoints import Checkpoint, resolve_with_config
+from .checkpoints import Checkpoint, load_pretrained, resolve_with_config
 from .tiny import build_wav2vec2
 
 log = logging.getLogger(__name__)
@@ -105,14 +105,8 @@ class Wav2Vec2Embedder(Embedder):
         from transformers import AutoFeatureExtractor, Wav2Vec2Model
 
         ckpt, _ = self._resolve(cache)
-        try:
-            extractor = AutoFeatureExtractor.from_pretrained(ckpt.location, revision=ckpt.revision)
-            model = Wav2Vec2Model.from_pretrained(ckpt.location, revision=ckpt.revision)
-        except Exception as err:
-            raise ModelError(f"wav2vec2 checkpoint {self.checkpoint!r} ({ckpt.location}) could not be "
-                             f"loaded: {type(err).__name__}: {err}") from None
-        model = model.to(device=device, dtype=parse_dtype(self.dtype, device)).eval()
-        return extractor, model
+        return load_pretrained(ckpt, self.checkpoint, "wav2vec2", AutoFeatureExtractor, Wav2Vec2Model, device,
+                               parse_dtype(self.dtype, device))
 
     def _compute(self, loaded, recording, device, meta):
         extractor, model = loaded
