@@ -18,7 +18,6 @@ import torch
 from tqdm.auto import tqdm
 
 from ..cache import Cache
-
 from .audio import audio_windows
 from .base import (Embedder, check_positive_int, hidden_state_stack, parse_dtype, parse_layer,
                    resolve_layer, select_layers)
