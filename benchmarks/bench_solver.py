@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from gpurecon.solver import cross_val_predict, leave_one_out, permutations  # noqa: E402
+from gpurecon.solver import cross_val_predict, permutations  # noqa: E402
 
 N, P, C = 100, 768, 127
 FRAMES = 200

@@ -20,7 +20,7 @@ import torch
 from . import elasticnet as en
 from . import shared_design as sd
 from .fold_design import solve_fold_designs
-from .preprocessing import FoldTransform, make_preprocess
+from .preprocessing import make_preprocess
 
 F64 = torch.float64
 

@@ -90,9 +90,9 @@ class PrimalHessian:
         self.design, self.train, self.n_train, self.center = design, train, n_train, center
 
     def apply(self, v: torch.Tensor) -> torch.Tensor:
-        z = torch.bmm(v, self.design.transpose(1, 2)) * self.train
+        z = torch.bmm(v, self.design.transpose(1, 2)).mul_(self.train)
         if self.center:
-            z = z - (z.sum(-1, keepdim=True) / self.n_train) * self.train
+            z.addcmul_(z.sum(-1, keepdim=True).div_(self.n_train), self.train, value=-1.0)
         return torch.bmm(z, self.design)
 
     def to(self, dtype) -> "PrimalHessian":

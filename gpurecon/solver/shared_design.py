@@ -5,18 +5,23 @@ fold and one working set of features shared by them (leave-one-out folds differ 
 so their supports nearly coincide). One outer round is
 
 1. a full check of every unfinished problem: the fold's centred residual ``R`` through one
-   GEMM of X against all problems' coefficients (fold centring is a per-problem mean of
-   ``X w``, a rank-one correction: X is never copied per fold), then ``X^T R`` through a second
-   GEMM, then sklearn's duality gap in float64;
+   batched product of X's working-set columns with the coefficients (fold centring is a
+   per-problem mean: X is never copied per fold), then ``X^T R`` over *all* features through
+   one GEMM, then sklearn's duality gap in float64;
 2. for groups with unfinished problems, the features outside the working set that violate
-   the KKT condition ``|X_j^T R| <= a`` are added (the largest first, doubling the set);
-3. FISTA on the working sets (Gram form with per-fold low-rank downdates when the set is
-   small, primal form otherwise), to half the tolerance.
+   the KKT condition ``|X_j^T R| <= a`` are added (the strongest first, growing the set by at
+   most ``Options.growth`` of its size per round);
+3. the inner solve on the working sets, in buckets of similar size: FISTA with adaptive
+   restart (Gram form with per-fold low-rank downdates when the set is small, primal form
+   otherwise; frozen/compacted per problem) to ``Options.inner_fraction`` of the tolerance,
+   and an exact active-set Newton polish (``newton.pdas``) where it is cheap enough.
 
 It ends when every problem's full gap meets sklearn's tolerance, or its iterations run out.
-Leave-one-out fits start from the full-data fit of the same (grid point, target), restricted
-to its support and the features close to its KKT boundary (a strong-rule style screen, which
-the full check then verifies).
+Warm-started folds begin from the full-data fit of the same (grid point, target), restricted
+to its support and the features close to its KKT boundary (a strong-rule style screen that the
+full check verifies), then take one Newton step on that support with a factorisation shared by
+all folds. A fold never keeps the full-data fit as its answer (that fit saw the fold's
+held-out samples), even when it already meets the fold's tolerance.
 """
 
 from __future__ import annotations
@@ -397,7 +402,7 @@ def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef
     """
     opts = opts or Options()
     warm = ws is not None
-    K, F, n, p = t_idx.numel(), folds.train.shape[0], design.n, design.p
+    K, F, p = t_idx.numel(), folds.train.shape[0], design.p
     dev, dt = design.X.device, design.X.dtype
     ybar, yy_ft = target_stats(Y, folds)
     yy = yy_ft.T[t_idx]                                                     # (K, F)
