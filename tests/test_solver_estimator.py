@@ -64,6 +64,9 @@ def test_torch_in_torch_out():
     pred = b.predict(torch.tensor(X))
     assert isinstance(pred, torch.Tensor) and pred.shape == (30, 3)
     np.testing.assert_allclose(pred.numpy(), a.predict(X), atol=1e-12)
+    one = ElasticNet(alpha=0.1).fit(torch.tensor(X), torch.tensor(Y[:, 0]))
+    assert one.coef_.shape == (12,) and one.predict(torch.tensor(X)).shape == (30,)
+    np.testing.assert_allclose(one.predict(torch.tensor(X)).numpy(), one.predict(X), atol=1e-12)
 
 
 def test_float32_input_stays_float32():

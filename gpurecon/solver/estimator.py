@@ -116,7 +116,8 @@ class ElasticNet(MultiOutputMixin, RegressorMixin, BaseEstimator):
                                  f"is expecting {self.n_features_in_} features as input")
             coef = torch.as_tensor(self.coef_, device=X.device)
             Xt = X.to(coef.dtype)
-            out = Xt @ coef.T + torch.as_tensor(self.intercept_, dtype=coef.dtype, device=X.device)
+            out = (Xt @ coef if coef.ndim == 1 else Xt @ coef.T) + torch.as_tensor(
+                self.intercept_, dtype=coef.dtype, device=X.device)
             return out
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         return X @ np.asarray(self.coef_).T + self.intercept_
