@@ -170,9 +170,10 @@ def fold_predictions(problem: en.Problem, sol: sd.Solution, targets: torch.Tenso
 
 def _run_shared(problem, T_all, memory_budget, warm_start, consume):
     """Solve chunk by chunk; ``consume(sol, targets)`` receives each chunk's solution."""
+    budget = memory_budget or en.default_memory_budget(problem.Y.device)
     with en.full_precision_matmul(problem.Y.device):
-        for targets in en.target_chunks(problem, memory_budget, T_all):
-            consume(en.solve_chunk(problem, targets, warm_start), targets)
+        for targets in en.target_chunks(problem, budget, T_all):
+            consume(en.solve_chunk(problem, targets, warm_start, memory_budget=budget), targets)
 
 
 def _stats_tensors(F, G, T, dev):

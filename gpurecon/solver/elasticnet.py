@@ -244,11 +244,12 @@ def _group_params(problem: Problem, targets: torch.Tensor):
 
 
 def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
-                opts_full: sd.Options | None = None, opts_folds: sd.Options | None = None) -> sd.Solution:
+                opts_full: sd.Options | None = None, opts_folds: sd.Options | None = None,
+                memory_budget: int | None = None) -> sd.Solution:
     """Solve every (grid point, target in ``targets``, fold) problem (working-set form).
 
     Groups are ordered grid-major: group ``g * len(targets) + i`` is grid point ``g`` and
-    target ``targets[i]``.
+    target ``targets[i]``. ``memory_budget`` (bytes) sizes the Newton sub-batches.
     """
     alpha, l1, t_idx = _group_params(problem, targets)
     all_rows = problem.folds.train.shape[0] == 1 and bool((problem.folds.train > 0).all())
@@ -260,11 +261,13 @@ def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
     budget = sd.Options.newton_budget if problem.tol >= MIXED_PRECISION_TOL else math.inf
     # the cold full-data fit grows its working sets fast and lets the Newton polish finish
     tight = problem.tol < MIXED_PRECISION_TOL
-    opts_full = opts_full or sd.Options(inner_fraction=FULL_INNER_FRACTION, growth=1.0,
+    # Newton sub-batches may hold 1/16 of the budget (float64 elements), at least 256 MiB
+    elems = max(sd.Options.max_elems, int((memory_budget or 0) // (16 * 8)))
+    opts_full = opts_full or sd.Options(inner_fraction=FULL_INNER_FRACTION, growth=1.0, max_elems=elems,
                                         fista_dtype=fista_dtype, newton_budget=budget, lowrank_newton=not tight)
     # folds start next to their optimum (full-data fit + one shared Newton step): FISTA to half
     # the tolerance is cheaper there than an exact polish, which only the stragglers get
-    opts_folds = opts_folds or sd.Options(polish_from_round=3, inner_fraction=FOLD_INNER_FRACTION,
+    opts_folds = opts_folds or sd.Options(polish_from_round=3, inner_fraction=FOLD_INNER_FRACTION, max_elems=elems,
                                           fista_dtype=fista_dtype, newton_budget=budget, lowrank_newton=not tight)
     if all_rows:
         # a single fit (the estimator): always finish with the exact polish
@@ -378,9 +381,10 @@ def enet_path_fit(X, Y, alphas, l1_ratios, train_masks=None, fit_intercept=True,
     intercept, gap, tol_t = torch.zeros((F, G, T), **f64), torch.zeros((F, G, T), **f64), torch.zeros((F, G, T), **f64)
     n_iter = torch.zeros((F, G, T), dtype=torch.int64, device=dev)
     converged = torch.zeros((F, G, T), dtype=torch.bool, device=dev)
-    for targets in target_chunks(problem, memory_budget):
+    budget = memory_budget or default_memory_budget(dev)
+    for targets in target_chunks(problem, budget):
         with full_precision_matmul(dev):
-            sol = solve_chunk(problem, targets, warm_start)
+            sol = solve_chunk(problem, targets, warm_start, memory_budget=budget)
         Tc = targets.numel()
 
         def put(dst, src):  # (K, F, ...) grid-major groups -> dst[:, :, targets]
