@@ -11,13 +11,18 @@ training masks over the rows of one shared X: fold centring is done with per-pro
 (rank-one corrections), never with per-fold copies of X.
 
 How it does less work than coordinate descent on every problem (see ``shared_design``):
-the full-data fit of each (grid point, target) is solved first and warm-starts its folds;
-each (grid point, target) keeps a working set of features (support plus KKT violators,
-verified against every feature after each solve); on the working set, FISTA with adaptive
-restart (Gram form with per-fold rank-one downdates when the set is small), problems that
-converge are frozen and dropped from the batch, and an active-set Newton step with one
-factorisation per group (Woodbury per fold) makes most solutions exact. Targets are processed
-in chunks sized to a memory budget.
+the full-data fit of each (grid point, target) is solved first and warm-starts its folds
+(one Newton step per fold on the full-data support, through a factorisation shared by all
+folds); each (grid point, target) keeps a working set of features (support plus KKT
+violators, verified against every feature after each solve); on the working set, FISTA with
+adaptive restart (Gram form with per-fold rank-one downdates when the set is small, float32
+iterates when tol >= 1e-5), problems that converge are frozen and packed out of the batch, and
+an exact active-set Newton polish where it is cheap. Folds stop at 10% of sklearn's gap
+tolerance (their held-out predictions are what CV reports). Targets are processed in chunks
+sized to a memory budget.
+
+:func:`enet_path_fit` returns every coefficient (folds x grid x targets x features); for
+many targets use :func:`gpurecon.solver.cross_val_predict`, which keeps only predictions.
 
 Problems that do not converge within ``max_iter`` are reported in the result and in one
 :class:`ConvergenceWarning` (count and worst gap), never silently.
