@@ -10,13 +10,7 @@ from sklearn.linear_model import ElasticNet as SkElasticNet
 from gpurecon.solver import ConvergenceWarning, enet_path_fit
 from gpurecon.solver.gap import enet_duality_gap
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny batched ops: on a shared 2-core machine a second OpenMP thread mostly waits
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 

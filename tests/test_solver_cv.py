@@ -12,13 +12,7 @@ from sklearn.preprocessing import StandardScaler
 from gpurecon.solver import (PCA, Standardize, cross_val_predict, group_folds, kfold, leave_one_out,
                              nested_cross_val_predict, permutations, permuted_targets)
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny batched ops: on a shared 2-core machine a second OpenMP thread mostly waits
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 

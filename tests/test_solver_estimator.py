@@ -10,12 +10,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from gpurecon.solver import ElasticNet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # Every check of the installed scikit-learn runs; none is expected to fail. (check_array_api_input
