@@ -1,0 +1,94 @@
+"""Table 1 and the figures of the study from finished run folders (never recomputes).
+
+``python -m gpurecon.report DIR [DIR ...] --out OUT`` (see :mod:`.__main__`), or from Python::
+
+    from gpurecon.report import make_report
+    make_report(dirs=["multirun/2026-11-30/10-00-00"], out="report")
+
+Rules (also in the README, section Report):
+
+- Run folders are folders holding ``summary.json``, found recursively under each DIR; runs
+  that are not complete (``gpurecon.outputs.is_complete`` where available) are skipped with a
+  note. A DIR with no finished run is an error naming it.
+- Real and synthetic runs together are an error (their scores cannot share a table); so are
+  two runs of the same subject, model, checkpoint, target and solver setting. Synthetic data
+  and untrained models are flagged (column ``flags``, footnotes, figure titles).
+- Table 1 has one row per (subject, model, setting); a sweep over alpha / l1_ratio gives one
+  row per setting, the Markdown one pivot table per setting, and a heat map per participant
+  and model.
+- Every file records its provenance; CSV and Markdown hold no timestamps and sorted orders,
+  so the same runs give byte-identical files. Nothing is written until every input was read.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .draw import FigureSpec, write_figure
+from .figures import r2_histogram, r2_per_model, score_grid
+from .figures_run import electrode_map, null_histogram, timecourse
+from .runs import ReportError, Run, find_runs
+from .settings import check_comparable
+from .table import write_table
+
+__all__ = ["ReportError", "Run", "find_runs", "figure_specs", "make_report"]
+
+
+def figure_specs(runs: list[Run]) -> tuple[list[FigureSpec], list[str]]:
+    """Every figure the runs support (reading their files), and notes on those skipped."""
+    specs = [*r2_per_model(runs), *r2_histogram(runs), *score_grid(runs)]
+    skipped: dict[str, int] = {}
+    for run in runs:
+        specs.append(electrode_map(run, runs))
+        for build, why in ((null_histogram, "null histogram: no permutation null "
+                                            "(predictions.npz null_pcc_across_electrodes)"),
+                           (timecourse, "time course: target is not frames")):
+            spec = build(run, runs)
+            if spec is None:
+                skipped[why] = skipped.get(why, 0) + 1
+            else:
+                specs.append(spec)
+    return specs, [f"skipped {why} ({n} of {len(runs)} runs)" for why, n in skipped.items()]
+
+
+def make_report(*, dirs: list[str | os.PathLike], out: str | os.PathLike, figures: bool = True,
+                progress: bool = True) -> list[Path]:
+    """Read the finished runs under ``dirs`` and write Table 1 (and the figures) into ``out``.
+
+    Parameters
+    ----------
+    dirs : list of path
+        Run folders and/or multirun folders, searched recursively for run folders.
+    out : path
+        Folder to write into (created); only the report's own files are replaced.
+    figures : bool
+        False: only table1.csv and table1.md.
+    progress : bool
+        Show a tqdm bar (stderr) over the figures.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+
+    Raises
+    ------
+    ReportError
+        A folder without finished runs, an unreadable run file, or runs that cannot be
+        compared; nothing is written then.
+    """
+    runs, notes = find_runs(dirs)
+    check_comparable(runs)
+    specs, skipped = figure_specs(runs) if figures else ([], [])
+    for note in notes + skipped:
+        print(f"gpurecon.report: {note}", file=sys.stderr)
+    out = Path(out)
+    written = write_table(out, runs)
+    for spec in tqdm(specs, desc="report figures", unit="figure", file=sys.stderr,
+                     disable=not progress):
+        written += write_figure(out, spec)
+    return written
