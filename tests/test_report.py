@@ -1,0 +1,317 @@
+"""The report (Table 1 and the figures) from run folders with known values, and end to end
+from a real 2-subject x 2-model multirun."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _report_fixtures import make_run
+from gpurecon import outputs
+from gpurecon.report import ReportError, make_report
+from gpurecon.report.__main__ import main as report_main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def read_table(path: Path) -> list[dict[str, str]]:
+    lines = [ln for ln in path.read_text().splitlines() if not ln.startswith("#")]
+    return list(csv.DictReader(io.StringIO("\n".join(lines))))
+
+
+def summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+@pytest.fixture
+def study(tmp_path):
+    """A multirun folder (2 subjects x 2 models, with null) and a single run folder elsewhere."""
+    multi = tmp_path / "multirun" / "2026-01-01" / "10-00-00"
+    runs = [make_run(multi, f"{i}_sub-0{s}_{m}", subject=s, model=m, seed=i)
+            for i, (s, m) in enumerate([(1, "fasttext"), (1, "gpt2"), (2, "fasttext")])]
+    single = tmp_path / "outputs" / "one"
+    runs.append(make_run(single.parent, single.name, subject=2, model="gpt2", seed=3))
+    return tmp_path, [multi, single], runs
+
+
+def test_table1_values_equal_each_runs_summary(study):
+    tmp, dirs, runs = study
+    make_report(dirs=dirs, out=tmp / "rep", figures=False, progress=False)
+    rows = read_table(tmp / "rep" / "table1.csv")
+    assert [(r["subject"], r["model"]) for r in rows] == [
+        ("1", "fasttext"), ("1", "gpt2"), ("2", "fasttext"), ("2", "gpt2")]
+    by_key = {(int(r["subject"]), r["model"]): r for r in rows}
+    keys = {"pcc": "pcc_across_electrodes", "r2": "r2_across_electrodes",
+            "baseline_pcc": "baseline_pcc_across_electrodes",
+            "baseline_r2": "baseline_r2_across_electrodes",
+            "pcc_per_electrode": "pcc_per_electrode_mean", "p_pcc": "p_pcc_across_electrodes",
+            "p_r2": "p_r2_across_electrodes"}
+    for run in runs:
+        s = summary(run)
+        row = by_key[(s["provenance"]["subject"], s["provenance"]["model"])]
+        for col, key in keys.items():
+            assert float(row[col]) == s["scores"][key], (run, col)  # exact: never recomputed
+        assert int(row["n_electrodes_fdr05"]) == s["scores"]["n_electrodes_fdr_05"]
+        assert int(row["n_trials"]) == s["n_trials"] and int(row["n_electrodes"]) == s["n_targets"]
+        assert row["checkpoint"] == s["provenance"]["checkpoint"]
+        assert row["data"] == "synthetic"
+        assert row["flags"] == "synthetic;untrained"
+    text = (tmp / "rep" / "table1.csv").read_text()
+    assert "# data: synthetic" in text and "# device: cpu" in text
+    assert "# checkpoint: fasttext=tiny (untrained); gpt2=tiny (untrained)" in text
+
+
+def test_markdown_is_the_papers_shape_with_baselines_mean_row_and_flags(study):
+    tmp, dirs, runs = study
+    make_report(dirs=dirs, out=tmp / "rep", figures=False, progress=False)
+    md = (tmp / "rep" / "table1.md").read_text()
+    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
+    assert lines[0] == "| participant | fasttext PCC | fasttext R2 | gpt2 PCC | gpt2 R2 |"
+    s = {(summary(r)["provenance"]["subject"], summary(r)["provenance"]["model"]):
+         summary(r)["scores"] for r in runs}
+    sc = s[(2, "gpt2")]
+    cells = [c.strip() for c in lines[3].split("|")[1:-1]]
+    assert cells[0] == "sub-02"
+    assert cells[3] == (f"{sc['pcc_across_electrodes']:.3f} "
+                        f"({sc['baseline_pcc_across_electrodes']:.3f}) "
+                        f"p={sc['p_pcc_across_electrodes']:.3f}†")  # † untrained
+    assert cells[4] == (f"{sc['r2_across_electrodes']:.3f} "
+                        f"({sc['baseline_r2_across_electrodes']:.3f})†")
+    mean = [c.strip() for c in lines[4].split("|")[1:-1]]
+    assert mean[0] == "mean"
+    r2 = np.mean([s[(1, "fasttext")]["r2_across_electrodes"], s[(2, "fasttext")]["r2_across_electrodes"]])
+    base = np.mean([s[(1, "fasttext")]["baseline_r2_across_electrodes"],
+                    s[(2, "fasttext")]["baseline_r2_across_electrodes"]])
+    assert mean[2] == f"{r2:.3f} ({base:.3f})"
+    assert "**Synthetic data**" in md and "† untrained model (fasttext (tiny), gpt2 (tiny))" in md
+    assert "data: synthetic" in md and "device: cpu" in md
+
+
+def test_models_run_with_two_checkpoints_get_one_column_each(tmp_path):
+    make_run(tmp_path, "a", subject=1, model="gpt2", checkpoint="tiny")
+    make_run(tmp_path, "b", subject=1, model="gpt2", checkpoint="GroNLP/gpt2-small-dutch",
+             untrained=False)
+    make_report(dirs=[tmp_path], out=tmp_path / "rep", figures=False, progress=False)
+    md = (tmp_path / "rep" / "table1.md").read_text()
+    assert "| participant | gpt2_ckpt-gpt2-small-dutch PCC |" in md and "gpt2_ckpt-tiny R2 |" in md
+    rows = read_table(tmp_path / "rep" / "table1.csv")
+    assert [(r["checkpoint"], r["flags"]) for r in rows] == [
+        ("GroNLP/gpt2-small-dutch", "synthetic"), ("tiny", "synthetic;untrained")]
+
+
+def test_same_runs_give_byte_identical_csv_and_markdown(study):
+    tmp, dirs, _ = study
+    make_report(dirs=dirs, out=tmp / "a", progress=False)
+    make_report(dirs=list(reversed(dirs)), out=tmp / "b", progress=False)
+    texts = sorted(p.name for p in (tmp / "a").iterdir() if p.suffix in (".csv", ".md"))
+    assert "table1.md" in texts and len(texts) > 10
+    assert texts == sorted(p.name for p in (tmp / "b").iterdir() if p.suffix in (".csv", ".md"))
+    for name in texts:
+        assert (tmp / "a" / name).read_bytes() == (tmp / "b" / name).read_bytes(), name
+
+
+def test_every_figure_exists_with_its_csv(study):
+    tmp, dirs, _ = study
+    written = make_report(dirs=dirs, out=tmp / "rep", progress=False)
+    out = tmp / "rep"
+    stems = ["fig_r2_fasttext", "fig_r2_gpt2", "fig_r2_histogram"] + [
+        f"fig_{kind}_sub-0{s}_{m}" for kind in ("electrodes", "null")
+        for s in (1, 2) for m in ("fasttext", "gpt2")]
+    for stem in stems:
+        png, table = out / f"{stem}.png", out / f"{stem}.csv"
+        assert png.read_bytes()[:8] == PNG and png.stat().st_size > 5000, stem
+        assert table.read_text().startswith("# gpurecon report"), stem
+        assert png in written and table in written
+    assert not list(out.glob("fig_timecourse_*")) and not list(out.glob("fig_grid_*"))
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_r2_histogram_matches_numpy_histogram(study):
+    tmp, dirs, runs = study
+    make_report(dirs=dirs, out=tmp / "rep", progress=False)
+    rows = read_table(tmp / "rep" / "fig_r2_histogram.csv")
+    for model in ("fasttext", "gpt2"):
+        r2 = [outputs_r2(r) for r in runs if summary(r)["provenance"]["model"] == model]
+        lo = math.floor(min(float(np.min(v)) for v in [x for y in r2 for x in [y]]) * 10) / 10
+        mine = [r for r in rows if r["model"] == model]
+        edges = np.array([float(r["bin_low"]) for r in mine] + [float(mine[-1]["bin_high"])])
+        assert edges[0] <= lo + 1e-12
+        expected = np.mean([np.histogram(v, bins=edges)[0] for v in r2], axis=0)
+        np.testing.assert_allclose([float(r["mean_trials"]) for r in mine], expected)
+        np.testing.assert_allclose(np.diff(edges), 0.1, atol=1e-9)
+        assert {r["n_participants"] for r in mine} == {"2"}
+
+
+def outputs_r2(run: Path) -> np.ndarray:
+    lines = [ln for ln in (run / "scores_trials.csv").read_text().splitlines() if ln[0] != "#"]
+    return np.array([float(r["r2"]) for r in csv.DictReader(io.StringIO("\n".join(lines)))])
+
+
+def test_electrode_map_marks_fdr_significant_and_null_histogram_holds_the_null(study):
+    tmp, dirs, runs = study
+    make_report(dirs=dirs, out=tmp / "rep", progress=False)
+    el = read_table(tmp / "rep" / "fig_electrodes_sub-01_gpt2.csv")
+    src = read_table(runs[1] / "scores_electrodes.csv")
+    assert [r["electrode"] for r in el] == [r["electrode"] for r in src]
+    assert [r["significant"] == "1" for r in el] == [float(r["q_fdr"]) <= 0.05 for r in src]
+    assert any(r["significant"] == "1" for r in el) and not all(r["significant"] == "1" for r in el)
+    assert [float(r["x"]) for r in el] == [float(r["x"]) for r in src]
+    null = read_table(tmp / "rep" / "fig_null_sub-01_gpt2.csv")
+    arrays, _ = outputs.read_npz(runs[1] / "predictions.npz")
+    np.testing.assert_array_equal([float(r["null_pcc"]) for r in null],
+                                  arrays["null_pcc_across_electrodes"])
+
+
+def test_sweep_keeps_one_row_per_setting_and_draws_the_heat_map(tmp_path):
+    for i, (a, l) in enumerate([(0.1, 0.5), (1.0, 0.5), (0.1, 0.9), (1.0, 0.9)]):
+        make_run(tmp_path / "sweep", f"{i}", subject=1, model="gpt2", alpha=a, l1_ratio=l, seed=i)
+    grid = make_run(tmp_path / "grid", "g", subject=2, model="gpt2", alpha=[0.1, 1.0],
+                    l1_ratio=[0.1, 0.5, 0.9], seed=7)
+    make_report(dirs=[tmp_path / "sweep", tmp_path / "grid"], out=tmp_path / "rep", progress=False)
+    rows = read_table(tmp_path / "rep" / "table1.csv")
+    assert [(r["subject"], r["alpha"], r["l1_ratio"]) for r in rows] == [
+        ("1", "0.1", "0.5"), ("1", "0.1", "0.9"), ("1", "1.0", "0.5"), ("1", "1.0", "0.9"),
+        ("2", "0.1;1", "0.1;0.5;0.9")]
+    md = (tmp_path / "rep" / "table1.md").read_text()
+    assert "## target trial_mean, alpha 0.1, l1_ratio 0.5" in md and "alpha grid" in md
+    heat = read_table(tmp_path / "rep" / "fig_grid_sub-01_gpt2.csv")
+    for r in heat:
+        run = tmp_path / "sweep" / r["run"].rsplit("/", 1)[-1]
+        assert (float(r["alpha"]), float(r["l1_ratio"])) == (
+            summary(run)["solver"]["alpha"], summary(run)["solver"]["l1_ratio"])
+        assert float(r["pcc"]) == summary(run)["scores"]["pcc_across_electrodes"]
+    assert len(heat) == 4
+    heat = read_table(tmp_path / "rep" / "fig_grid_sub-02_gpt2.csv")
+    src = read_table(grid / "grid.csv")
+    assert [(r["alpha"], r["l1_ratio"], r["pcc"], r["r2"]) for r in heat] == \
+        [(r["alpha"], r["l1_ratio"], r["pcc"], r["r2"]) for r in src]
+    for stem in ("fig_grid_sub-01_gpt2", "fig_r2_gpt2_a0.1_l0.5", "fig_r2_gpt2_agrid_lgrid"):
+        assert (tmp_path / "rep" / f"{stem}.png").stat().st_size > 5000
+
+
+def test_time_course_of_the_best_electrodes_for_frames_targets(tmp_path):
+    run = make_run(tmp_path, "frames", subject=1, model="wav2vec2", n_frames=5, n_electrodes=4)
+    make_report(dirs=[tmp_path], out=tmp_path / "rep", progress=False)
+    rows = read_table(tmp_path / "rep" / "fig_timecourse_sub-01_wav2vec2.csv")
+    arrays, _ = outputs.read_npz(run / "predictions.npz")
+    el = read_table(run / "scores_electrodes.csv")
+    per_el = np.array([float(r["pcc"]) for r in el]).reshape(4, 5).mean(axis=1)
+    best = int(np.argmax(per_el))
+    mine = [r for r in rows if r["electrode"] == f"E{best}" and r["trial"] == "mean"]
+    Y = arrays["Y"].reshape(20, 4, 5)
+    np.testing.assert_allclose([float(r["true"]) for r in mine], Y[:, best].mean(axis=0))
+    np.testing.assert_allclose([float(r["predicted"]) for r in mine],
+                               arrays["pred"].reshape(20, 4, 5)[:, best].mean(axis=0))
+    np.testing.assert_allclose([float(r["time_s"]) for r in mine], 0.025 + 0.01 * np.arange(5))
+    assert rows[0]["electrode"] == f"E{best}"
+    assert (tmp_path / "rep" / "fig_timecourse_sub-01_wav2vec2.png").stat().st_size > 5000
+    assert read_table(tmp_path / "rep" / "table1.csv")[0]["n_electrodes"] == "4"
+
+
+def test_older_runs_without_coordinates_or_null_degrade_clearly(tmp_path, capsys):
+    make_run(tmp_path, "legacy", subject=1, model="gpt2", legacy=True)
+    make_run(tmp_path, "nocoords", subject=2, model="gpt2", coords=False, n_perm=0)
+    make_report(dirs=[tmp_path], out=tmp_path / "rep", progress=False)
+    rows = read_table(tmp_path / "rep" / "table1.csv")
+    assert "p_pcc" not in rows[0] and rows[0]["n_electrodes_fdr05"] == ""
+    el = read_table(tmp_path / "rep" / "fig_electrodes_sub-02_gpt2.csv")
+    assert all(r["x"] == "" for r in el) and all(r["q_fdr"] for r in el)
+    assert (tmp_path / "rep" / "fig_electrodes_sub-01_gpt2.png").stat().st_size > 5000
+    assert not list((tmp_path / "rep").glob("fig_null_*"))
+    assert "no permutation null" in capsys.readouterr().err
+
+
+def test_incomplete_runs_are_skipped(tmp_path, monkeypatch):
+    make_run(tmp_path, "done", subject=1, model="gpt2")
+    unfinished = make_run(tmp_path, "unfinished", subject=2, model="gpt2")
+    (unfinished / "summary.json").unlink()  # a crashed run: results but no summary
+    make_report(dirs=[tmp_path], out=tmp_path / "rep", figures=False, progress=False)
+    assert [r["subject"] for r in read_table(tmp_path / "rep" / "table1.csv")] == ["1"]
+    # With the completion marker of gpurecon.outputs, a run it calls incomplete is skipped.
+    make_run(tmp_path, "unfinished", subject=2, model="gpt2")
+    monkeypatch.setattr(outputs, "is_complete", lambda d: Path(d).name != "unfinished",
+                        raising=False)
+    make_report(dirs=[tmp_path], out=tmp_path / "rep2", figures=False, progress=False)
+    assert [r["subject"] for r in read_table(tmp_path / "rep2" / "table1.csv")] == ["1"]
+
+
+def test_folder_without_runs_is_one_clear_error_and_writes_nothing(tmp_path, capsys):
+    make_run(tmp_path / "ok", "r", subject=1, model="gpt2")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    assert report_main([str(tmp_path / "ok"), str(tmp_path / "empty"),
+                        "--out", str(tmp_path / "rep")]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'empty'}: no finished gpurecon run" in err and err.count("\n") == 1
+    assert not (tmp_path / "rep").exists()
+    assert report_main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "rep")]) == 1
+    assert "nowhere: no such folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["mixed", "duplicate", "corrupt"])
+def test_runs_that_cannot_share_a_table_are_one_clear_error(tmp_path, case):
+    make_run(tmp_path / "runs", "a", subject=1, model="gpt2")
+    if case == "mixed":
+        make_run(tmp_path / "runs", "b", subject=2, model="gpt2", data="real")
+        needle = "runs mix data kinds (real data in"
+    elif case == "duplicate":
+        make_run(tmp_path / "runs", "b", subject=1, model="gpt2", seed=5)
+        needle = "runs/a and "
+    else:
+        (make_run(tmp_path / "runs", "b", subject=2, model="gpt2") / "summary.json").write_text("{")
+        needle = "b/summary.json: cannot be read as JSON"
+    rep = tmp_path / "rep"
+    rep.mkdir()
+    (rep / "notes.txt").write_text("mine")
+    with pytest.raises(ReportError) as err:
+        make_report(dirs=[tmp_path / "runs"], out=rep, progress=False)
+    assert needle in str(err.value)
+    assert sorted(p.name for p in rep.iterdir()) == ["notes.txt"]  # nothing written, nothing removed
+
+
+@pytest.mark.slow
+def test_end_to_end_multirun_then_report(tmp_path):
+    """2 subjects x 2 models on a small synthetic dataset with the app, then the report CLI."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GPURECON_CACHE": str(tmp_path / "cache"),
+           "OMP_NUM_THREADS": "1"}
+    env.pop("GPURECON_DATA_ROOT", None)
+    sweep = tmp_path / "multirun"
+    app = subprocess.run(
+        [sys.executable, "-m", "gpurecon", "-m", "subject=1,2", "model=fasttext,gpt2",
+         "++model.checkpoint=tiny", "data.n_channels=8", "data.n_words=30", "device=cpu",
+         "solver.n_permutations=0", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert app.returncode == 0, app.stderr[-3000:]
+    out = tmp_path / "report"
+    rep = subprocess.run([sys.executable, "-m", "gpurecon.report", str(sweep), "--out", str(out)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    assert "report figures" in rep.stderr  # tqdm progress on stderr
+    rows = read_table(out / "table1.csv")
+    assert len(rows) == 4
+    for run in sorted(p.parent for p in sweep.glob("*/summary.json")):
+        s = summary(run)
+        row = next(r for r in rows if r["run"].endswith(run.name))
+        assert (int(row["subject"]), row["model"]) == (s["provenance"]["subject"],
+                                                       s["provenance"]["model"])
+        for col, key in (("pcc", "pcc_across_electrodes"), ("r2", "r2_across_electrodes"),
+                         ("baseline_pcc", "baseline_pcc_across_electrodes"),
+                         ("baseline_r2", "baseline_r2_across_electrodes")):
+            assert float(row[col]) == s["scores"][key]
+        assert row["flags"] == "synthetic;untrained" and int(row["n_trials"]) == 30
+    stems = ["table1.md", "fig_r2_fasttext.png", "fig_r2_gpt2.png", "fig_r2_histogram.png"] + [
+        f"fig_electrodes_sub-0{s}_{m}.png" for s in (1, 2) for m in ("fasttext", "gpt2")]
+    for name in stems:
+        assert (out / name).stat().st_size > 0, name
+        if name.endswith(".png"):
+            assert (out / name).with_suffix(".csv").stat().st_size > 0, name
+    md = (out / "table1.md").read_text()
+    assert "| sub-01 |" in md and "| mean |" in md and "untrained" in md
