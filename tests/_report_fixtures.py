@@ -22,13 +22,17 @@ def make_run(root: Path, name: str, *, subject: int, model: str, checkpoint: str
              data: str = "synthetic", untrained: bool = True, alpha=1.0, l1_ratio=0.5,
              n_trials: int = 20, n_electrodes: int = 6, n_frames: int = 1, n_perm: int = 40,
              coords: bool = True, seed: int = 0, grid_alphas=(0.1, 1.0),
-             grid_l1s=(0.1, 0.5, 0.9), legacy: bool = False) -> Path:
+             grid_l1s=(0.1, 0.5, 0.9), legacy: bool = False, drop: str | None = None) -> Path:
     """Write one finished run into ``root/name`` and return its folder.
 
     ``legacy=True`` writes what the pipeline wrote before the full contract: no coordinates,
-    no per-electrode baseline or null columns, no target.n_frames, an empty null array."""
+    no per-electrode baseline or null columns, no target.n_frames, an empty null array.
+    ``drop``: a summary.json key left out. Where gpurecon.outputs publishes complete sets
+    (``publish``, ``done.json``), the files are staged and published as a run does."""
     rng = np.random.default_rng(seed)
-    run = root / name
+    final = root / name
+    staged = hasattr(outputs, "publish")
+    run = outputs.make_staging(final) if staged else final
     n_cols = n_electrodes * n_frames
     Y = rng.gamma(2.0, 1.0, (n_trials, n_cols)) + np.linspace(1, 3, n_cols)
     pred = Y + rng.normal(0, 0.8 + 0.1 * seed, Y.shape)
@@ -99,5 +103,8 @@ def make_run(root: Path, name: str, *, subject: int, model: str, checkpoint: str
                           ["alpha", "l1_ratio", "pcc", "r2", "baseline_pcc", "baseline_r2",
                            "pcc_per_electrode", "r2_per_electrode", "baseline_pcc_per_electrode",
                            "n_not_converged"], g, comments=comments)
+    summary.pop(drop, None)
     outputs.write_json(run / "summary.json", summary)  # last: marks the run finished
-    return run
+    if staged:
+        outputs.publish(run, final)
+    return final

@@ -116,6 +116,15 @@ class Run:
         value = self._get("scores", key, default=KeyError if required else None)
         return _as_float(value)
 
+    def check(self) -> "Run":
+        """Raise :class:`ReportError` now (before anything is written) if a key Table 1
+        needs is missing."""
+        self.subject, self.model, self.data, self.n_trials, self.n_electrodes  # noqa: B018
+        for key in ("pcc_across_electrodes", "r2_across_electrodes",
+                    "baseline_pcc_across_electrodes", "baseline_r2_across_electrodes"):
+            self.score(key)
+        return self
+
     def has_null(self) -> bool:
         return self._get("scores", "p_pcc_across_electrodes", default=None) is not None
 
@@ -212,7 +221,7 @@ def find_runs(dirs: list[str | os.PathLike]) -> tuple[list[Run], list[str]]:
             found += 1
             key = run_dir.resolve()
             if key not in runs:
-                runs[key] = Run(run_dir, name, _read_summary(run_dir / "summary.json"))
+                runs[key] = Run(run_dir, name, _read_summary(run_dir / "summary.json")).check()
         if not found:
             raise ReportError(f"{given}: no finished gpurecon run found in this folder or below "
                               "(a run folder holds summary.json)")

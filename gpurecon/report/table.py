@@ -139,5 +139,6 @@ def _footnotes(runs: list[Run]) -> list[str]:
 def write_table(out: Path, runs: list[Run]) -> list[Path]:
     """Write table1.csv and table1.md into ``out`` (atomically)."""
     header, rows = table_rows(runs)
+    md = markdown(runs)
     return [outputs.write_csv(out / "table1.csv", header, rows, comments=provenance_lines(runs)),
-            outputs.write_text(out / "table1.md", markdown(runs))]
+            outputs.write_text(out / "table1.md", md)]
