@@ -133,6 +133,8 @@ def test_every_figure_exists_with_its_csv(study):
         assert png in written and table in written
     assert not list(out.glob("fig_timecourse_*")) and not list(out.glob("fig_grid_*"))
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
+    meta = (out / "fig_r2_gpt2.png").read_bytes()
+    assert b"tEXtDescription\x00gpurecon report" in meta and b"data: synthetic" in meta
 
 
 def test_r2_histogram_matches_numpy_histogram(study):
@@ -254,6 +256,8 @@ def test_folder_without_runs_is_one_clear_error_and_writes_nothing(tmp_path, cap
     assert not (tmp_path / "rep").exists()
     assert report_main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "rep")]) == 1
     assert "nowhere: no such folder" in capsys.readouterr().err
+    assert report_main([str(tmp_path / "ok"), "--out", str(tmp_path / "rep"), "--no-figures"]) == 0
+    assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["table1.csv", "table1.md"]
 
 
 @pytest.mark.parametrize("case", ["mixed", "duplicate", "incomplete_summary"])

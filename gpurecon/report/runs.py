@@ -61,7 +61,12 @@ class Run:
 
     @property
     def subject(self) -> int:
-        return int(self._get("provenance", "subject"))
+        value = self._get("provenance", "subject")
+        try:
+            return int(str(value).removeprefix("sub-"))
+        except ValueError:
+            raise ReportError(f"{self.path / 'summary.json'}: provenance.subject must be a "
+                              f"participant number (1, 'sub-01'), got {value!r}") from None
 
     @property
     def model(self) -> str:
