@@ -184,7 +184,8 @@ def test_sweep_keeps_one_row_per_setting_and_draws_the_heat_map(tmp_path):
         ("1", "0.1", "0.5"), ("1", "0.1", "0.9"), ("1", "1.0", "0.5"), ("1", "1.0", "0.9"),
         ("2", "0.1;1", "0.1;0.5;0.9")]
     md = (tmp_path / "rep" / "table1.md").read_text()
-    assert "## target trial_mean, alpha 0.1, l1_ratio 0.5" in md and "alpha grid" in md
+    assert "## target trial_mean, alpha 0.1, l1_ratio 0.5\n" in md
+    assert "## target trial_mean, alpha 0.1;1, l1_ratio 0.1;0.5;0.9 (grid: nested selection)" in md
     heat = read_table(tmp_path / "rep" / "fig_grid_sub-01_gpt2.csv")
     for r in heat:
         run = tmp_path / "sweep" / r["run"].rsplit("/", 1)[-1]
@@ -196,7 +197,7 @@ def test_sweep_keeps_one_row_per_setting_and_draws_the_heat_map(tmp_path):
     src = read_table(grid / "grid.csv")
     assert [(r["alpha"], r["l1_ratio"], r["pcc"], r["r2"]) for r in heat] == \
         [(r["alpha"], r["l1_ratio"], r["pcc"], r["r2"]) for r in src]
-    for stem in ("fig_grid_sub-01_gpt2", "fig_r2_gpt2_a0.1_l0.5", "fig_r2_gpt2_agrid_lgrid"):
+    for stem in ("fig_grid_sub-01_gpt2", "fig_r2_gpt2_a0.1_l0.5", "fig_r2_gpt2_a0.1-1_l0.1-0.5-0.9"):
         assert (tmp_path / "rep" / f"{stem}.png").stat().st_size > 5000
 
 

@@ -3,7 +3,8 @@
 A run's *setting* is (checkpoint, target kind, alpha, l1_ratio). Table 1 keeps one row per
 (subject, model, setting); figure and table labels name a model, plus whichever parts of the
 setting differ between the runs of that model (``gpt2``, or ``gpt2_ckpt-tiny_a0.1_l0.5`` in a
-sweep). A grid run (lists of alpha / l1_ratio, nested selection) has the setting ``grid``.
+sweep). A grid run (lists of alpha / l1_ratio, nested selection) has its lists as its
+setting (``0.1;1``; ``a0.1-1`` in file names).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from .runs import ReportError, Run
 
 
 def solver_text(value) -> str:
-    """``0.1`` -> ``0.1``; a grid's list -> ``grid``."""
-    return "grid" if isinstance(value, list) else f"{float(value):g}"
+    """``0.1`` -> ``0.1``; a grid's list ``[0.1, 1.0]`` -> ``0.1;1``."""
+    if isinstance(value, list):
+        return ";".join(f"{float(v):g}" for v in value)
+    return f"{float(value):g}"
 
 
 def setting(run: Run) -> tuple[str, str, str, str]:
@@ -64,9 +67,9 @@ def run_label(run: Run, runs: list[Run]) -> str:
     same = [r for r in runs if model_label(r, runs) == label]
     parts = [label]
     if len({solver_text(r.alpha) for r in same}) > 1:
-        parts.append(f"a{solver_text(run.alpha)}")
+        parts.append(f"a{solver_text(run.alpha).replace(';', '-')}")
     if len({solver_text(r.l1_ratio) for r in same}) > 1:
-        parts.append(f"l{solver_text(run.l1_ratio)}")
+        parts.append(f"l{solver_text(run.l1_ratio).replace(';', '-')}")
     return "_".join(parts)
 
 

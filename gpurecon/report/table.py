@@ -30,7 +30,7 @@ def flags(run: Run) -> str:
 
 
 def _solver_cell(value) -> object:
-    return ";".join(f"{float(v):g}" for v in value) if isinstance(value, list) else float(value)
+    return solver_text(value) if isinstance(value, list) else float(value)
 
 
 def _cell(value: float) -> object:
@@ -73,7 +73,7 @@ def _mean(values: list[float]) -> float:
 
 def markdown(runs: list[Run]) -> str:
     """Table 1 in the paper's shape: participants x models, PCC and R2 with the baseline in
-    brackets, a mean row; one table per target kind and solver setting."""
+    brackets, a mean row; one table per target kind and solver setting (its heading)."""
     lines = ["# Table 1: encoding scores per participant and model", "",
              "PCC and R2 between predicted and true high gamma across electrodes, per held-out "
              "trial, averaged over trials; in brackets the same score of the mean-of-training-"
@@ -83,8 +83,8 @@ def markdown(runs: list[Run]) -> str:
     for target, alpha, l1 in sections:
         part = [r for r in runs if (r.target_kind, solver_text(r.alpha),
                                     solver_text(r.l1_ratio)) == (target, alpha, l1)]
-        if len(sections) > 1:
-            lines += [f"## target {target}, alpha {alpha}, l1_ratio {l1}", ""]
+        grid = " (grid: nested selection)" if ";" in alpha + l1 else ""
+        lines += [f"## target {target}, alpha {alpha}, l1_ratio {l1}{grid}", ""]
         lines += _pivot(part, runs) + [""]
     lines += _footnotes(runs)
     return "\n".join(lines) + "\n"
