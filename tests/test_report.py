@@ -257,6 +257,10 @@ def test_folder_without_runs_is_one_clear_error_and_writes_nothing(tmp_path, cap
     assert not (tmp_path / "rep").exists()
     assert report_main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "rep")]) == 1
     assert "nowhere: no such folder" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("mine")
+    assert report_main([str(tmp_path / "ok"), "--out", str(tmp_path / "afile")]) == 1
+    assert f"{tmp_path / 'afile'}: cannot write the report there" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == "mine"
     assert report_main([str(tmp_path / "ok"), "--out", str(tmp_path / "rep"), "--no-figures"]) == 0
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["table1.csv", "table1.md"]
 

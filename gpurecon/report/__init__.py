@@ -46,12 +46,12 @@ def figure_specs(runs: list[Run]) -> tuple[list[FigureSpec], list[str]]:
         specs.append(electrode_map(run, runs))
         for build, why in ((null_histogram, "null histogram: no permutation null "
                                             "(predictions.npz null_pcc_across_electrodes)"),
-                           (timecourse, "time course: target is not frames")):
+                           (timecourse, None)):  # time courses only for target=frames
             spec = build(run, runs)
-            if spec is None:
-                skipped[why] = skipped.get(why, 0) + 1
-            else:
+            if spec is not None:
                 specs.append(spec)
+            elif why is not None:
+                skipped[why] = skipped.get(why, 0) + 1
     return specs, [f"skipped {why} ({n} of {len(runs)} runs)" for why, n in skipped.items()]
 
 
@@ -79,7 +79,7 @@ def make_report(*, dirs: list[str | os.PathLike], out: str | os.PathLike, figure
     ------
     ReportError
         A folder without finished runs, an unreadable run file, or runs that cannot be
-        compared; nothing is written then.
+        compared (nothing is written then); or ``out`` cannot be written.
     """
     runs, notes = find_runs(dirs)
     check_comparable(runs)
@@ -87,8 +87,14 @@ def make_report(*, dirs: list[str | os.PathLike], out: str | os.PathLike, figure
     for note in notes + skipped:
         print(f"gpurecon.report: {note}", file=sys.stderr)
     out = Path(out)
-    written = write_table(out, runs)
-    for spec in tqdm(specs, desc="report figures", unit="figure", file=sys.stderr,
-                     disable=not progress):
-        written += write_figure(out, spec)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+        written = write_table(out, runs)
+        for spec in tqdm(specs, desc="report figures", unit="figure", file=sys.stderr,
+                         disable=not progress):
+            written += write_figure(out, spec)
+    except OSError as err:
+        raise ReportError(f"{out}: cannot write the report there ({err.strerror or err})") from None
     return written

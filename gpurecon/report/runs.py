@@ -215,7 +215,8 @@ def find_runs(dirs: list[str | os.PathLike]) -> tuple[list[Run], list[str]]:
     for given in dirs:
         root = Path(given)
         if not root.is_dir():
-            raise ReportError(f"{given}: no such folder (give run folders or multirun folders)")
+            what = "not a folder" if root.exists() else "no such folder"
+            raise ReportError(f"{given}: {what} (give run folders or multirun folders)")
         found = 0
         for run_dir in _run_dirs(root):
             rel = run_dir.relative_to(root).as_posix()
