@@ -124,7 +124,8 @@ class Run:
     def check(self) -> "Run":
         """Raise :class:`ReportError` now (before anything is written) if a key Table 1
         needs is missing."""
-        self.subject, self.model, self.data, self.n_trials, self.n_electrodes  # noqa: B018
+        for name in ("subject", "model", "data", "n_trials", "n_electrodes"):
+            getattr(self, name)
         for key in ("pcc_across_electrodes", "r2_across_electrodes",
                     "baseline_pcc_across_electrodes", "baseline_r2_across_electrodes"):
             self.score(key)
