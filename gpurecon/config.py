@@ -183,6 +183,9 @@ def bids_subject(subject: Any) -> str:
 def register_configs() -> None:
     if not OmegaConf.has_resolver("bids_sub"):
         OmegaConf.register_new_resolver("bids_sub", bids_subject)
+    from .sweep import register_resolvers  # ${job_dirname:}: sweep job folder names
+
+    register_resolvers()
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="data", name="data_schema", node=DataConfig)
