@@ -60,6 +60,7 @@ SCORE_DEFINITIONS = {
                            "Benjamini-Hochberg q <= 0.05 (p from the permutation null, which "
                            "carries the same leave-one-out bias; without a null and with "
                            "solver.cv=kfold, from the parametric Pearson t-test).",
+    "n_permutations": "Permutations in the null (solver.n_permutations; auto: 100 on CPU, 1000 on CUDA).",
     "p_source": "Where per-electrode p-values come from: 'permutation', 'pearson_t' (K-fold, no "
                 "null) or null (leave-one-out without a null: no p-values).",
 }
