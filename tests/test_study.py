@@ -320,3 +320,58 @@ def test_sweep_records_a_failing_job_runs_the_others_and_exits_non_zero(tmp_path
     (summary,) = (tmp_path / "runs").rglob("summary.json")
     assert summary.parent.name == "1_solver.alpha=0.1"  # the folder carries the swept value
     assert json.loads(summary.read_text())["solver"]["alpha"] == 0.1
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize("alpha, l1_ratio, expected", [
+    (1.0, 0.5, ([1.0], [0.5], False)),
+    (2, [0.1, 0.9], ([2.0], [0.1, 0.9], True)),
+    ([0.01, 10], 1, ([0.01, 10.0], [1.0], True)),
+])
+def test_solver_grid_accepts_numbers_and_lists(alpha, l1_ratio, expected):
+    from gpurecon.config import solver_grid
+
+    assert solver_grid(solver_cfg(alpha=alpha, l1_ratio=l1_ratio)) == expected
+
+
+@pytest.mark.parametrize("alpha, l1_ratio, message", [
+    (-1, 0.5, "solver.alpha must be a number >= 0.0 or a list of them, got -1"),
+    ("abc", 0.5, "solver.alpha must be a number >= 0.0 or a list of them, got 'abc'"),
+    ([0.1, float("nan")], 0.5, "solver.alpha"),
+    ([], 0.5, "solver.alpha must be a number >= 0.0 or a non-empty list"),
+    ([1, 1.0], 0.5, "solver.alpha lists a value twice"),
+    (1.0, 1.5, "solver.l1_ratio must be a number in [0.0, 1.0] or a list of them, got 1.5"),
+    (1.0, [0.5, True], "solver.l1_ratio"),
+])
+def test_solver_grid_rejects_bad_values_naming_the_setting(alpha, l1_ratio, message):
+    from gpurecon.config import solver_grid
+    from gpurecon.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        solver_grid(solver_cfg(alpha=alpha, l1_ratio=l1_ratio))
+    assert message in str(err.value)
+
+
+def test_n_permutations_auto_by_device_and_checked():
+    from gpurecon.config import AUTO_PERMUTATIONS, n_permutations_for
+    from gpurecon.errors import ConfigError
+
+    assert n_permutations_for("auto", "cpu") == AUTO_PERMUTATIONS["cpu"] == 100
+    assert n_permutations_for(None, "cuda") == AUTO_PERMUTATIONS["cuda"] == 1000
+    assert n_permutations_for(solver_cfg().n_permutations, "cpu") == 100   # the default is auto
+    assert n_permutations_for(0, "cuda") == 0 and n_permutations_for(7, "cpu") == 7
+    for bad in (-1, 2.5, "many", True):
+        with pytest.raises(ConfigError, match="solver.n_permutations must be an integer >= 0"):
+            n_permutations_for(bad, "cpu")
+
+
+def test_job_folder_names_are_safe_and_distinct():
+    from gpurecon.sweep import dirname
+
+    name = dirname("model.checkpoint=/data/cc.nl.300.bin,subject=3")
+    assert "/" not in name and name == "model.checkpoint=_data_cc.nl.300.bin,subject=3"
+    long_a, long_b = dirname("x=" + "a" * 300), dirname("x=" + "a" * 299 + "b")
+    assert len(long_a) == len(long_b) == 100 and long_a != long_b
+    assert dirname("") == "defaults"
