@@ -216,7 +216,7 @@ class NullDistribution:
 
 
 def null_distribution(*, null_pred: torch.Tensor, Y: torch.Tensor, permutations,
-                      chunk: int = 64) -> NullDistribution:
+                      chunk: int | None = None) -> NullDistribution:
     """Score held-out predictions of row-permuted targets against those permuted targets.
 
     Parameters
@@ -226,14 +226,16 @@ def null_distribution(*, null_pred: torch.Tensor, Y: torch.Tensor, permutations,
     Y : Tensor (trials, targets)
         The unpermuted targets.
     permutations : int array (n_permutations, trials)
-    chunk : int
-        Permutations scored at a time (bounds the memory of the permuted copies of Y).
+    chunk : int or None
+        Permutations scored at a time (bounds the memory of the permuted copies of Y and the
+        float64 temporaries); None: as many as fit in about 2**24 values (128 MiB).
     """
     perms = torch.as_tensor(np.asarray(permutations), device=Y.device).long()
     if null_pred.ndim != 3 or null_pred.shape[1:] != Y.shape or perms.shape != null_pred.shape[:2]:
         raise ValueError(f"null_pred must be (n_permutations, {tuple(Y.shape)}) with one permutation "
                          f"row per null; got null_pred {tuple(null_pred.shape)}, permutations "
                          f"{tuple(perms.shape)}")
+    chunk = chunk or max(1, 2**24 // max(1, Y.numel()))
     pcc, r2s, elec = [], [], []
     for lo in range(0, perms.shape[0], chunk):
         true = Y[perms[lo:lo + chunk]]                                  # (c, trials, targets)

@@ -430,26 +430,27 @@ def write_outputs(out_dir: Path, rec, prov: Provenance, cfg: DictConfig, Y: torc
         arrays["null_r2_across_electrodes"] = main.null.r2_across_electrodes
     write_npz(out_dir / "predictions.npz", provenance=p, **arrays)
 
+    def host(t):  # one device->host copy per array, not one per CSV cell
+        return t.detach().double().cpu().numpy()
+
     tr, tb = main.trials, main.trials_baseline
+    columns = [host(v) for v in (tr.pcc, tr.r2, tb.pcc, tb.r2)]
     write_csv(out_dir / "scores_trials.csv",
               ["trial", "word", "pcc", "r2", "baseline_pcc", "baseline_r2"],
-              [[i, w, float(tr.pcc[i]), float(tr.r2[i]), float(tb.pcc[i]), float(tb.r2[i])]
-               for i, w in enumerate(words)], comments=header)
+              [[i, w, *(float(c[i]) for c in columns)] for i, w in enumerate(words)], comments=header)
 
     el, eb = main.electrodes, main.electrodes_baseline
-    null_el = main.null_per_electrode()
     cols = ["electrode", "label", "x", "y", "z", "pcc", "r2", "baseline_pcc", "baseline_r2"]
-    cols += ["null_pcc_mean", "null_pcc_95"] if null_el is not None else []
-    cols += ["p", "q_fdr"] if main.electrode_p is not None else []
-    rows = []
-    for c, (n, lab) in enumerate(zip(names, labels)):
-        row = [n, lab, *map(float, coords[c]), float(el.pcc[c]), float(el.r2[c]),
-               float(eb.pcc[c]), float(eb.r2[c])]
-        if null_el is not None:
-            row += [float(null_el[0][c]), float(null_el[1][c])]
-        if main.electrode_p is not None:
-            row += [float(main.electrode_p[c]), float(main.electrode_q[c])]
-        rows.append(row)
+    columns = [host(v) for v in (el.pcc, el.r2, eb.pcc, eb.r2)]
+    null_el = main.null_per_electrode()
+    if null_el is not None:
+        cols += ["null_pcc_mean", "null_pcc_95"]
+        columns += [host(v) for v in null_el]
+    if main.electrode_p is not None:
+        cols += ["p", "q_fdr"]
+        columns += [host(main.electrode_p), host(main.electrode_q)]
+    rows = [[n, lab, *map(float, coords[c]), *(float(v[c]) for v in columns)]
+            for c, (n, lab) in enumerate(zip(names, labels))]
     write_csv(out_dir / "scores_electrodes.csv", cols, rows, comments=header)
 
     nested = None
