@@ -266,8 +266,9 @@ def fit_cross_validated(emb, Y: torch.Tensor, solver_cfg: DictConfig, device: to
                   tol=solver_cfg.tol, max_iter=solver_cfg.max_iter, device=device,
                   memory_budget=budget, dtype=getattr(torch, solver_cfg.dtype))
     if n_perm:
-        log.info("permutation null: %d permutations (solver.n_permutations=%s), fitted as extra targets",
-                 n_perm, solver_cfg.n_permutations)
+        log.info("permutation null: %d permutations (solver.n_permutations=%s; 0 turns it off), "
+                 "fitted as extra targets: %d x the problems of the fit itself",
+                 n_perm, solver_cfg.n_permutations, n_perm + 1)
     try:
         nested = None
         if is_grid:
