@@ -15,7 +15,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from . import __version__
 from .cache import Cache, make_key
 from .device import describe_device, resolve_device
 from .errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from .evaluation import GridEvaluation
 
 log = logging.getLogger("gpurecon")
 
@@ -300,8 +303,14 @@ def fit_cross_validated(emb, Y: torch.Tensor, solver_cfg: DictConfig, device: to
         log.warning("solver: %d of %d problems did not reach the tolerance (worst gap %.3g x tol)",
                     res.n_not_converged, res.converged.numel(), res.worst_gap_ratio)
     grid_pred = res.predictions if res.predictions.ndim == 3 else res.predictions[..., None]
+    pred = grid_pred[0]
+    if nested is not None:
+        # each trial from the point its outer fold chose: the same numbers as grid_pred's
+        held_out_fold = (~train).to(torch.int8).argmax(0).to(grid_pred.device)
+        pick = nested.choice.to(grid_pred.device)[held_out_fold]                # (trials, targets)
+        pred = grid_pred.gather(0, pick[None]).squeeze(0)
     return CrossValidatedFit(
-        pred=nested.predictions if nested is not None else grid_pred[0],
+        pred=pred,
         baseline=training_mean_predictions(Y.to(torch.float64), train.to(Y.device)),
         grid=[tuple(g) for g in res.grid], grid_pred=grid_pred,
         null_pred=res.null_predictions, permutations=perms,
@@ -325,7 +334,7 @@ def provenance_for(cfg: DictConfig, device: torch.device, dataset: Dataset) -> P
     })
 
 
-def evaluate(fit: CrossValidatedFit, Y: torch.Tensor, cv: str):
+def evaluate(fit: CrossValidatedFit, Y: torch.Tensor, cv: str) -> "GridEvaluation":
     """Scores of the run beside its chance levels, for every grid point and the nested
     selection (:func:`gpurecon.evaluation.evaluate_grid`)."""
     from .evaluation import evaluate_grid
@@ -407,7 +416,8 @@ def run(cfg: DictConfig, out_dir: str | os.PathLike) -> dict:
 
 
 def write_outputs(out_dir: Path, rec, prov: Provenance, cfg: DictConfig, Y: torch.Tensor, emb,
-                  fit: CrossValidatedFit, scores, target_meta: dict, timings: dict) -> None:
+                  fit: CrossValidatedFit, scores: "GridEvaluation", target_meta: dict,
+                  timings: dict) -> None:
     """All result files, each atomic and each carrying the provenance.
 
     ``scores`` is the :class:`gpurecon.evaluation.GridEvaluation` of ``fit``; its main
