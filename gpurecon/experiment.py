@@ -470,8 +470,9 @@ def write_outputs(out_dir: Path, rec, prov: Provenance, cfg: DictConfig, Y: torc
         write_csv(out_dir / "grid.csv", grid_cols, grid_rows, comments=header)
         best = scores.best_point()
         nested = {**fit.nested.summary(fit.grid), "scores": main.summary(),
-                  "best_grid_point_in_hindsight": {"alpha": best.alpha, "l1_ratio": best.l1_ratio,
-                                                   "pcc_across_electrodes": best.evaluation.pcc_across_electrodes},
+                  "best_grid_point_in_hindsight": {
+                      "alpha": best.alpha, "l1_ratio": best.l1_ratio,
+                      "pcc_across_electrodes": best.evaluation.pcc_across_electrodes},
                   "null": ("per permutation, the best grid point's score (the inner search is not "
                            "repeated on permuted data)" if main.null is not None else None)}
     summary = {

@@ -129,8 +129,9 @@ def test_null_p_values_and_quantiles_match_sklearn_fits_on_permuted_targets():
     assert s["p_pcc_across_electrodes"] == pytest.approx(
         (1 + (ref_pcc >= s["pcc_across_electrodes"]).sum()) / (1 + P))
     obs = np.array([np.corrcoef(res.predictions[0][:, c].numpy(), Y[:, c])[0, 1] for c in range(T)])
-    np.testing.assert_allclose(ev.electrode_p.numpy(), (1 + (ref_elec >= obs).sum(0)) / (1 + P))
-    np.testing.assert_allclose(ev.electrode_q.numpy(), false_discovery_control((1 + (ref_elec >= obs).sum(0)) / (1 + P)))
+    ref_p = (1 + (ref_elec >= obs).sum(0)) / (1 + P)
+    np.testing.assert_allclose(ev.electrode_p.numpy(), ref_p)
+    np.testing.assert_allclose(ev.electrode_q.numpy(), false_discovery_control(ref_p))
     # scoring the null against unpermuted Y would be a different distribution
     wrong = null_distribution(null_pred=res.null_predictions[:, 0], Y=Yt,
                               permutations=np.tile(np.arange(n), (P, 1)))
@@ -160,7 +161,8 @@ def _pair_arrays():
 def test_best_of_nulls_takes_the_best_grid_point_per_permutation():
     from gpurecon.evaluation import NullDistribution
 
-    a = NullDistribution(torch.tensor([0.1, 0.5]), torch.tensor([0.0, -1.0]), torch.tensor([[0.2], [float("nan")]]))
+    a = NullDistribution(torch.tensor([0.1, 0.5]), torch.tensor([0.0, -1.0]),
+                         torch.tensor([[0.2], [float("nan")]]))
     b = NullDistribution(torch.tensor([0.3, 0.2]), torch.tensor([-2.0, 0.4]), torch.tensor([[0.1], [0.3]]))
     best = NullDistribution.best_of([a, b])
     assert best.pcc_across_electrodes.tolist() == pytest.approx([0.3, 0.5])

@@ -5,7 +5,6 @@ scalar fits, nested selection against an independent reference, sweeps with fail
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 import warnings
@@ -191,7 +190,8 @@ def test_grid_in_one_pass_equals_separate_scalar_fits():
     cfg = solver_cfg(alpha=alphas, l1_ratio=l1s, n_permutations=0, tol=1e-6)
     fit = fit_cross_validated(emb, Y, cfg, torch.device("cpu"), seed=0)
     grid = evaluate(fit, Y, "loo")
-    assert grid.nested and [(p.alpha, p.l1_ratio) for p in grid.points] == [(a, b) for a in alphas for b in l1s]
+    assert grid.nested
+    assert [(p.alpha, p.l1_ratio) for p in grid.points] == [(a, b) for a in alphas for b in l1s]
     for point in grid.points:
         one = fit_cross_validated(emb, Y, solver_cfg(alpha=point.alpha, l1_ratio=point.l1_ratio,
                                                      n_permutations=0, tol=1e-6),
