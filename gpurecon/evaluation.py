@@ -127,8 +127,10 @@ def training_mean_predictions(Y: torch.Tensor, train_masks: torch.Tensor) -> tor
 
 
 def permutation_p_value(observed: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
-    """One-sided p = (1 + #{null >= observed}) / (1 + n_null); ``null``: (n_null, ...)."""
-    return (1.0 + (null >= observed.unsqueeze(0)).sum(0).double()) / (1.0 + null.shape[0])
+    """One-sided p = (1 + #{null >= observed}) / (1 + n_null); ``null``: (n_null, ...).
+    NaN where ``observed`` is NaN (an undefined score is not significant)."""
+    p = (1.0 + (null >= observed.unsqueeze(0)).sum(0).double()) / (1.0 + null.shape[0])
+    return torch.where(torch.isnan(observed), torch.full_like(p, float("nan")), p)
 
 
 def pearson_t_p_value(r: torch.Tensor, n: int) -> torch.Tensor:

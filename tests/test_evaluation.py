@@ -61,6 +61,8 @@ def test_permutation_p_value_counts_ties_conservatively():
     null = torch.tensor([[0.1], [0.5], [0.3], [0.5]])
     p = permutation_p_value(torch.tensor([0.5]), null)
     assert p.item() == pytest.approx((1 + 2) / (1 + 4))
+    p = permutation_p_value(torch.tensor([float("nan"), 0.0]), null.expand(4, 2))
+    assert torch.isnan(p[0]) and p[1].item() == 1.0
 
 
 def test_fdr_matches_scipy():
