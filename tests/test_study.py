@@ -254,7 +254,23 @@ def grid_run(tmp_path_factory):
     proc, out = run_cli([f"data.root={root}", "device=cpu", "solver.alpha=[0.01,0.1,1]",
                          "solver.l1_ratio=[0.1,0.9]", "solver.n_permutations=19"], tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return SimpleNamespace(out=out, missing=missing, summary=json.loads((out / "summary.json").read_text()))
+    return SimpleNamespace(out=out, missing=missing, root=root, tmp=tmp,
+                           summary=json.loads((out / "summary.json").read_text()))
+
+
+def test_grid_row_equals_a_separate_scalar_run(grid_run):
+    proc, out = run_cli([f"data.root={grid_run.root}", "device=cpu", "solver.alpha=0.1",
+                         "solver.l1_ratio=0.9", "solver.n_permutations=19"], grid_run.tmp, name="scalar")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())["scores"]
+    (row,) = [r for r in read_csv(grid_run.out / "grid.csv")
+              if (r["alpha"], r["l1_ratio"]) == ("0.1", "0.9")]
+    pairs = {"pcc": "pcc_across_electrodes", "r2": "r2_across_electrodes",
+             "baseline_pcc": "baseline_pcc_across_electrodes",
+             "pcc_per_electrode": "pcc_per_electrode_mean", "r2_per_electrode": "r2_per_electrode_mean",
+             "null_pcc_95": "null_pcc_across_electrodes_95", "p_pcc": "p_pcc_across_electrodes"}
+    for column, key in pairs.items():
+        assert float(row[column]) == pytest.approx(s[key], abs=1e-3), column
 
 
 def test_grid_run_writes_every_point_and_the_nested_selection(grid_run):
