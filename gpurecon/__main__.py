@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from .config import register_configs
 from .errors import GpureconError
+from .sweep import JobFailed, in_multirun
 
 
 def _conf_dir() -> str:
@@ -31,7 +32,7 @@ log = logging.getLogger("gpurecon")
 
 
 @hydra.main(version_base="1.3", config_path=_conf_dir(), config_name="config")
-def _app(cfg: DictConfig) -> None:
+def _app(cfg: DictConfig) -> JobFailed | None:
     from .experiment import run  # imported late: `--help`/`--cfg` stay fast
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -42,6 +43,8 @@ def _app(cfg: DictConfig) -> None:
         # No partial output: the run folder was made for this run alone.
         logging.shutdown()
         shutil.rmtree(out_dir, ignore_errors=True)
+        if in_multirun():  # the sweep goes on: gpurecon.sweep records it, exits 1 at the end
+            return JobFailed(str(err), type(err).__name__)
         raise SystemExit(1) from None
 
 

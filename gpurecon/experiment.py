@@ -15,7 +15,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from . import __version__
 from .cache import Cache, make_key
 from .device import describe_device, resolve_device
 from .errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from .evaluation import GridEvaluation
 
 log = logging.getLogger("gpurecon")
 
@@ -161,13 +164,90 @@ def compute_embeddings(rec, model_cfg: DictConfig, device: torch.device, cache: 
     return out
 
 
-def fit_cross_validated(emb, Y: torch.Tensor, solver_cfg: DictConfig, device: torch.device,
-                        seed: int) -> dict:
-    """Held-out ElasticNet predictions for every trial, the mean-of-training baseline and,
-    with ``solver.n_permutations``, the permutation null (fitted as extra targets)."""
-    from .evaluation import training_mean_predictions
-    from .solver import cross_val_predict, kfold, leave_one_out, permutations
+# Inner CV of the nested selection within each outer training set (deterministic splits).
+NESTED_INNER_CV = "kfold:5"
 
+
+@dataclass
+class NestedSelection:
+    """The grid point chosen by inner CV on each outer training fold, per target."""
+
+    inner_cv: str
+    choice: torch.Tensor               # (outer folds, targets) int64, index into the grid
+
+    def summary(self, grid: list) -> dict:
+        """The ``nested`` block of summary.json (without its scores)."""
+        counts = torch.bincount(self.choice.flatten().cpu(), minlength=len(grid))
+        per_fold = [torch.bincount(row.cpu(), minlength=len(grid)).argmax().item() for row in self.choice]
+        return {
+            "inner_cv": self.inner_cv, "select": "per_target",
+            "n_outer_folds": int(self.choice.shape[0]), "n_targets": int(self.choice.shape[1]),
+            # how often each grid point was chosen, over (outer fold, target) pairs
+            "choice_counts": [{"alpha": a, "l1_ratio": l1, "count": int(c)}
+                              for (a, l1), c in zip(grid, counts.tolist())],
+            # per outer fold, the grid point chosen for most targets
+            "alpha_per_fold": [grid[g][0] for g in per_fold],
+            "l1_ratio_per_fold": [grid[g][1] for g in per_fold],
+        }
+
+
+@dataclass
+class CrossValidatedFit:
+    """What the solver stage hands to evaluation (tensors on the run's device).
+
+    Attributes
+    ----------
+    pred : Tensor (trials, targets)
+        The run's held-out predictions: the single grid point's, or with a grid the nested
+        selection's (honest: each outer fold's point chosen without its held-out trials).
+    baseline : Tensor (trials, targets)
+        Held-out mean of each fold's training trials.
+    grid : list of (alpha, l1_ratio)
+    grid_pred : Tensor (grid, trials, targets)
+    null_pred : Tensor (permutations, grid, trials, targets) or None
+    permutations : int array (permutations, trials) or None
+    n_not_converged : list of int, per grid point (its null problems included)
+    nested : NestedSelection or None (only with a grid)
+    meta : dict, the ``solver`` block of summary.json
+    """
+
+    pred: torch.Tensor
+    baseline: torch.Tensor
+    grid: list
+    grid_pred: torch.Tensor
+    null_pred: torch.Tensor | None
+    permutations: np.ndarray | None
+    n_not_converged: list[int]
+    nested: NestedSelection | None
+    meta: dict
+
+
+def _plain(value: Any) -> Any:
+    """A config value as given (ListConfig -> list) for summary.json."""
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def _check_solver_settings(solver_cfg: DictConfig, device: torch.device) -> None:
+    """Reject a bad solver.alpha / l1_ratio / n_permutations at start-up (ConfigError)."""
+    from .config import n_permutations_for, solver_grid
+
+    solver_grid(solver_cfg)
+    n_permutations_for(solver_cfg.n_permutations, device.type)
+
+
+def fit_cross_validated(emb, Y: torch.Tensor, solver_cfg: DictConfig, device: torch.device,
+                        seed: int) -> CrossValidatedFit:
+    """Held-out ElasticNet predictions for every trial, the mean-of-training baseline and,
+    with ``solver.n_permutations``, the permutation null (fitted as extra targets).
+
+    With a list in ``solver.alpha`` / ``solver.l1_ratio`` every grid point is fitted in one
+    batched pass, and a nested selection (inner CV inside each outer training fold) gives
+    the run's predictions."""
+    from .config import n_permutations_for, solver_grid
+    from .evaluation import training_mean_predictions
+    from .solver import cross_val_predict, kfold, leave_one_out, nested_cross_val_predict, permutations
+
+    alphas, l1_ratios, is_grid = solver_grid(solver_cfg)
     n = Y.shape[0]
     if solver_cfg.cv == "loo":
         folds = leave_one_out(n)
@@ -177,46 +257,66 @@ def fit_cross_validated(emb, Y: torch.Tensor, solver_cfg: DictConfig, device: to
         raise ConfigError(f"solver.cv must be 'loo' or 'kfold', got {solver_cfg.cv!r}")
     if solver_cfg.dtype not in ("float32", "float64"):
         raise ConfigError(f"solver.dtype must be 'float32' or 'float64', got {solver_cfg.dtype!r}")
-    if solver_cfg.n_permutations < 0:
-        raise ConfigError(f"solver.n_permutations must be >= 0, got {solver_cfg.n_permutations}")
-    perms = permutations(n, solver_cfg.n_permutations, seed) if solver_cfg.n_permutations else None
+    n_perm = n_permutations_for(solver_cfg.n_permutations, device.type)
+    perms = permutations(n, n_perm, seed) if n_perm else None
     # Wav2Vec2 frames are reduced by a PCA fitted inside each training fold (the study fitted
     # it on all trials, which leaks the held-out trial into its own features).
     preprocess = (f"pca:{emb.meta['pca_variance']}" if emb.meta.get("fold_preprocessing") == "pca"
                   else None)
     budget = (None if solver_cfg.memory_budget_gb is None
               else int(solver_cfg.memory_budget_gb * 2**30))
+    common = dict(folds=folds, preprocess=preprocess, fit_intercept=solver_cfg.fit_intercept,
+                  tol=solver_cfg.tol, max_iter=solver_cfg.max_iter, device=device,
+                  memory_budget=budget, dtype=getattr(torch, solver_cfg.dtype))
+    if n_perm:
+        log.info("permutation null: %d permutations (solver.n_permutations=%s; 0 turns it off), "
+                 "fitted as extra targets: %d x the problems of the fit itself",
+                 n_perm, solver_cfg.n_permutations, n_perm + 1)
     try:
-        res = cross_val_predict(emb.X, Y, alphas=solver_cfg.alpha, l1_ratios=solver_cfg.l1_ratio,
-                                folds=folds, preprocess=preprocess, permutations=perms,
-                                fit_intercept=solver_cfg.fit_intercept, tol=solver_cfg.tol,
-                                max_iter=solver_cfg.max_iter, device=device, memory_budget=budget,
-                                dtype=getattr(torch, solver_cfg.dtype))
+        nested = None
+        if is_grid:
+            log.info("grid of %d alpha x %d l1_ratio: nested selection (inner %s in each outer fold)",
+                     len(alphas), len(l1_ratios), NESTED_INNER_CV)
+            nested = nested_cross_val_predict(emb.X, Y, alphas, l1_ratios, inner=NESTED_INNER_CV,
+                                              select="per_target", **common)
+        # Without a null the nested call's outer fits are the grid's: no second pass.
+        res = (nested.outer if nested is not None and perms is None else
+               cross_val_predict(emb.X, Y, alphas=alphas, l1_ratios=l1_ratios, permutations=perms, **common))
     except ValueError as err:  # bad solver settings: one message naming the argument
         raise ConfigError(f"solver: {err}") from None
     train = res.train_masks
-    out = {
-        "pred": res.predictions[0],
-        "baseline": training_mean_predictions(Y.to(torch.float64), train),
-        "meta": {
-            "alpha": solver_cfg.alpha, "l1_ratio": solver_cfg.l1_ratio, "cv": solver_cfg.cv,
-            "n_folds": int(train.shape[0]), "fold_preprocessing": preprocess,
-            "n_features_per_fold": (None if res.n_features is None
-                                    else [int(v) for v in res.n_features.tolist()]),
-            "n_not_converged": res.n_not_converged, "worst_gap_ratio": res.worst_gap_ratio,
-            "n_problems": int(res.converged.numel()), "dtype": solver_cfg.dtype,
-            "tol": solver_cfg.tol, "max_iter": solver_cfg.max_iter,
-            "n_permutations": int(solver_cfg.n_permutations), "seconds": res.seconds,
-        },
+    G = len(res.grid)
+    not_conv = (~res.converged).sum((0, 2)).tolist() if res.converged.numel() else [0] * G
+    meta = {
+        "alpha": _plain(solver_cfg.alpha), "l1_ratio": _plain(solver_cfg.l1_ratio),
+        "grid": [list(g) for g in res.grid], "cv": solver_cfg.cv,
+        "n_folds": int(train.shape[0]), "fold_preprocessing": preprocess,
+        "n_features_per_fold": (None if res.n_features is None
+                                else [int(v) for v in res.n_features.tolist()]),
+        "n_not_converged": res.n_not_converged, "worst_gap_ratio": res.worst_gap_ratio,
+        "n_problems": int(res.converged.numel()), "dtype": solver_cfg.dtype,
+        "tol": solver_cfg.tol, "max_iter": solver_cfg.max_iter,
+        "n_permutations": n_perm, "n_permutations_setting": _plain(solver_cfg.n_permutations),
+        "permutation_seed": seed if n_perm else None, "seconds": res.seconds,
     }
     if res.n_not_converged:
         log.warning("solver: %d of %d problems did not reach the tolerance (worst gap %.3g x tol)",
                     res.n_not_converged, res.converged.numel(), res.worst_gap_ratio)
-    if perms is not None:
-        p = torch.as_tensor(perms, device=Y.device)
-        out["null_pred"] = res.null_predictions[:, 0]                       # (perm, trials, targets)
-        out["null_true"] = torch.stack([Y[row] for row in p])
-    return out
+    grid_pred = res.predictions if res.predictions.ndim == 3 else res.predictions[..., None]
+    pred = grid_pred[0]
+    if nested is not None:
+        # each trial from the point its outer fold chose: the same numbers as grid_pred's
+        held_out_fold = (~train).to(torch.int8).argmax(0).to(grid_pred.device)
+        pick = nested.choice.to(grid_pred.device)[held_out_fold]                # (trials, targets)
+        pred = grid_pred.gather(0, pick[None]).squeeze(0)
+    return CrossValidatedFit(
+        pred=pred,
+        baseline=training_mean_predictions(Y.to(torch.float64), train.to(Y.device)),
+        grid=[tuple(g) for g in res.grid], grid_pred=grid_pred,
+        null_pred=res.null_predictions, permutations=perms,
+        n_not_converged=[int(v) for v in not_conv],
+        nested=None if nested is None else NestedSelection(NESTED_INNER_CV, nested.choice),
+        meta=meta)
 
 
 def provenance_for(cfg: DictConfig, device: torch.device, dataset: Dataset) -> Provenance:
@@ -234,59 +334,29 @@ def provenance_for(cfg: DictConfig, device: torch.device, dataset: Dataset) -> P
     })
 
 
-def _mean(t: torch.Tensor) -> float:
-    return float(torch.nanmean(t.double()).item())
+def evaluate(fit: CrossValidatedFit, Y: torch.Tensor, cv: str) -> "GridEvaluation":
+    """Scores of the run beside its chance levels, for every grid point and the nested
+    selection (:func:`gpurecon.evaluation.evaluate_grid`)."""
+    from .evaluation import evaluate_grid
+
+    return evaluate_grid(grid_pred=fit.grid_pred, Y=Y, baseline=fit.baseline, grid=fit.grid,
+                         n_not_converged=fit.n_not_converged, null_pred=fit.null_pred,
+                         permutations=fit.permutations,
+                         nested_pred=fit.pred if fit.nested is not None else None, cv=cv)
 
 
-def evaluate(pred: torch.Tensor, Y: torch.Tensor, baseline: torch.Tensor,
-             null_pred: torch.Tensor | None, null_true: torch.Tensor | None) -> dict:
-    """Scores of the model beside its chance levels (baseline; permutation null if fitted)."""
-    from .evaluation import (fdr_bh, permutation_p_value, scores_across_electrodes,
-                             scores_per_electrode)
-
-    trial = scores_across_electrodes(pred, Y)
-    trial_base = scores_across_electrodes(baseline, Y)
-    elec = scores_per_electrode(pred, Y)
-    out = {
-        "trial": trial, "trial_baseline": trial_base, "electrode": elec,
-        "summary": {
-            "pcc_across_electrodes": _mean(trial["pcc"]),
-            "r2_across_electrodes": _mean(trial["r2"]),
-            "baseline_pcc_across_electrodes": _mean(trial_base["pcc"]),
-            "baseline_r2_across_electrodes": _mean(trial_base["r2"]),
-            "pcc_per_electrode_mean": _mean(elec["pcc"]),
-            "r2_per_electrode_mean": _mean(elec["r2"]),
-        },
-    }
-    if null_pred is not None:
-        null_trial = scores_across_electrodes(null_pred, null_true)        # (perm, trials)
-        null_elec = scores_per_electrode(null_pred, null_true)             # (perm, electrodes)
-        null_mean_pcc = torch.nanmean(null_trial["pcc"].double(), dim=1)
-        null_mean_r2 = torch.nanmean(null_trial["r2"].double(), dim=1)
-        p_elec = permutation_p_value(elec["pcc"].double(), null_elec["pcc"].double())
-        out["electrode"]["p"] = p_elec
-        out["electrode"]["q_fdr"] = fdr_bh(p_elec)
-        s = out["summary"]
-        s["n_permutations"] = int(null_pred.shape[0])
-        s["null_pcc_across_electrodes_mean"] = _mean(null_mean_pcc)
-        s["null_pcc_across_electrodes_95"] = float(torch.quantile(null_mean_pcc, 0.95))
-        s["null_r2_across_electrodes_95"] = float(torch.quantile(null_mean_r2, 0.95))
-        s["p_pcc_across_electrodes"] = float(permutation_p_value(
-            torch.tensor(s["pcc_across_electrodes"], dtype=torch.float64), null_mean_pcc))
-        s["p_r2_across_electrodes"] = float(permutation_p_value(
-            torch.tensor(s["r2_across_electrodes"], dtype=torch.float64), null_mean_r2))
-        s["n_electrodes_fdr_05"] = int((out["electrode"]["q_fdr"] <= 0.05).sum())
-    return out
-
-
-def _column_names(rec, n_cols: int) -> tuple[list[str], list[str]]:
-    names = [n for n, ok in zip(rec.channel_names, rec.good_channels) if ok]
-    labels = [lab for lab, ok in zip(rec.channel_labels, rec.good_channels) if ok]
+def _column_info(rec, n_cols: int) -> tuple[list[str], list[str], np.ndarray]:
+    """Name, anatomical label and ACPC coordinates (mm, NaN where unknown) of each target
+    column: one per usable electrode, or electrode x frame (electrode-major) for frames."""
+    good = rec.good_channels
+    names = [n for n, ok in zip(rec.channel_names, good) if ok]
+    labels = [lab for lab, ok in zip(rec.channel_labels, good) if ok]
+    coords = np.asarray(rec.coords, dtype=np.float64)[good]
     per = n_cols // len(names)
     if per == 1:
-        return names, labels
+        return names, labels, coords
     return ([f"{n}@frame{f}" for n in names for f in range(per)],
-            [lab for lab in labels for _ in range(per)])
+            [lab for lab in labels for _ in range(per)], np.repeat(coords, per, axis=0))
 
 
 def run(cfg: DictConfig, out_dir: str | os.PathLike) -> dict:
@@ -295,6 +365,7 @@ def run(cfg: DictConfig, out_dir: str | os.PathLike) -> dict:
     timings: dict[str, float] = {}
     out_dir = Path(out_dir)
     device = resolve_device(cfg.device)
+    _check_solver_settings(cfg.solver, device)  # before any data is loaded or generated
     cache = Cache(cfg.cache_dir)
     dataset = resolve_dataset(cfg.data, cfg.subject, cache)
     prov = provenance_for(cfg, device, dataset)
@@ -330,57 +401,92 @@ def run(cfg: DictConfig, out_dir: str | os.PathLike) -> dict:
     t = time.perf_counter()
     fit = fit_cross_validated(emb, Y, cfg.solver, device, seed=int(cfg.seed))
     timings["solver_s"] = time.perf_counter() - t
-    scores = evaluate(fit["pred"], Y, fit["baseline"], fit.get("null_pred"), fit.get("null_true"))
+    scores = evaluate(fit, Y, cfg.solver.cv)
     timings["total_s"] = time.perf_counter() - t_start
 
     write_outputs(out_dir, rec, prov, cfg, Y, emb, fit, scores, target_meta, timings)
-    s = scores["summary"]
-    log.info("PCC across electrodes %.3f (baseline %.3f) | R2 %.3f (baseline %.3f) | "
-             "per-electrode PCC %.3f | %s", s["pcc_across_electrodes"],
-             s["baseline_pcc_across_electrodes"], s["r2_across_electrodes"],
-             s["baseline_r2_across_electrodes"], s["pcc_per_electrode_mean"], out_dir)
+    s = scores.main.summary()
+    log.info("%sPCC across electrodes %.3f (baseline %.3f) | R2 %.3f (baseline %.3f) | "
+             "per-electrode PCC %.3f (baseline %.3f) | %s", "nested selection: " if scores.nested else "",
+             s["pcc_across_electrodes"], s["baseline_pcc_across_electrodes"], s["r2_across_electrodes"],
+             s["baseline_r2_across_electrodes"], s["pcc_per_electrode_mean"],
+             s["baseline_pcc_per_electrode_mean"], out_dir)
+    log.info("%s", scores.main.verdict())
     return s
 
 
 def write_outputs(out_dir: Path, rec, prov: Provenance, cfg: DictConfig, Y: torch.Tensor, emb,
-                  fit: dict, scores: dict, target_meta: dict, timings: dict) -> None:
-    """All result files, each atomic and each carrying the provenance."""
+                  fit: CrossValidatedFit, scores: "GridEvaluation", target_meta: dict,
+                  timings: dict) -> None:
+    """All result files, each atomic and each carrying the provenance.
+
+    ``scores`` is the :class:`gpurecon.evaluation.GridEvaluation` of ``fit``; its main
+    evaluation (the nested selection with a grid) fills predictions.npz and the score files.
+    """
+    from .evaluation import SCORE_DEFINITIONS
     from .outputs import write_csv, write_json, write_npz
 
     header = prov.comments()
-    names, labels = _column_names(rec, Y.shape[1])
+    names, labels, coords = _column_info(rec, Y.shape[1])
     words = list(rec.trials.word)
     p = prov.fields
+    main = scores.main
     write_npz(out_dir / "targets.npz", provenance={**p, "target": target_meta}, Y=Y,
               columns=np.array(names), words=np.array(words))
     write_npz(out_dir / "embeddings.npz", provenance={**p, "embedding": emb.meta}, X=emb.X,
               words=np.array(words))
-    arrays = {"pred": fit["pred"], "Y": Y, "baseline": fit["baseline"]}
-    if fit.get("null_pred") is not None:
-        arrays["null_pcc_across_electrodes"] = scores.get("null_trial_pcc", torch.empty(0))
+    arrays = {"pred": fit.pred, "Y": Y, "baseline": fit.baseline}
+    if main.null is not None:
+        arrays["null_pcc_across_electrodes"] = main.null.pcc_across_electrodes
+        arrays["null_r2_across_electrodes"] = main.null.r2_across_electrodes
     write_npz(out_dir / "predictions.npz", provenance=p, **arrays)
-    tr, tb = scores["trial"], scores["trial_baseline"]
+
+    def host(t):  # one device->host copy per array, not one per CSV cell
+        return t.detach().double().cpu().numpy()
+
+    tr, tb = main.trials, main.trials_baseline
+    columns = [host(v) for v in (tr.pcc, tr.r2, tb.pcc, tb.r2)]
     write_csv(out_dir / "scores_trials.csv",
               ["trial", "word", "pcc", "r2", "baseline_pcc", "baseline_r2"],
-              [[i, w, float(tr["pcc"][i]), float(tr["r2"][i]), float(tb["pcc"][i]), float(tb["r2"][i])]
-               for i, w in enumerate(words)], comments=header)
-    el = scores["electrode"]
-    cols = ["electrode", "label", "pcc", "r2"] + (["p", "q_fdr"] if "p" in el else [])
-    rows = []
-    for c, (n, lab) in enumerate(zip(names, labels)):
-        row = [n, lab, float(el["pcc"][c]), float(el["r2"][c])]
-        if "p" in el:
-            row += [float(el["p"][c]), float(el["q_fdr"][c])]
-        rows.append(row)
+              [[i, w, *(float(c[i]) for c in columns)] for i, w in enumerate(words)], comments=header)
+
+    el, eb = main.electrodes, main.electrodes_baseline
+    cols = ["electrode", "label", "x", "y", "z", "pcc", "r2", "baseline_pcc", "baseline_r2"]
+    columns = [host(v) for v in (el.pcc, el.r2, eb.pcc, eb.r2)]
+    null_el = main.null_per_electrode()
+    if null_el is not None:
+        cols += ["null_pcc_mean", "null_pcc_95"]
+        columns += [host(v) for v in null_el]
+    if main.electrode_p is not None:
+        cols += ["p", "q_fdr"]
+        columns += [host(main.electrode_p), host(main.electrode_q)]
+    rows = [[n, lab, *map(float, coords[c]), *(float(v[c]) for v in columns)]
+            for c, (n, lab) in enumerate(zip(names, labels))]
     write_csv(out_dir / "scores_electrodes.csv", cols, rows, comments=header)
-    write_json(out_dir / "summary.json", {
+
+    nested = None
+    if fit.nested is not None:
+        grid_cols, grid_rows = scores.table()
+        write_csv(out_dir / "grid.csv", grid_cols, grid_rows, comments=header)
+        best = scores.best_point()
+        nested = {**fit.nested.summary(fit.grid), "scores": main.summary(),
+                  "best_grid_point_in_hindsight": {
+                      "alpha": best.alpha, "l1_ratio": best.l1_ratio,
+                      "pcc_across_electrodes": best.evaluation.pcc_across_electrodes},
+                  "null": ("per permutation, the best grid point's score (the inner search is not "
+                           "repeated on permuted data)" if main.null is not None else None)}
+    summary = {
         "provenance": p,
-        "scores": scores["summary"],
+        "scores": main.summary(),
+        "score_definitions": SCORE_DEFINITIONS,
         "n_trials": int(Y.shape[0]), "n_targets": int(Y.shape[1]),
         "excluded_channels": list(rec.bad_channels),
         "target": target_meta,
         "embedding": emb.meta,
-        "solver": fit["meta"],
-        "timings": timings,
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    })
+        "solver": fit.meta,
+        "verdict": main.verdict(),
+    }
+    if nested is not None:
+        summary["nested"] = nested
+    summary.update({"timings": timings, "config": OmegaConf.to_container(cfg, resolve=True)})
+    write_json(out_dir / "summary.json", summary)
