@@ -133,6 +133,23 @@ def ensure_synthetic(dataset: Dataset, data_cfg: DictConfig, subject: int, cache
                                 progress=progress)
 
 
+def check_checkpoint(model_cfg: DictConfig) -> None:
+    """A checkpoint that is not there (a missing path; offline, a hub name not in the local
+    cache) fails before any data is generated or loaded, naming model.checkpoint."""
+    from .embeddings.checkpoints import TINY_CHECKPOINTS, looks_like_path, resolve_hub
+    from .errors import ModelError
+
+    spec = model_cfg.get("checkpoint")
+    if not spec or spec in TINY_CHECKPOINTS:
+        return
+    if model_cfg.name == "fasttext" or looks_like_path(spec):
+        if not Path(spec).expanduser().exists():
+            raise ModelError(f"model.checkpoint={spec!r}: no such file or folder "
+                             f"({Path(spec).expanduser().resolve()})")
+        return
+    resolve_hub(spec, model_cfg.get("revision"), model_cfg.name)
+
+
 def target_window(cfg: DictConfig) -> float:
     """Seconds of high gamma after each word onset: the study used 1 s for the text models
     and 2 s for Wav2Vec2 (the span of audio it embeds)."""
@@ -387,6 +404,7 @@ def run(cfg: DictConfig, out_dir: str | os.PathLike) -> dict:
     dataset = resolve_dataset(cfg.data, cfg.subject, cache)
     generated = is_generated(dataset)
     check_subject(dataset, int(cfg.subject), generated)
+    check_checkpoint(cfg.model)
     window = target_window(cfg)
     if generated:   # the recording's sampling rate and trial times are known before generating it
         validate_for_recording(cfg, window=window, **synthetic_layout(cfg.data.n_words))

@@ -1,0 +1,115 @@
+"""Crash safety and resume: a run SIGKILLed at any stage and rerun gives the outputs of a clean
+run with nothing left behind; resume=true skips complete runs; concurrent runs share one cold
+cache. Kill points come from the test hook GPURECON_TEST_KILL_AT=<stage> (experiment.run)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from _cli_helpers import TINY, cli_env, result_files, run_cli, same_outputs, temp_leftovers
+from gpurecon.outputs import is_complete
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("clean")
+    proc, out = run_cli(TINY, tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert is_complete(out)
+    return out
+
+
+@pytest.mark.parametrize("stage", ["generation", "high_gamma", "solver", "writing", "publish"])
+def test_killed_run_reruns_to_the_clean_outputs_with_no_leftovers(stage, clean_run, tmp_path):
+    killed, out = run_cli(TINY, tmp_path, env_extra={"GPURECON_TEST_KILL_AT": stage})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not is_complete(out)
+    if stage == "publish":   # killed after the first file was renamed into place
+        assert 0 < len(result_files(out)) < 7 and not (out / "done.json").exists()
+    else:
+        assert result_files(out) == []
+    if stage == "writing":   # the dead process's staging folder is there until the rerun
+        assert temp_leftovers(out)
+    rerun, out = run_cli([*TINY, "resume=true"], tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert is_complete(out)
+    same_outputs(out, clean_run)
+    assert temp_leftovers(tmp_path) == []   # staging folders and cache temps of the dead run
+    log = rerun.stdout + rerun.stderr
+    if stage in ("solver", "writing", "publish"):   # only what is missing is redone
+        assert "targets loaded from the cache" in log and "generating" not in log
+
+
+def test_resume_skips_a_complete_run_and_reruns_without_it(clean_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(clean_run, out)
+    done = (out / "done.json").stat().st_mtime_ns
+    proc, _ = run_cli([*TINY, "resume=true"], tmp_path)
+    assert proc.returncode == 0
+    assert "skipping" in proc.stdout + proc.stderr
+    assert (out / "done.json").stat().st_mtime_ns == done
+    assert not (tmp_path / "cache").exists()   # nothing loaded or computed
+    # a complete set whose file was damaged is not complete: resume redoes it
+    (out / "predictions.npz").write_bytes(b"truncated")
+    assert not is_complete(out)
+    proc, _ = run_cli([*TINY, "resume=true"], tmp_path)
+    assert proc.returncode == 0 and is_complete(out)
+    same_outputs(out, clean_run)
+
+
+def test_multirun_resume_skips_finished_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *TINY, "model.noise=0,0.5", f"hydra.sweep.dir={sweep}", "resume=true"]
+    first, _ = run_cli(args, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    jobs = sorted(p.parent for p in sweep.rglob("done.json"))
+    assert len(jobs) == 2 and all(is_complete(j) for j in jobs)
+    assert "job 1 of 2" in first.stdout + first.stderr and "job 2 of 2" in first.stdout + first.stderr
+    (jobs[1] / "done.json").unlink()   # as if job 2 had been killed while publishing
+    second, _ = run_cli(args, tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    log = second.stdout + second.stderr
+    assert log.count("skipping this run") == 1 and all(is_complete(j) for j in jobs)
+
+
+def test_two_concurrent_runs_on_one_cold_cache(clean_run, tmp_path):
+    env = cli_env(tmp_path)
+    procs = [subprocess.Popen([sys.executable, "-m", "gpurecon", *TINY, f"hydra.run.dir={tmp_path / name}"],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for name in ("a", "b")]
+    results = [(p, *p.communicate(timeout=600)) for p in procs]
+    for p, _, err in results:
+        assert p.returncode == 0, err[-3000:]
+    for name in ("a", "b"):
+        same_outputs(tmp_path / name, clean_run)
+    assert temp_leftovers(tmp_path) == []
+    assert len(list((tmp_path / "cache" / "synthetic").glob("*/dataset_description.json"))) == 1
+
+
+def test_concurrent_synthetic_writers_never_fail(tmp_path):
+    """Two generators racing for the same folder (no lock): the later rename merges."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from gpurecon.data import load_subject, write_synthetic_dataset
+
+    kw = dict(subjects=[2], seed=3, n_channels=2, n_words=8, audio_sfreq=8000.0)
+    with ProcessPoolExecutor(2) as pool:
+        roots = list(pool.map(_write, [(tmp_path / "ds", kw)] * 2))
+    assert roots[0] == roots[1]
+    assert load_subject(roots[0], 2).seeg.shape[0] == 2
+    assert temp_leftovers(tmp_path) == []
+    assert write_synthetic_dataset  # imported for the worker
+
+
+def _write(args):
+    from gpurecon.data import write_synthetic_dataset
+
+    root, kw = args
+    return write_synthetic_dataset(root, **kw)
