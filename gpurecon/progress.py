@@ -40,6 +40,8 @@ def stage_bar(desc: str, *, enabled: bool, unit: str = "it") -> Iterator[Progres
         if bar.total != total:
             bar.total = total
         bar.update(max(0, int(done) - bar.n))
+        if done >= total:
+            bar.refresh()   # the last step is drawn even inside mininterval
 
     try:
         yield update
