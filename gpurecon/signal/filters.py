@@ -1,4 +1,4 @@
-"""The high-gamma filters: designed through MNE (scipy's Butterworth, float64 SOS), applied as gains per FFT bin.
+"""The high-gamma filters: designed through MNE (Butterworth SOS), applied as FFT-bin gains.
 
 A zero-phase IIR (``sosfiltfilt``) has magnitude ``|H(f)|^2`` and no phase, so in the
 frequency domain the whole cascade band-pass x band-stops is ONE real gain per bin. The
