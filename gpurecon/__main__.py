@@ -83,8 +83,19 @@ def _app(cfg: DictConfig) -> None:
         raise SystemExit(1) from None
 
 
+def _bars_off(argv: list[str]) -> bool:
+    """``progress=false`` on the command line, or stderr not a terminal."""
+    off = any(a.replace(" ", "").lower() in ("progress=false", "progress=0", "progress=no")
+              for a in argv)
+    return off or not sys.stderr.isatty()
+
+
 def main() -> int:
     global _SWEEP_SIZE
+    if _bars_off(sys.argv[1:]):
+        # tqdm reads TQDM_DISABLE when it is first imported: this also silences the bars of the
+        # embedding batches and of libraries (transformers), not only the app's own stage bars.
+        os.environ.setdefault("TQDM_DISABLE", "1")
     if "-m" in sys.argv[1:] or "--multirun" in sys.argv[1:]:
         _SWEEP_SIZE = _sweep_size(sys.argv[1:])
     try:

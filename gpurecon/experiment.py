@@ -351,10 +351,14 @@ def _column_names(rec, n_cols: int) -> tuple[list[str], list[str]]:
 def _test_hook(stage: str) -> None:
     """TEST HOOK: ``GPURECON_TEST_KILL_AT=<stage>`` SIGKILLs this process at ``stage``
     (generation, high_gamma, solver, writing, publish), so the crash-safety tests can kill a
-    run at a known point. Never set it outside tests."""
+    run at a known point; ``GPURECON_TEST_KILL_SIGNAL=INT`` sends SIGINT instead (Ctrl-C).
+    Never set them outside tests."""
     if os.environ.get("GPURECON_TEST_KILL_AT") == stage:
         import signal
 
+        if os.environ.get("GPURECON_TEST_KILL_SIGNAL") == "INT":
+            os.kill(os.getpid(), signal.SIGINT)
+            return
         logging.shutdown()
         os.kill(os.getpid(), signal.SIGKILL)
 

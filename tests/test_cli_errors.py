@@ -4,14 +4,11 @@ no result files and (for config errors) an untouched cache; Ctrl-C is one line, 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from _cli_helpers import SMALL, cli_env, result_files, run_cli, temp_leftovers
+from _cli_helpers import SMALL, result_files, run_cli, temp_leftovers
 
 # (overrides, the key the message must name). Each fails at start-up: nothing is generated.
 # The cases of issue 8 run as CLI subprocesses; the other ranges are checked in-process below.
@@ -193,20 +190,31 @@ def test_failed_rerun_keeps_what_it_did_not_create(tmp_path):
     assert "subject" in (mine / "__main__.log").read_text()
 
 
-def test_ctrl_c_is_one_line_exit_130_and_no_result_files(tmp_path):
-    out = tmp_path / "out"
-    # a full-size synthetic participant: generation takes long enough to be interrupted
-    cmd = [sys.executable, "-m", "gpurecon", "device=cpu", f"hydra.run.dir={out}"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    synthetic = tmp_path / "cache" / "synthetic"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (synthetic.exists() and list(synthetic.glob(".*.tmp-*"))):
-        time.sleep(0.2)   # until the generator has made its temp folder
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-2000:]
-    assert "Traceback" not in stderr + stdout and "KeyboardInterrupt" not in stderr
-    assert len([l for l in stderr.splitlines() if "interrupted" in l]) == 1
+@pytest.mark.parametrize("stage", ["generation", "solver"])
+def test_ctrl_c_is_one_line_exit_130_and_no_result_files(stage, tmp_path):
+    """SIGINT (Ctrl-C) at a known point (the test hook sends it to the run itself)."""
+    proc, out = run_cli([*SMALL, "data.n_words=30"], tmp_path,
+                        env_extra={"GPURECON_TEST_KILL_AT": stage, "GPURECON_TEST_KILL_SIGNAL": "INT"})
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr + proc.stdout and "KeyboardInterrupt" not in proc.stderr
+    assert len([line for line in proc.stderr.splitlines() if "interrupted" in line]) == 1
     assert result_files(out) == []
-    assert temp_leftovers(tmp_path) == []   # the generator's temp folder is gone too
+    assert temp_leftovers(tmp_path) == []   # the generator's temp folder and the staging are gone
+
+
+def test_a_bug_leaves_no_result_files(tmp_path, monkeypatch):
+    """An unexpected exception propagates (a traceback is fine) but the staging is discarded."""
+    from gpurecon import experiment
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in a stage")
+
+    monkeypatch.setattr(experiment, "evaluate", broken)
+    cfg = _compose(["device=cpu", "data.n_channels=2", "data.n_words=12", "progress=false",
+                    f"cache_dir={tmp_path / 'cache'}"])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(RuntimeError, match="a bug"):
+        experiment.run(cfg, out)
+    assert result_files(out) == ["notes.txt"] and temp_leftovers(out) == []
