@@ -14,7 +14,6 @@ import scipy.fft
 import scipy.signal as ss
 import torch
 import yaml
-from omegaconf import OmegaConf
 
 from _cli_helpers import run_cli
 from _embeddings_helpers import fresh_cache, make_recording
