@@ -378,13 +378,32 @@ def _writable(what: str, make):
                           f"({getattr(err, 'filename', '') or ''})") from None
 
 
-def _finished_summary(out_dir: Path) -> dict:
+# Settings that do not change a run's results: a complete run made with other values of these
+# is still the run asked for.
+_NOT_RESULTS = ("progress", "resume", "cache_dir")
+
+
+def _finished_summary(out_dir: Path, cfg: DictConfig) -> dict | None:
+    """The scores of the complete run in ``out_dir`` if it was made with this config, else None
+    (no complete set, or a sweep whose job folder now holds other settings)."""
     import json
 
+    if not is_complete(out_dir):
+        return None
     try:
-        return json.loads((out_dir / "summary.json").read_text()).get("scores", {})
+        summary = json.loads((out_dir / "summary.json").read_text())
     except (OSError, ValueError):
-        return {}
+        return None
+    stored = summary.get("config")
+    current = json.loads(json.dumps(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+                                    default=str))
+    if isinstance(stored, dict):
+        strip = lambda c: {k: v for k, v in c.items() if k not in _NOT_RESULTS}  # noqa: E731
+        if strip(stored) != strip(current):
+            log.warning("resume: %s holds a complete run with other settings; running again",
+                        out_dir)
+            return None
+    return summary.get("scores", {})
 
 
 def run(cfg: DictConfig, out_dir: str | os.PathLike) -> dict:
@@ -399,10 +418,12 @@ def run(cfg: DictConfig, out_dir: str | os.PathLike) -> dict:
     timings: dict[str, float] = {}
     out_dir = Path(out_dir)
     show = bool(cfg.get("progress", True))
-    if cfg.get("resume", False) and is_complete(out_dir):
-        log.info("resume: %s already holds a complete set of outputs (done.json); skipping this run",
-                 out_dir)
-        return _finished_summary(out_dir)
+    if cfg.get("resume", False):
+        finished = _finished_summary(out_dir, cfg)
+        if finished is not None:
+            log.info("resume: %s already holds this run's complete outputs (done.json); "
+                     "skipping this run", out_dir)
+            return finished
     device = resolve_device(cfg.device)
     cache = Cache(cfg.cache_dir)
     dataset = resolve_dataset(cfg.data, cfg.subject, cache)

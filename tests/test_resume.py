@@ -4,6 +4,7 @@ cache. Kill points come from the test hook GPURECON_TEST_KILL_AT=<stage> (experi
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -55,6 +56,12 @@ def test_resume_skips_a_complete_run_and_reruns_without_it(clean_run, tmp_path):
     assert "skipping" in proc.stdout + proc.stderr
     assert (out / "done.json").stat().st_mtime_ns == done
     assert not (tmp_path / "cache").exists()   # nothing loaded or computed
+    # the same folder asked for other settings (a sweep changed between reruns): run again
+    proc, _ = run_cli([*TINY, "resume=true", "model.noise=0.5"], tmp_path)
+    assert proc.returncode == 0 and "other settings" in proc.stdout + proc.stderr
+    assert json.loads((out / "summary.json").read_text())["config"]["model"]["noise"] == 0.5
+    shutil.rmtree(out)
+    shutil.copytree(clean_run, out)
     # a complete set whose file was damaged is not complete: resume redoes it
     (out / "predictions.npz").write_bytes(b"truncated")
     assert not is_complete(out)
