@@ -350,6 +350,13 @@ def validate_for_recording(cfg: Any, *, sfreq: float, onsets_s: Any, duration_s:
         if not stop[1] < nyquist:
             _fail("signal.stops", f"band-stops below the Nyquist frequency {nyquist:g} Hz",
                   OmegaConf.to_container(signal.stops))
+    from .signal.filters import validate_band
+
+    try:   # band-stops inside the pass-band and not overlapping: the filter module's own rules
+        validate_band(float(sfreq), signal.l_freq, signal.h_freq,
+                      [list(stop) for stop in signal.stops], signal.order)
+    except ValueError as err:   # its messages start with the argument: l_freq, stops, order
+        raise ConfigError(f"signal.{err}") from None
     onsets = sorted(float(t) for t in onsets_s)
     n_trials = len(onsets)
     gaps = [b - a for a, b in zip(onsets, onsets[1:])] + ([duration_s - onsets[-1]] if onsets else [])

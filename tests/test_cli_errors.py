@@ -25,6 +25,7 @@ CONFIG_ERRORS = [
     (["solver.cv=kfold", "solver.n_splits=100"], "solver.n_splits"),
     (["model.noise=-1"], "model.noise"),
     (["solver.alpha=-1"], "solver.alpha"),
+    (["signal.stops=[[10.0,20.0]]"], "signal.stops"),   # outside the pass-band
 ]
 if not __import__("torch").cuda.is_available():
     CONFIG_ERRORS.append((["device=cuda"], "device"))
