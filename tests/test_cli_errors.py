@@ -219,3 +219,23 @@ def test_a_bug_leaves_no_result_files(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="a bug"):
         experiment.run(cfg, out)
     assert result_files(out) == ["notes.txt"] and temp_leftovers(out) == []
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory):
+    from gpurecon.data import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("ds") / "ibids", subjects=(3,), seed=2,
+                                   n_channels=3, n_words=12, audio_sfreq=8000.0)
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["target.window=3.5"], "target.window"),                 # longer than the 3 s trial spacing
+    (["solver.cv=kfold", "solver.n_splits=13"], "solver.n_splits"),   # 12 trials
+    (["subject=4"], "subject"),                               # not in participants.tsv
+])
+def test_dataset_dependent_errors_name_the_key(overrides, key, dataset_root, tmp_path):
+    """With data.root the recording decides: checked right after loading, before any filtering."""
+    proc, out = run_cli([f"data.root={dataset_root}", "subject=3", "device=cpu", *overrides], tmp_path)
+    _assert_one_clean_error(proc, key, out)
+    assert not list((tmp_path / "cache").glob("targets/*.npz"))
