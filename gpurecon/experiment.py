@@ -437,9 +437,10 @@ def run(cfg: DictConfig, out_dir: str | os.PathLike) -> dict:
     try:
         _writable(f"cache_dir={cache.root}", cache.check_writable)
         cache.remove_stale()
-        s = _run_stages(cfg, staging, out_dir, dataset, device, cache, window, show, timings, t_start)
+        s, provenance = _run_stages(cfg, staging, dataset, device, cache, window, show, timings,
+                                    t_start)
         _test_hook("writing")
-        publish(staging, out_dir, on_file=lambda name: _test_hook("publish"))
+        publish(staging, out_dir, provenance=provenance, on_file=lambda name: _test_hook("publish"))
     except BaseException:
         discard_staging(staging)   # only what this run wrote; the log stays
         raise
@@ -450,9 +451,11 @@ def run(cfg: DictConfig, out_dir: str | os.PathLike) -> dict:
     return s
 
 
-def _run_stages(cfg: DictConfig, staging: Path, out_dir: Path, dataset: Dataset,
-                device: torch.device, cache: Cache, window: float, show: bool,
-                timings: dict, t_start: float) -> dict:
+def _run_stages(cfg: DictConfig, staging: Path, dataset: Dataset, device: torch.device,
+                cache: Cache, window: float, show: bool, timings: dict,
+                t_start: float) -> tuple[dict, dict]:
+    """Every stage, in order; the result files go into ``staging``. Returns the summary scores
+    and the provenance."""
     prov = provenance_for(cfg, device, dataset)
     log.info("gpurecon %s | device %s | data %s (%s) at %s | subject %s | model %s (%s)",
              __version__, prov.fields["device"], dataset.kind.upper(), dataset.reason, dataset.root,
@@ -502,7 +505,7 @@ def _run_stages(cfg: DictConfig, staging: Path, out_dir: Path, dataset: Dataset,
     timings["total_s"] = time.perf_counter() - t_start
 
     write_outputs(staging, rec, prov, cfg, Y, emb, fit, scores, target_meta, timings)
-    return scores["summary"]
+    return scores["summary"], prov.fields
 
 
 def write_outputs(out_dir: Path, rec, prov: Provenance, cfg: DictConfig, Y: torch.Tensor, emb,

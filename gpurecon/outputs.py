@@ -191,11 +191,12 @@ def discard_staging(staging: str | os.PathLike) -> None:
 
 
 def publish(staging: str | os.PathLike, run_dir: str | os.PathLike, *,
-            on_file=None) -> list[str]:
+            provenance: dict | None = None, on_file=None) -> list[str]:
     """Move every file of ``staging`` into ``run_dir``, then write ``done.json`` last.
 
     A previous ``done.json`` is removed first, so at no moment does a marker vouch for a mix
-    of old and new files. ``on_file(name)`` is called after each rename (a test hook).
+    of old and new files. ``done.json`` lists each file and its size, plus ``provenance``
+    (device, data, checkpoint...). ``on_file(name)`` is called after each rename (a test hook).
     Returns the published names (relative paths).
     """
     staging, run_dir = Path(staging), Path(run_dir)
@@ -210,7 +211,7 @@ def publish(staging: str | os.PathLike, run_dir: str | os.PathLike, *,
         os.replace(staging / rel, target)
         if on_file is not None:
             on_file(str(rel))
-    write_json(run_dir / DONE, {"files": listing})
+    write_json(run_dir / DONE, {"files": listing, "provenance": provenance or {}})
     shutil.rmtree(staging, ignore_errors=True)
     return [str(r) for r in files]
 

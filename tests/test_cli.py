@@ -35,6 +35,11 @@ def test_offline_default_runs_on_synthetic_data_and_says_so(planted_run):
     from gpurecon.outputs import is_complete
 
     assert is_complete(out)
+    done = json.loads((out / "done.json").read_text())
+    assert {"summary.json", "targets.npz", "embeddings.npz", "predictions.npz", "scores_trials.csv",
+            "scores_electrodes.csv"} <= set(done["files"])
+    assert done["provenance"]["data"] == "synthetic" and done["provenance"]["device"] == "cpu"
+    assert done["provenance"]["checkpoint"] == "ground truth"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["provenance"]["data"] == "synthetic"
     assert summary["provenance"]["device"] == "cpu"
