@@ -1,10 +1,19 @@
 """Hydra entry point: ``python -m gpurecon [overrides]``. Composes the config, calls
-:func:`gpurecon.experiment.run`, nothing else."""
+:func:`gpurecon.experiment.run`, and maps errors to exit codes:
+
+- a user error (:class:`~gpurecon.errors.GpureconError`: config, data, model, unwritable
+  folder) is ONE log line naming the setting, exit status 1, no result files;
+- Ctrl-C is one line, exit status 130, no result files;
+- anything else is a bug: Hydra's traceback, exit status 1, no result files.
+
+Nothing is deleted here: :func:`gpurecon.experiment.run` writes its results into a staging
+folder it discards on failure, so a failed run leaves only its log (with the error in it).
+"""
 
 from __future__ import annotations
 
 import logging
-import shutil
+import os
 import sys
 from pathlib import Path
 
@@ -29,27 +38,76 @@ def _conf_dir() -> str:
 
 register_configs()
 log = logging.getLogger("gpurecon")
+_SWEEP_SIZE: int | None = None
+
+
+def _sweep_size(argv: list[str]) -> int | None:
+    """Jobs of a basic multirun sweep: the product of the sweep overrides' lengths."""
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        overrides = OverridesParser.create().parse_overrides(
+            [a for a in argv if "=" in a and not a.startswith("-")])
+        size = 1
+        for o in overrides:
+            if o.is_sweep_override() and not o.key_or_group.startswith("hydra"):
+                size *= len(list(o.sweep_string_iterator()))
+        return size
+    except Exception:  # an unusual sweep (ranges, a custom sweeper): no total shown
+        return None
+
+
+def _announce_job() -> None:
+    hc = HydraConfig.get()
+    if str(hc.mode) != "RunMode.MULTIRUN":
+        return
+    k = int(hc.job.num) + 1
+    total = f" of {_SWEEP_SIZE}" if _SWEEP_SIZE else ""
+    overrides = " ".join(hc.overrides.task)
+    log.info("sweep: job %d%s (%s)", k, total, overrides)
 
 
 @hydra.main(version_base="1.3", config_path=_conf_dir(), config_name="config")
 def _app(cfg: DictConfig) -> JobFailed | None:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from .experiment import run  # imported late: `--help`/`--cfg` stay fast
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    _announce_job()
     try:
-        run(cfg, out_dir)
+        # Log lines go through tqdm.write while bars are drawn: never glued to a bar.
+        with logging_redirect_tqdm(loggers=[logging.getLogger()]):
+            run(cfg, out_dir)
     except GpureconError as err:
         log.error("%s", err)
-        # No partial output: the run folder was made for this run alone.
-        logging.shutdown()
-        shutil.rmtree(out_dir, ignore_errors=True)
         if in_multirun():  # the sweep goes on: gpurecon.sweep records it, exits 1 at the end
             return JobFailed(str(err), type(err).__name__)
         raise SystemExit(1) from None
 
 
-def main() -> None:
-    _app()
+def _bars_off(argv: list[str]) -> bool:
+    """``progress=false`` on the command line, or stderr not a terminal."""
+    off = any(a.replace(" ", "").lower() in ("progress=false", "progress=0", "progress=no")
+              for a in argv)
+    return off or not sys.stderr.isatty()
+
+
+def main() -> int:
+    global _SWEEP_SIZE
+    if _bars_off(sys.argv[1:]):
+        # tqdm reads TQDM_DISABLE when it is first imported: this also silences the bars of the
+        # embedding batches and of libraries (transformers), not only the app's own stage bars.
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    if "-m" in sys.argv[1:] or "--multirun" in sys.argv[1:]:
+        _SWEEP_SIZE = _sweep_size(sys.argv[1:])
+    try:
+        _app()
+    except KeyboardInterrupt:
+        # The staging folder is already discarded; one line, the shell's code for SIGINT.
+        print("gpurecon: interrupted (Ctrl-C); no result files were written", file=sys.stderr)
+        return 130
+    return 0
 
 
 if __name__ == "__main__":

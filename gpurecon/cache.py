@@ -3,20 +3,28 @@
 A cache entry is one ``.npz`` file named ``<kind>/<key>.npz`` where the key is a hash of
 everything that changes the result: the bytes of the input files and every parameter.
 A rerun with the same inputs loads the entry instead of recomputing it.
+
+Concurrent runs share a cache safely: each entry has a lock file ``<kind>/<key>.lock``
+(``fcntl.flock``, released by the kernel when its process dies), so one process computes an
+entry while the others wait and then load it; entries are written atomically; and the temp
+files of dead processes are removed (:meth:`Cache.remove_stale`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .outputs import read_npz, write_npz
+from .outputs import read_npz, remove_stale_temps, write_npz
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +70,40 @@ class Cache:
     def __init__(self, root: str | os.PathLike | None):
         self.root = Path(root).expanduser() if root is not None else None
 
+    def check_writable(self) -> None:
+        """Raise PermissionError/OSError naming the folder when the cache cannot be written."""
+        if self.root is None:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=self.root):
+            pass
+
+    def remove_stale(self) -> list[Path]:
+        """Remove temp files/folders of dead processes in every kind folder of the cache."""
+        if self.root is None or not self.root.is_dir():
+            return []
+        removed = []
+        for folder in [self.root, *(p for p in self.root.iterdir() if p.is_dir())]:
+            removed += remove_stale_temps(folder)
+        for p in removed:
+            log.info("removed %s, left by a process that died", p)
+        return removed
+
+    @contextlib.contextmanager
+    def lock(self, kind: str, key: str) -> Iterator[None]:
+        """Hold the entry's lock: one process computes, the others wait here."""
+        if self.root is None:
+            yield
+            return
+        path = self.root / kind / f"{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def path(self, kind: str, key: str) -> Path | None:
         return None if self.root is None else self.root / kind / f"{key}.npz"
 
@@ -88,8 +130,14 @@ class Cache:
         if found is not None:
             log.info("cache hit: %s/%s", kind, key)
             return found[0], found[1], True
-        arrays, prov = compute()
-        self.save(kind, key, arrays, prov)
+        with self.lock(kind, key):
+            found = self.load(kind, key)   # another process may have computed it meanwhile
+            if found is not None:
+                log.info("cache hit: %s/%s (computed by another process while this one waited)",
+                         kind, key)
+                return found[0], found[1], True
+            arrays, prov = compute()
+            self.save(kind, key, arrays, prov)
         arrays = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
                   for k, v in arrays.items()}
         return arrays, prov, False

@@ -7,17 +7,57 @@ seams: ``data/``, ``model/``, ``solver/``, ``target/``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from .errors import ConfigError
+
+
+# Fixed option sets: Hydra rejects any other value with a message listing these. StrEnum
+# members compare equal to their strings, so the stages receive plain strings.
+class DataKind(StrEnum):
+    auto = "auto"
+    ibids = "ibids"
+    synthetic = "synthetic"
+
+
+class TargetKind(StrEnum):
+    trial_mean = "trial_mean"
+    frames = "frames"
+
+
+class CV(StrEnum):
+    loo = "loo"
+    kfold = "kfold"
+
+
+class FloatDtype(StrEnum):
+    """Array dtypes of the signal and solver stages."""
+    float32 = "float32"
+    float64 = "float64"
+
+
+class ModelDtype(StrEnum):
+    """Compute dtypes of the transformers models (half precision on CUDA only)."""
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+class Pooling(StrEnum):
+    flatten = "flatten"
+    mean = "mean"
+
 
 @dataclass
 class DataConfig:
     # "auto": the real dataset when `root` is set (or $GPURECON_DATA_ROOT), else synthetic.
-    kind: str = "auto"
+    kind: DataKind = DataKind.auto
     root: Optional[str] = None
     # Synthetic dataset, generated on first use into the cache.
     seed: int = 0
@@ -31,7 +71,7 @@ class SignalConfig:
     h_freq: float = 170.0
     stops: List[List[float]] = field(default_factory=lambda: [[98.0, 102.0], [148.0, 152.0]])
     order: int = 4
-    dtype: str = "float32"
+    dtype: FloatDtype = FloatDtype.float32
     chunk_channels: Optional[int] = None
 
 
@@ -39,7 +79,7 @@ class SignalConfig:
 class TargetConfig:
     # "trial_mean": one value per electrode per trial (the study);
     # "frames": the 50 ms / 10 ms frames inside each epoch (time-resolved extension).
-    kind: str = "trial_mean"
+    kind: TargetKind = TargetKind.trial_mean
     window: Optional[float] = None  # seconds from word onset; None: 2.0 for wav2vec2, else 1.0
     frame_length: float = 0.05
     frame_shift: float = 0.01
@@ -59,7 +99,7 @@ class GPT2Config:
     revision: Optional[str] = None
     layer: str = "last"
     batch_size: int = 64
-    dtype: str = "float32"
+    dtype: ModelDtype = ModelDtype.float32
 
 
 @dataclass
@@ -69,15 +109,19 @@ class Wav2Vec2Config:
     revision: Optional[str] = None
     layer: str = "23"
     window: float = 2.0
-    pooling: str = "flatten"
+    pooling: Pooling = Pooling.flatten
     pca_variance: float = 0.9
     batch_size: int = 8
-    dtype: str = "float32"
+    dtype: ModelDtype = ModelDtype.float32
 
 
 @dataclass
 class PlantedConfig:
     name: str = "planted"
+    # The planted features are the synthetic dataset's ground truth: there is no checkpoint.
+    # The key exists so that one sweep can set model.checkpoint for every model
+    # (`-m model=planted,gpt2 model.checkpoint=tiny`); planted ignores it.
+    checkpoint: str = "ground truth"
     noise: float = 0.0
     seed: int = 0
 
@@ -91,13 +135,13 @@ class SolverConfig:
     fit_intercept: bool = True
     tol: float = 1e-4
     max_iter: int = 1000
-    cv: str = "loo"            # "loo" | "kfold"
+    cv: CV = CV.loo
     n_splits: int = 10         # for cv=kfold
     # Permutation null (Y rows shuffled, fitted as extra targets): an integer >= 0 (0: off),
     # or "auto"/null: AUTO_PERMUTATIONS[device type]. Checked by n_permutations_for().
     n_permutations: Any = "auto"
     memory_budget_gb: Optional[float] = None
-    dtype: str = "float64"
+    dtype: FloatDtype = FloatDtype.float64
 
 
 @dataclass
@@ -106,6 +150,8 @@ class Config:
     device: str = "auto"
     seed: int = 0
     cache_dir: str = "~/.cache/gpurecon"
+    progress: bool = True      # tqdm bars on stderr
+    resume: bool = False       # skip a run whose folder already holds a complete set of outputs
     data: DataConfig = field(default_factory=DataConfig)
     signal: SignalConfig = field(default_factory=SignalConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
@@ -193,3 +239,184 @@ def register_configs() -> None:
     cs.store(group="solver", name="solver_schema", node=SolverConfig)
     for name, schema in MODEL_SCHEMAS.items():
         cs.store(group="model", name=f"{name}_schema", node=schema)
+
+
+# ----------------------------------------------------------------------------- validation
+# Every check that needs only the config runs in `validate_config`, before anything is loaded,
+# generated or cached. Checks that need the recording (its sampling rate, trial spacing and
+# count) run in `validate_for_recording` as soon as those are known.
+
+# Subjects of SingleWordProductionDutch-iBIDS (the synthetic dataset mirrors them).
+SUBJECTS = range(1, 11)
+
+
+def _fail(key: str, allowed: str, value: Any) -> None:
+    raise ConfigError(f"{key} must be {allowed}, got {value!r}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_range(key: str, value: Any, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, integer: bool = False, allowed: str) -> None:
+    ok = (isinstance(value, int) and not isinstance(value, bool)) if integer else _number(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        _fail(key, allowed, value)
+
+
+def _check_layer(key: str, layer: Any) -> None:
+    text = str(layer).strip().lower()
+    if text == "all":
+        raise ConfigError(f"{key}=all gives one embedding per layer; the app fits one layer per "
+                          f"run: choose 'last' or an integer index (sweep layers with -m {key}=...)")
+    if text != "last":
+        try:
+            int(text)
+        except ValueError:
+            _fail(key, "'last' or an integer index (negative counts from the end)", layer)
+
+
+def validate_config(cfg: Any) -> None:
+    """Check every value of a composed config that the config alone decides.
+
+    Raises
+    ------
+    ConfigError
+        Naming the first bad key, the allowed values and the value received.
+    """
+    device_type = _check_device(cfg.device)
+    data, signal, target, solver, model = cfg.data, cfg.signal, cfg.target, cfg.solver, cfg.model
+    _check_range("subject", cfg.subject, low=1, integer=True, allowed="a subject number >= 1")
+    # 1) data
+    if data.n_channels is not None:
+        _check_range("data.n_channels", data.n_channels, low=1, integer=True,
+                     allowed="a positive integer or null (the real channel counts)")
+    from .data.words import WORDS
+
+    _check_range("data.n_words", data.n_words, low=1, high=len(WORDS), integer=True,
+                 allowed=f"an integer in 1..{len(WORDS)}")
+    # 2) signal: the Nyquist limit is checked once the sampling rate is known
+    _check_range("signal.l_freq", signal.l_freq, low=0, low_open=True, allowed="a frequency > 0 Hz")
+    _check_range("signal.h_freq", signal.h_freq, low=0, low_open=True, allowed="a frequency > 0 Hz")
+    if not signal.l_freq < signal.h_freq:
+        raise ConfigError(f"signal.l_freq must be below signal.h_freq (the band-pass edges, the "
+                          f"study's 70 and 170 Hz), got signal.l_freq={signal.l_freq:g}, "
+                          f"signal.h_freq={signal.h_freq:g}")
+    _check_range("signal.order", signal.order, low=1, high=16, integer=True,
+                 allowed="an integer in 1..16")
+    for stop in signal.stops:
+        pair = list(stop)
+        if len(pair) != 2 or not all(_number(f) for f in pair) or not 0 < pair[0] < pair[1]:
+            _fail("signal.stops", "a list of [low, high] band-stops in Hz with 0 < low < high",
+                  OmegaConf.to_container(signal.stops))
+    if signal.chunk_channels is not None:
+        _check_range("signal.chunk_channels", signal.chunk_channels, low=1, integer=True,
+                     allowed="a positive integer or null (automatic)")
+    # 3) target
+    if target.window is not None:
+        _check_range("target.window", target.window, low=0, low_open=True,
+                     allowed="a positive number of seconds (or null: 1 s, 2 s for wav2vec2)")
+    _check_range("target.frame_length", target.frame_length, low=0, low_open=True,
+                 allowed="a positive number of seconds")
+    _check_range("target.frame_shift", target.frame_shift, low=0, low_open=True,
+                 allowed="a positive number of seconds")
+    # 4) model
+    _check_model(model, device_type)
+    # 5) solver
+    solver_grid(solver)   # alpha >= 0 and l1_ratio in [0, 1]: numbers or lists of them
+    _check_range("solver.tol", solver.tol, low=0, low_open=True, allowed="a number > 0")
+    _check_range("solver.max_iter", solver.max_iter, low=1, integer=True, allowed="an integer >= 1")
+    n_permutations_for(solver.n_permutations, "cpu")   # an integer >= 0, or auto/null
+    if solver.cv == CV.kfold:
+        _check_range("solver.n_splits", solver.n_splits, low=2, integer=True,
+                     allowed="an integer >= 2 for solver.cv=kfold")
+    if solver.memory_budget_gb is not None:
+        _check_range("solver.memory_budget_gb", solver.memory_budget_gb, low=0, low_open=True,
+                     allowed="a positive number of GiB or null (automatic)")
+
+
+def _check_device(device: Any) -> str:
+    """``device``: auto | cpu | cuda | cuda:N, and present; returns the device type."""
+    from .device import resolve_device
+
+    try:
+        return resolve_device(device).type
+    except ValueError as err:
+        raise ConfigError(f"device: {err}") from None
+
+
+def _check_model(model: Any, device_type: str) -> None:
+    name = model.name
+    if name not in MODEL_SCHEMAS:
+        _fail("model.name", f"one of {', '.join(MODEL_SCHEMAS)}", name)
+    settings = [f.name for f in fields(MODEL_SCHEMAS[name])]
+    for key in model.keys():   # `+model.x=...` adds keys the schema cannot reject
+        if key not in settings:
+            raise ConfigError(f"model.{key} is not a setting of model={name}; its settings are "
+                              f"{', '.join('model.' + k for k in settings)}")
+    if name in ("gpt2", "wav2vec2"):
+        _check_layer("model.layer", model.layer)
+        _check_range("model.batch_size", model.batch_size, low=1, integer=True,
+                     allowed="a positive integer")
+        if model.dtype != ModelDtype.float32 and device_type != "cuda":
+            _fail("model.dtype", "float32 on the CPU (float16/bfloat16 need device=cuda)", str(model.dtype))
+    if name == "wav2vec2":
+        _check_range("model.window", model.window, low=0, low_open=True,
+                     allowed="a positive number of seconds")
+        _check_range("model.pca_variance", model.pca_variance, low=0, high=1, low_open=True,
+                     allowed="a fraction in (0, 1]")
+    if name == "planted":
+        _check_range("model.noise", model.noise, low=0, allowed="a number >= 0")
+
+
+def validate_for_recording(cfg: Any, *, sfreq: float, onsets_s: Any, duration_s: float,
+                           window: float) -> None:
+    """The checks that need the recording: Nyquist, the window within the trial spacing,
+    and K-fold splits within the trial count.
+
+    Parameters
+    ----------
+    sfreq : float
+        sEEG sampling rate (Hz).
+    onsets_s : sequence of float
+        Word onsets (s), in trial order.
+    duration_s : float
+        Length of the recording (s).
+    window : float
+        The target window (s) the run uses (``target.window`` or the model's default).
+    """
+    nyquist = sfreq / 2.0
+    signal, target, solver = cfg.signal, cfg.target, cfg.solver
+    for key, value in (("signal.l_freq", signal.l_freq), ("signal.h_freq", signal.h_freq)):
+        if not value < nyquist:
+            _fail(key, f"below the Nyquist frequency {nyquist:g} Hz of this recording "
+                       f"(sampled at {sfreq:g} Hz)", value)
+    for stop in signal.stops:
+        if not stop[1] < nyquist:
+            _fail("signal.stops", f"band-stops below the Nyquist frequency {nyquist:g} Hz",
+                  OmegaConf.to_container(signal.stops))
+    from .signal.filters import validate_band
+
+    try:   # band-stops inside the pass-band and not overlapping: the filter module's own rules
+        validate_band(float(sfreq), signal.l_freq, signal.h_freq,
+                      [list(stop) for stop in signal.stops], signal.order)
+    except ValueError as err:   # its messages start with the argument: l_freq, stops, order
+        raise ConfigError(f"signal.{err}") from None
+    onsets = sorted(float(t) for t in onsets_s)
+    n_trials = len(onsets)
+    gaps = [b - a for a, b in zip(onsets, onsets[1:])] + ([duration_s - onsets[-1]] if onsets else [])
+    spacing = min(gaps) if gaps else float("inf")
+    key = "target.window" if target.window is not None else "model.window"
+    if window > spacing + 1e-9:
+        _fail(key, f"at most the trial spacing of this recording ({spacing:g} s between word "
+                   f"onsets / to the end)", window)
+    if target.kind == TargetKind.frames and target.frame_length > window:
+        _fail("target.frame_length", f"at most the window ({window:g} s)", target.frame_length)
+    if solver.cv == CV.kfold and not 2 <= solver.n_splits <= n_trials:
+        _fail("solver.n_splits", f"an integer in 2..{n_trials} (the number of trials) for "
+                                 f"solver.cv=kfold", solver.n_splits)

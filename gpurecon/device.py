@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 
@@ -17,20 +19,24 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if isinstance(device, torch.device):
         return device
     if not isinstance(device, str):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+        raise ValueError(f"device must be one of auto, cpu, cuda, cuda:N, got {device!r}")
     name = device.strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device={device!r} was requested but torch sees no CUDA device "
-                f"(torch {torch.__version__}); use device=cpu or device=auto"
-            )
-        return torch.device(name)
-    raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if match is None:
+        raise ValueError(f"device must be one of auto, cpu, cuda, cuda:N, got {device!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} was requested but torch sees no CUDA device "
+            f"(torch {torch.__version__}); use device=cpu or device=auto"
+        )
+    if match[1] is not None and int(match[1]) >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r}: torch sees {torch.cuda.device_count()} CUDA "
+                         f"device(s), cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return torch.device(name)
 
 
 def describe_device(device: torch.device) -> str:

@@ -1,6 +1,16 @@
 """Atomic writing of run outputs (temp file in the same folder, then ``os.replace``).
 
 A reader never sees a half-written file, and a run that fails writes nothing partial.
+
+A run's outputs are a complete set or absent: the run writes them into a staging folder inside
+its run folder (:func:`staged_outputs`), then renames each file into place and writes
+``done.json`` LAST, listing every file and its size. :func:`is_complete` is the test readers
+use (``resume=true``, the report): a folder without ``done.json``, or whose files no longer
+match it, holds no finished run.
+
+Every temp name carries the host and process id (``.NAME.tmp-HOST-PID-XXXX``), so the temp
+files and folders of a process that died (SIGKILL, power loss) are recognised and removed by
+:func:`remove_stale_temps` once that process is gone.
 """
 
 from __future__ import annotations
@@ -9,6 +19,9 @@ import contextlib
 import io
 import json
 import os
+import re
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,12 +31,62 @@ import numpy as np
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
+DONE = "done.json"
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+_TEMP = re.compile(r"\.tmp-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+
+
+def temp_prefix(name: str) -> str:
+    """The prefix of this process's temp files / folders for ``name`` (mkstemp adds a suffix)."""
+    return f".{name}.tmp-{_HOST}-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Remove temp files/folders in ``folder`` left by dead processes of this host.
+
+    Only names made by :func:`temp_prefix` (for ``name`` when given) are considered, and only
+    when their process is gone: a live writer (this or another process) is never disturbed.
+    Returns what was removed.
+    """
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMP.search(entry.name)
+        if name is not None and not entry.name.startswith(f".{name}.tmp-"):
+            continue
+        if m is None or m["host"] != _HOST or int(m["pid"]) == os.getpid() or _pid_alive(int(m["pid"])):
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+        except FileNotFoundError:
+            pass   # another process cleaned it first
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
@@ -106,3 +169,59 @@ def _to_numpy(v: Any) -> np.ndarray:
     if hasattr(v, "detach"):
         v = v.detach().cpu().numpy()
     return np.asarray(v)
+
+
+# ----------------------------------------------------------------------------- complete sets
+
+def make_staging(run_dir: str | os.PathLike) -> Path:
+    """Create this process's staging folder inside ``run_dir`` (made if missing).
+
+    Raises OSError (PermissionError) when ``run_dir`` cannot be written: callers create the
+    staging folder before any work so that an unwritable output folder fails at once.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(run_dir)
+    return Path(tempfile.mkdtemp(prefix=temp_prefix("outputs"), dir=run_dir))
+
+
+def discard_staging(staging: str | os.PathLike) -> None:
+    """Remove a staging folder and everything in it (the files of a run that failed)."""
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish(staging: str | os.PathLike, run_dir: str | os.PathLike, *,
+            provenance: dict | None = None, on_file=None) -> list[str]:
+    """Move every file of ``staging`` into ``run_dir``, then write ``done.json`` last.
+
+    A previous ``done.json`` is removed first, so at no moment does a marker vouch for a mix
+    of old and new files. ``done.json`` lists each file and its size, plus ``provenance``
+    (device, data, checkpoint...). ``on_file(name)`` is called after each rename (a test hook).
+    Returns the published names (relative paths).
+    """
+    staging, run_dir = Path(staging), Path(run_dir)
+    files = sorted(p.relative_to(staging) for p in staging.rglob("*") if p.is_file())
+    with contextlib.suppress(FileNotFoundError):
+        (run_dir / DONE).unlink()
+    listing = {}
+    for rel in files:
+        target = run_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        listing[str(rel)] = (staging / rel).stat().st_size
+        os.replace(staging / rel, target)
+        if on_file is not None:
+            on_file(str(rel))
+    write_json(run_dir / DONE, {"files": listing, "provenance": provenance or {}})
+    shutil.rmtree(staging, ignore_errors=True)
+    return [str(r) for r in files]
+
+
+def is_complete(run_dir: str | os.PathLike) -> bool:
+    """True when ``run_dir`` holds a finished run: ``done.json`` and every file it lists,
+    with the listed size."""
+    run_dir = Path(run_dir)
+    try:
+        listing = json.loads((run_dir / DONE).read_text())["files"]
+        return all((run_dir / name).stat().st_size == size for name, size in listing.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False

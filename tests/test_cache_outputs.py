@@ -68,3 +68,104 @@ def test_atomic_files_get_umask_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "p.json").stat().st_mode & 0o777 == 0o644
+
+
+# ----------------------------------------------------------------------------- crash safety
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temps_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
+    from gpurecon.outputs import _HOST, remove_stale_temps, temp_prefix
+
+    dead = tmp_path / f".x.npz.tmp-{_HOST}-{_dead_pid()}-abc123"
+    dead.write_bytes(b"half")
+    dead_dir = tmp_path / f".ds.tmp-{_HOST}-{_dead_pid()}-zz_9"
+    (dead_dir / "sub").mkdir(parents=True)
+    mine = tmp_path / f"{temp_prefix('y.npz')}q1"
+    mine.write_bytes(b"being written")
+    other_host = tmp_path / f".z.tmp-otherhost-{_dead_pid()}-abc"
+    other_host.write_bytes(b"maybe live on another machine")
+    user_file = tmp_path / "notes.tmp-1-2"
+    user_file.write_text("not ours")
+    removed = remove_stale_temps(tmp_path)
+    assert sorted(removed) == sorted([dead, dead_dir])
+    assert mine.exists() and other_host.exists() and user_file.exists()
+
+
+def test_publish_writes_done_last_and_is_complete_checks_it(tmp_path):
+    from gpurecon.outputs import is_complete, make_staging, publish
+
+    run = tmp_path / "run"
+    staging = make_staging(run)
+    write_json(staging / "summary.json", {"a": 1})
+    write_npz(staging / "pred.npz", x=np.ones(3))
+    assert not is_complete(run) and not (run / "summary.json").exists()
+    seen = []
+    publish(staging, run, on_file=lambda name: seen.append((name, (run / "done.json").exists())))
+    assert seen == [("pred.npz", False), ("summary.json", False)]   # the marker comes last
+    assert is_complete(run) and not staging.exists()
+    (run / "pred.npz").write_bytes(b"x")      # a file changed afterwards: not complete
+    assert not is_complete(run)
+    (run / "done.json").write_text("{not json")
+    assert not is_complete(run)
+
+
+def test_entry_lock_lets_one_process_compute_and_the_others_load(tmp_path):
+    """Four processes race for one cold entry: exactly one computes it."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(4) as pool:
+        results = list(pool.map(_compute_entry, [tmp_path] * 4))
+    assert sorted(hit for hit, _ in results) == [False, True, True, True]
+    assert len({value for _, value in results}) == 1
+    assert len((tmp_path / "marks").read_text()) == 1   # compute ran once
+
+
+def _compute_entry(root):
+    import time
+
+    cache = Cache(root / "c")
+
+    def compute():
+        with open(root / "marks", "a") as f:
+            f.write("x")
+        time.sleep(0.5)   # long enough for every other process to reach the lock
+        return {"y": np.arange(4.0)}, None
+
+    arrays, _, hit = cache.get_or_compute("t", "k", compute)
+    return hit, float(arrays["y"].sum())
+
+
+def test_progress_bars_only_on_a_terminal_and_callbacks_are_called(monkeypatch, capsys):
+    import io
+    import sys
+
+    from gpurecon.progress import chain, stage_bar
+
+    calls = []
+    with stage_bar("demo", enabled=True) as bar:   # pytest's stderr is not a terminal
+        chain(bar, lambda d, t: calls.append((d, t)))(1, 2)
+    assert calls == [(1, 2)] and capsys.readouterr().err == ""
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    with stage_bar("demo", enabled=True) as bar:
+        bar(1, 4)
+        bar(4, 4)
+    assert "demo" in term.getvalue() and "4/4" in term.getvalue()
+    term2 = Terminal()
+    monkeypatch.setattr(sys, "stderr", term2)
+    with stage_bar("demo", enabled=False) as bar:   # progress=false
+        bar(1, 4)
+    assert term2.getvalue() == ""

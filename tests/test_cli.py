@@ -10,21 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _cli_helpers import SMALL, result_files, run_cli
+
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["data.n_channels=6", "data.n_words=20", "device=cpu"]
-
-
-def run_cli(args, tmp_path, cwd=None, env_extra=None, name="out"):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GPURECON_CACHE": str(tmp_path / "cache")}
-    env.pop("GPURECON_DATA_ROOT", None)
-    env.update(env_extra or {})
-    out = tmp_path / name
-    cmd = [sys.executable, "-m", "gpurecon", *args]
-    if "-m" not in args:
-        cmd.append(f"hydra.run.dir={out}")
-    proc = subprocess.run(cmd, cwd=cwd or tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
-    return proc, out
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +30,16 @@ def test_offline_default_runs_on_synthetic_data_and_says_so(planted_run):
     first_lines = "\n".join(log.splitlines()[:3])
     assert "SYNTHETIC" in first_lines and "device cpu" in first_lines
     for name in ("summary.json", "targets.npz", "embeddings.npz", "predictions.npz",
-                 "scores_trials.csv", "scores_electrodes.csv"):
+                 "scores_trials.csv", "scores_electrodes.csv", "done.json"):
         assert (out / name).is_file(), name
+    from gpurecon.outputs import is_complete
+
+    assert is_complete(out)
+    done = json.loads((out / "done.json").read_text())
+    assert {"summary.json", "targets.npz", "embeddings.npz", "predictions.npz", "scores_trials.csv",
+            "scores_electrodes.csv"} <= set(done["files"])
+    assert done["provenance"]["data"] == "synthetic" and done["provenance"]["device"] == "cpu"
+    assert done["provenance"]["checkpoint"] == "ground truth"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["provenance"]["data"] == "synthetic"
     assert summary["provenance"]["device"] == "cpu"
@@ -74,7 +70,7 @@ def test_missing_dataset_root_is_one_clear_error_and_no_output(tmp_path):
     assert proc.returncode == 1
     assert "nowhere" in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
-    assert not out.exists()
+    assert result_files(out) == []
 
 
 def test_typo_and_wrong_type_are_rejected_by_the_schema(tmp_path):
@@ -178,10 +174,11 @@ def test_nan_samples_fail_with_the_channel_named_and_no_output(small_dataset, tm
     assert proc.returncode == 1
     message = proc.stdout + proc.stderr
     assert "NaN" in message and "ieeg.nwb" in message and "Traceback" not in message
-    assert not out.exists()
+    assert result_files(out) == []
 
 
 def test_subject_out_of_range_names_the_valid_subjects(small_dataset, tmp_path):
     proc, out = run_cli([f"data.root={small_dataset}", "subject=11"], tmp_path)
     assert proc.returncode == 1 and "sub-03" in proc.stdout + proc.stderr
-    assert not out.exists()
+    assert "subject" in proc.stdout + proc.stderr
+    assert result_files(out) == []

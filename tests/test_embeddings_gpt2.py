@@ -88,7 +88,7 @@ def test_hub_checkpoint_missing_offline_names_it_and_how_to_provide(tmp_path, mo
     with pytest.raises(ModelError) as err:
         emb.embed(make_recording(WORDS), device=CPU, cache=fresh_cache(tmp_path))
     text = str(err.value)
-    assert name in text and "huggingface-cli download" in text and "model.checkpoint=" in text
+    assert name in text and "hf download" in text and "model.checkpoint=" in text
 
 
 def test_missing_local_checkpoint_path(tmp_path):

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import errno
 import json
 import os
 import shutil
@@ -63,7 +64,7 @@ import scipy.fft
 
 from .. import __version__
 from ..errors import DataError
-from ..outputs import read_npz, write_json, write_npz, write_text
+from ..outputs import read_npz, remove_stale_temps, temp_prefix, write_json, write_npz, write_text
 from .ibids import SYNTHETIC_GENERATOR, TASK, _parse_subject_number, is_synthetic, subject_files, subject_id
 from .words import WORDS
 
@@ -184,7 +185,7 @@ def _channel_layout(rng: np.random.Generator, n_channels: int) -> tuple[list[str
 
 def _seeg(seed: int, number: int, n_samples: int, sfreq: float, amplitude: np.ndarray,
           onset_sample: np.ndarray, envelope: np.ndarray, hg_uv: float, background_uv: float,
-          line_uv: float, dtype) -> np.ndarray:
+          line_uv: float, dtype, tick=None) -> np.ndarray:
     """(n_samples, n_channels) sEEG; each channel from its own seeded generator.
 
     Computed in float32 (noise does not need more, and it halves the time of a full subject).
@@ -231,6 +232,8 @@ def _seeg(seed: int, number: int, n_samples: int, sfreq: float, amplitude: np.nd
         coef = (np.stack([np.cos(phase), np.sin(phase)], axis=1) * weights[:, None]).ravel()
         x += coef.astype(np.float32) @ basis
         channels_first[c] = x
+        if tick is not None:
+            tick(c + 1)
     # NWB wants samples x channels; transposing in blocks keeps it cache-friendly.
     out = np.empty((n_samples, n_channels), dtype=dtype)
     for start in range(0, n_samples, 1024):
@@ -271,7 +274,7 @@ def _make_subject(number: int, *, seed: int, sfreq: float, n_channels: int, n_wo
                   word_duration: float, fixation_duration: float, lead_in: float, audio_sfreq: float,
                   n_features: int, responsive_fraction: float, word_scale: float, hg_uv: float,
                   background_uv: float, line_uv: float, burst: tuple[float, float], ramp: float,
-                  dtype: str) -> dict:
+                  dtype: str, tick=None) -> dict:
     vocabulary = list(WORDS[:n_words])
     # Word features depend on the seed only: the same word has the same features in every subject.
     word_features = np.random.default_rng([seed, 0]).standard_normal((n_words, n_features))
@@ -295,7 +298,7 @@ def _make_subject(number: int, *, seed: int, sfreq: float, n_channels: int, n_wo
     n_samples = int(round((2 * lead_in + period * n_words) * sfreq))
     envelope = _burst_envelope(sfreq, burst, ramp)
     seeg = _seeg(seed, number, n_samples, sfreq, amplitude, onset_sample, envelope,
-                 hg_uv, background_uv, line_uv, np.dtype(dtype))
+                 hg_uv, background_uv, line_uv, np.dtype(dtype), tick=tick)
 
     stimulus = np.full(n_samples, "", dtype=object)
     word_samples = int(round(word_duration * sfreq))
@@ -414,8 +417,14 @@ def _commit(tmp: Path, out_dir: Path, subs: list[str], subject_params: dict[str,
         out_dir.rmdir()
     if not out_dir.exists():
         _write_dataset_files(tmp, subject_params)
-        os.replace(tmp, out_dir)
-        return
+        try:
+            os.replace(tmp, out_dir)
+            return
+        except OSError as err:
+            # Another writer renamed its copy into place first (ENOTEMPTY/EEXIST): merge ours
+            # into it like any existing synthetic dataset instead of failing.
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
     if not is_synthetic(out_dir):
         raise ValueError(f"out_dir {out_dir} exists and is not a dataset written by {SYNTHETIC_GENERATOR}; "
                          f"refusing to write into it (choose a new or empty folder)")
@@ -443,7 +452,7 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, subjects: Sequence[int |
                             responsive_fraction: float = 0.75, word_scale: float = 0.5, hg_uv: float = 10.0,
                             background_uv: float = 20.0, line_uv: float = 10.0,
                             burst: tuple[float, float] = (0.1, 1.5), ramp: float = 0.15,
-                            dtype: str = "float32") -> Path:
+                            dtype: str = "float32", progress=None) -> Path:
     """Write a synthetic iBIDS dataset (real layout + ground truth) for the given subjects.
 
     Parameters
@@ -479,6 +488,8 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, subjects: Sequence[int |
         Burst start/end after word onset (s) and the length of its raised-cosine ramps (s).
     dtype : str
         Sample type of the NWB iEEG data.
+    progress : callable, optional
+        ``progress(done, total)`` in channels generated, over all subjects.
 
     Returns
     -------
@@ -494,10 +505,14 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, subjects: Sequence[int |
     if out_dir.is_dir() and any(out_dir.iterdir()) and not is_synthetic(out_dir):
         raise ValueError(f"out_dir {out_dir} exists and is not a dataset written by {SYNTHETIC_GENERATOR}; "
                          f"refusing to write into it (choose a new or empty folder)")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    remove_stale_temps(out_dir.parent, out_dir.name)   # temp folders of writers that were killed
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out_dir.name), dir=out_dir.parent))
     try:
         subject_params = {}
-        for number in numbers:
+        counts = [int(n_channels if n_channels is not None else REAL_CHANNEL_COUNTS[k]) for k in numbers]
+        for i, number in enumerate(numbers):
+            tick = None if progress is None else (
+                lambda c, before=sum(counts[:i]): progress(before + c, sum(counts)))
             params = dict(seed=int(seed), sfreq=float(sfreq), n_words=int(n_words),
                           n_channels=int(n_channels if n_channels is not None else REAL_CHANNEL_COUNTS[number]),
                           word_duration=float(word_duration), fixation_duration=float(fixation_duration),
@@ -505,7 +520,7 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, subjects: Sequence[int |
                           responsive_fraction=float(responsive_fraction), word_scale=float(word_scale),
                           hg_uv=float(hg_uv), background_uv=float(background_uv), line_uv=float(line_uv),
                           burst=[float(b) for b in burst], ramp=float(ramp), dtype=str(np.dtype(dtype)))
-            data = _make_subject(number, **{**params, "burst": tuple(params["burst"])})
+            data = _make_subject(number, **{**params, "burst": tuple(params["burst"])}, tick=tick)
             _write_subject(tmp, number, data, {**params, "subject": subject_id(number), "version": __version__})
             subject_params[subject_id(number)] = params
         os.chmod(tmp, 0o755)   # mkdtemp makes it private; a dataset folder is not

@@ -122,30 +122,50 @@ def resolve_tiny(spec: str, build: Callable[[Path, str], Path], cache: Cache | N
     return Checkpoint(spec, str(path), None, fingerprint(path), True)
 
 
+def hub_offline() -> bool:
+    """True when the hub must not be contacted (``HF_HUB_OFFLINE`` set to a true value)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def resolve_hub(name: str, revision: str | None, what: str, extra_hint: str = "") -> Checkpoint:
-    """A hub checkpoint: find the commit ``revision`` resolves to (the network, or offline
-    the local hub cache) through its ``config.json``; fail with how to provide it."""
-    from huggingface_hub import hf_hub_download
+    """A hub checkpoint: find the commit ``revision`` resolves to (the local hub cache first,
+    then the network unless offline) through its ``config.json``; fail with how to provide it.
+
+    Offline, a checkpoint that is not cached fails at once: no network attempt, no retries.
+    """
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
     try:
-        config = hf_hub_download(repo_id=name, filename="config.json", revision=revision)
-    except Exception as err:  # offline + not cached, unknown repo/revision, invalid name
+        cached = try_to_load_from_cache(repo_id=name, filename="config.json", revision=revision)
+    except Exception as err:  # an invalid repo id or revision string
         raise ModelError(how_to_provide(name, revision, what, err, extra_hint)) from None
-    commit = Path(config).parent.name  # <hub cache>/models--org--name/snapshots/<commit>/
+    if not isinstance(cached, str) or not hub_offline():
+        if hub_offline():
+            raise ModelError(how_to_provide(name, revision, what, None, extra_hint))
+        try:
+            cached = hf_hub_download(repo_id=name, filename="config.json", revision=revision,
+                                     etag_timeout=5)
+        except Exception as err:  # no network, unknown repo/revision, invalid name
+            raise ModelError(how_to_provide(name, revision, what, err, extra_hint)) from None
+    commit = Path(cached).parent.name  # <hub cache>/models--org--name/snapshots/<commit>/
     return Checkpoint(name, name, commit, f"hub:{name}@{commit}", False)
 
 
-def how_to_provide(name: str, revision: str | None, what: str, err: Exception, extra_hint: str = "") -> str:
+def how_to_provide(name: str, revision: str | None, what: str, err: Exception | None,
+                   extra_hint: str = "") -> str:
     rev = f" (revision {revision})" if revision else ""
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
-    reason = ("HF_HUB_OFFLINE is set" if offline else "it could not be fetched") + \
-        f": {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-    return (f"{what} checkpoint {name!r}{rev} is not in the local Hugging Face cache and {reason}. "
-            f"Provide it: on a connected machine run `huggingface-cli download {name}` (then copy "
-            f"the hub cache, ~/.cache/huggingface, here), or save it there with "
-            f"`from_pretrained({name!r}).save_pretrained(DIR)` (model and {extra_hint or 'tokenizer'}) "
-            f"and set model.checkpoint=DIR; or use model.checkpoint=tiny for the offline untrained "
-            f"tiny model.")
+    rev_arg = f" --revision {revision}" if revision else ""
+    if err is None:
+        reason = "HF_HUB_OFFLINE is set"
+    else:
+        first = str(err).splitlines()[0] if str(err) else ""
+        reason = f"it could not be fetched ({type(err).__name__}: {first})"
+    return (f"model.checkpoint={name!r}{rev}: the {what} checkpoint is not in the local Hugging "
+            f"Face cache and {reason}. Provide it: on a connected machine run "
+            f"`hf download {name}{rev_arg}` (then copy the hub cache, ~/.cache/huggingface, here), "
+            f"or save it with `from_pretrained({name!r}).save_pretrained(DIR)` (model and "
+            f"{extra_hint or 'tokenizer'}) and set model.checkpoint=DIR; or use "
+            f"model.checkpoint=tiny for the offline untrained tiny model.")
 
 
 def resolve_pretrained(spec: str, revision: str | None, what: str,

@@ -28,6 +28,7 @@ import torch
 
 from ..cache import make_key
 from ..data.words import WORDS
+from ..outputs import temp_prefix
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ def _build_once(root: Path, name: str, build: Callable[[Path], None]) -> Path:
     if target.is_dir():
         return target
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    # pid-tagged temp name: the cache removes it if this process is killed mid-build
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(name), dir=root))
     try:
         log.info("building the offline UNTRAINED model %s", target)
         build(tmp)

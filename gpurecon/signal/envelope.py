@@ -69,7 +69,7 @@ def detrend(x: torch.Tensor) -> torch.Tensor:
 
 def high_gamma(x, sfreq: float, *, l_freq: float = 70.0, h_freq: float = 170.0,
                stops=((98.0, 102.0), (148.0, 152.0)), order: int = 4, detrend: bool = True,
-               chunk_channels: int | None = None, device=None) -> torch.Tensor:
+               chunk_channels: int | None = None, device=None, progress=None) -> torch.Tensor:
     """High-gamma envelope of each channel, as the field computes it, with FFTs in torch.
 
     Steps (REFERENCE.md section 2): linear detrend; band-pass ``l_freq``-``h_freq`` Hz and
@@ -100,6 +100,8 @@ def high_gamma(x, sfreq: float, *, l_freq: float = 70.0, h_freq: float = 170.0,
         and ``chunk_channels`` always give bit-identical results.
     device : str | torch.device, optional
         Where to compute and return the result; default: ``x``'s device (CPU for numpy).
+    progress : callable, optional
+        ``progress(done, total)`` in channels, called after each chunk.
 
     Returns
     -------
@@ -133,6 +135,8 @@ def high_gamma(x, sfreq: float, *, l_freq: float = 70.0, h_freq: float = 170.0,
         if detrend:
             block = _detrend(block)
         _envelope(block, bank, gains, out[start:start + chunk])
+        if progress is not None:
+            progress(min(start + chunk, rows.shape[0]), rows.shape[0])
     return out.reshape(x.shape)
 
 

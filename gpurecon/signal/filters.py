@@ -1,4 +1,4 @@
-"""The high-gamma filters: designed by scipy (float64 SOS), applied as gains per FFT bin.
+"""The high-gamma filters: designed through MNE (Butterworth SOS), applied as FFT-bin gains.
 
 A zero-phase IIR (``sosfiltfilt``) has magnitude ``|H(f)|^2`` and no phase, so in the
 frequency domain the whole cascade band-pass x band-stops is ONE real gain per bin. The
@@ -18,6 +18,7 @@ import numpy as np
 import scipy.fft
 import scipy.signal
 import torch
+from mne.filter import construct_iir_filter
 
 # Relative size at which a filter's impulse response counts as decayed, per working dtype
 # (below that dtype's round-off). It sets the reach of the end effects, hence the cost of
@@ -102,7 +103,8 @@ def validate_band(sfreq, l_freq, h_freq, stops, order) -> tuple[float, float, fl
 
 def design_filters(sfreq: float, *, l_freq: float = 70.0, h_freq: float = 170.0,
                    stops=((98.0, 102.0), (148.0, 152.0)), order: int = 4) -> FilterBank:
-    """Design the filters exactly as the field does (``scipy.signal.iirfilter``, Butterworth, SOS).
+    """Design the filters exactly as the field does: Butterworth SOS through MNE's
+    ``mne.filter.construct_iir_filter`` (which calls ``scipy.signal.iirfilter``).
 
     Parameters
     ----------
@@ -128,8 +130,11 @@ def _design(sfreq, l_freq, h_freq, stops, order) -> FilterBank:
     bands = [([l_freq, h_freq], "bandpass")] + [([lo, hi], "bandstop") for lo, hi in stops]
     sos_list, padlens, radii = [], [], []
     for edges, btype in bands:
-        sos = scipy.signal.iirfilter(order, edges, btype=btype, ftype="butter", output="sos",
-                                     fs=sfreq).astype(np.float64)
+        # MNE designs the IIR (it calls scipy.signal.iirfilter: the same SOS to the bit).
+        params = construct_iir_filter(dict(order=order, ftype="butter", output="sos"),
+                                      np.asarray(edges, dtype=np.float64), None, sfreq, btype,
+                                      return_copy=False, verbose=False)
+        sos = np.asarray(params["sos"], dtype=np.float64)
         sos.setflags(write=False)
         # scipy.signal.sosfiltfilt's default padlen (odd extension length).
         ntaps = 2 * len(sos) + 1 - min(int((sos[:, 2] == 0).sum()), int((sos[:, 5] == 0).sum()))

@@ -184,7 +184,7 @@ def _stats_tensors(F, G, T, dev):
 
 def cross_val_predict(X, Y, alphas=1.0, l1_ratios=0.5, folds=None, preprocess=None, permutations=None,
                       fit_intercept=True, tol=1e-4, max_iter=1000, device=None, memory_budget=None,
-                      dtype=None, warm_start=True) -> CVResult:
+                      dtype=None, warm_start=True, *, progress=None) -> CVResult:
     """Held-out predictions of ElasticNet for every grid point in one batched pass.
 
     Parameters
@@ -201,6 +201,8 @@ def cross_val_predict(X, Y, alphas=1.0, l1_ratios=0.5, folds=None, preprocess=No
         Row permutations of Y fitted as extra targets (see :func:`permutations`).
     fit_intercept, tol, max_iter, device, memory_budget, dtype, warm_start
         As in :func:`gpurecon.solver.enet_path_fit`.
+    progress : callable, optional
+        ``progress(done, total)`` in targets (permuted copies included), once per chunk.
 
     Returns
     -------
@@ -223,6 +225,7 @@ def cross_val_predict(X, Y, alphas=1.0, l1_ratios=0.5, folds=None, preprocess=No
     pred = torch.zeros((G, n, T_all), dtype=F64, device=dev)
     conv, ratio, iters = _stats_tensors(F, G, T_all, dev)
     n_features = None
+    done = [0]
     if transform is None:
         if P:
             problem = _replace_targets(problem, Y_all)
@@ -233,13 +236,17 @@ def cross_val_predict(X, Y, alphas=1.0, l1_ratios=0.5, folds=None, preprocess=No
             heldout = z[:, held, rows].reshape(G, targets.numel(), n)                    # (G, Tc, n)
             pred[:, :, targets] = heldout.transpose(1, 2)
             _store_stats(conv, ratio, iters, sol, targets, G)
+            if progress is not None:
+                done[0] += targets.numel()
+                progress(done[0], T_all)
 
         _run_shared(problem, T_all, memory_budget, warm_start, consume)
     else:
         with en.full_precision_matmul(dev):
             Xf = transform.fit_transform_folds(problem.design.X[:n], train)
             n_features = getattr(transform, "n_features_", None)
-            _run_fold_designs(problem, Xf, Y_all, train, memory_budget, pred, conv, ratio, iters, held)
+            _run_fold_designs(problem, Xf, Y_all, train, memory_budget, pred, conv, ratio, iters, held,
+                              progress=progress)
     predictions = pred[:, :, :T].to(problem.Y.dtype)
     null = pred[:, :, T:].reshape(G, n, P, T).permute(2, 0, 1, 3).to(problem.Y.dtype) if P else None
     if one_d:
@@ -273,7 +280,7 @@ def _store_stats(conv, ratio, iters, sol, targets, G):
     put(iters, sol.n_iter)
 
 
-def _run_fold_designs(problem, Xf, Y_all, train, memory_budget, pred, conv, ratio, iters, held):
+def _run_fold_designs(problem, Xf, Y_all, train, memory_budget, pred, conv, ratio, iters, held, progress=None):
     """Per-fold designs (fold-wise preprocessing): chunks of targets through fold_design."""
     F, n, k = Xf.shape
     G, T_all, dev = len(problem.grid), Y_all.shape[1], Y_all.device
@@ -294,6 +301,8 @@ def _run_fold_designs(problem, Xf, Y_all, train, memory_budget, pred, conv, rati
         conv[:, :, targets] = sol.converged
         ratio[:, :, targets] = (sol.gap / torch.clamp(sol.tol, min=torch.finfo(F64).tiny)).float()
         iters[:, :, targets] = sol.n_iter.to(torch.int32)
+        if progress is not None:
+            progress(int(targets[-1]) + 1, T_all)
 
 
 # --------------------------------------------------------------------------- nested selection

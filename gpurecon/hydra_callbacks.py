@@ -1,0 +1,39 @@
+"""Hydra callbacks of the gpurecon app (listed in ``conf/config.yaml`` under ``hydra.callbacks``).
+
+:class:`CheckOutputFolder` runs before Hydra creates the run (or sweep) folder and writes its
+``.hydra/`` files there: an output folder that cannot be created or written is one line naming
+it and exit status 1, instead of a traceback from inside Hydra.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+
+def _check(folder: str, key: str) -> None:
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        print(f"gpurecon: error: the output folder {path} ({key}) cannot be written: "
+              f"{err.strerror or err}; choose another with {key}=DIR or $GPURECON_OUTPUTS",
+              file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+class CheckOutputFolder(Callback):
+    """Fail with one line when the run or sweep folder is not writable."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check(config.hydra.sweep.dir, "hydra.sweep.dir")

@@ -1,0 +1,71 @@
+"""Running `python -m gpurecon` as a user does (subprocess, CPU, offline) and reading what it left."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+# A small synthetic participant: a run takes a few seconds.
+SMALL = ["data.n_channels=6", "data.n_words=20", "device=cpu"]
+TINY = ["data.n_channels=3", "data.n_words=30", "device=cpu", "model=planted"]
+RESULT_FILES = ("summary.json", "targets.npz", "embeddings.npz", "predictions.npz",
+                "scores_trials.csv", "scores_electrodes.csv", "done.json")
+
+
+def cli_env(tmp_path: Path, extra: dict | None = None) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GPURECON_CACHE": str(tmp_path / "cache"),
+           "OMP_NUM_THREADS": "1"}
+    for key in ("GPURECON_DATA_ROOT", "HYDRA_FULL_ERROR", "GPURECON_TEST_KILL_AT", "GPURECON_OUTPUTS"):
+        env.pop(key, None)
+    env.update(extra or {})
+    return env
+
+
+def run_cli(args, tmp_path, cwd=None, env_extra=None, name="out", timeout=600):
+    out = tmp_path / name
+    cmd = [sys.executable, "-m", "gpurecon", *args]
+    if "-m" not in args and not any(a.startswith("hydra.run.dir=") for a in args):
+        cmd.append(f"hydra.run.dir={out}")
+    proc = subprocess.run(cmd, cwd=cwd or tmp_path, env=cli_env(tmp_path, env_extra),
+                          capture_output=True, text=True, timeout=timeout)
+    return proc, out
+
+
+def result_files(folder: Path) -> list[str]:
+    """Result files a run left in ``folder``: not Hydra's record, the log, or temp files (a
+    staging folder of a killed run is not a result; the next run in the folder removes it)."""
+    if not folder.exists():
+        return []
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.is_file() and p.parts[len(folder.parts)] != ".hydra" and p.suffix != ".log"
+                  and ".tmp-" not in str(p.relative_to(folder)))
+
+
+def temp_leftovers(folder: Path) -> list[str]:
+    """Temp files / staging folders anywhere under ``folder``."""
+    if not folder.exists():
+        return []
+    return sorted(str(p) for p in folder.rglob("*") if ".tmp-" in p.name)
+
+
+def same_outputs(a: Path, b: Path) -> None:
+    """The result files of two runs hold identical arrays and scores (timings aside)."""
+    import json
+
+    for name in ("targets.npz", "embeddings.npz", "predictions.npz"):
+        with np.load(a / name) as fa, np.load(b / name) as fb:
+            assert sorted(fa.files) == sorted(fb.files), name
+            for key in fa.files:
+                if key != "provenance_json":
+                    np.testing.assert_array_equal(fa[key], fb[key], err_msg=f"{name}:{key}")
+    def body(path):   # the data root (a cache path) differs between caches; all else must not
+        return [line for line in path.read_text().splitlines() if not line.startswith("# data_root")]
+
+    for name in ("scores_trials.csv", "scores_electrodes.csv"):
+        assert body(a / name) == body(b / name), name
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    assert sa["scores"] == sb["scores"]
