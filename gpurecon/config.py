@@ -100,6 +100,7 @@ class SolverConfig:
 class Config:
     subject: int = 1
     device: str = "auto"
+    devices: int = 1           # >1: Lightning Fabric ranks share the solver (gpurecon.parallel)
     seed: int = 0
     cache_dir: str = "~/.cache/gpurecon"
     data: DataConfig = field(default_factory=DataConfig)

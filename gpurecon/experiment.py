@@ -162,11 +162,11 @@ def compute_embeddings(rec, model_cfg: DictConfig, device: torch.device, cache: 
 
 
 def fit_cross_validated(emb, Y: torch.Tensor, solver_cfg: DictConfig, device: torch.device,
-                        seed: int) -> dict:
+                        seed: int, devices: int = 1) -> dict:
     """Held-out ElasticNet predictions for every trial, the mean-of-training baseline and,
     with ``solver.n_permutations``, the permutation null (fitted as extra targets)."""
     from .evaluation import training_mean_predictions
-    from .solver import cross_val_predict, kfold, leave_one_out, permutations
+    from .solver import kfold, leave_one_out, permutations
 
     n = Y.shape[0]
     if solver_cfg.cv == "loo":
@@ -187,10 +187,11 @@ def fit_cross_validated(emb, Y: torch.Tensor, solver_cfg: DictConfig, device: to
     budget = (None if solver_cfg.memory_budget_gb is None
               else int(solver_cfg.memory_budget_gb * 2**30))
     try:
-        res = cross_val_predict(emb.X, Y, alphas=solver_cfg.alpha, l1_ratios=solver_cfg.l1_ratio,
+        solve = _cross_val_predict(devices, device)
+        res = solve(emb.X, Y, alphas=solver_cfg.alpha, l1_ratios=solver_cfg.l1_ratio,
                                 folds=folds, preprocess=preprocess, permutations=perms,
                                 fit_intercept=solver_cfg.fit_intercept, tol=solver_cfg.tol,
-                                max_iter=solver_cfg.max_iter, device=device, memory_budget=budget,
+                                max_iter=solver_cfg.max_iter, memory_budget=budget,
                                 dtype=getattr(torch, solver_cfg.dtype))
     except ValueError as err:  # bad solver settings: one message naming the argument
         raise ConfigError(f"solver: {err}") from None
@@ -217,6 +218,17 @@ def fit_cross_validated(emb, Y: torch.Tensor, solver_cfg: DictConfig, device: to
         out["null_pred"] = res.null_predictions[:, 0]                       # (perm, trials, targets)
         out["null_true"] = torch.stack([Y[row] for row in p])
     return out
+
+
+def _cross_val_predict(devices: int, device: torch.device):
+    """The solver on ``device``, or its twin sharded over ``devices`` Fabric ranks."""
+    from functools import partial
+
+    if devices == 1:
+        from .solver import cross_val_predict
+        return partial(cross_val_predict, device=device)
+    from .parallel import sharded_cross_val_predict
+    return partial(sharded_cross_val_predict, devices=devices, device=device)
 
 
 def provenance_for(cfg: DictConfig, device: torch.device, dataset: Dataset) -> Provenance:
@@ -328,7 +340,7 @@ def run(cfg: DictConfig, out_dir: str | os.PathLike) -> dict:
                     emb.meta.get("checkpoint"), cfg.model.name)
 
     t = time.perf_counter()
-    fit = fit_cross_validated(emb, Y, cfg.solver, device, seed=int(cfg.seed))
+    fit = fit_cross_validated(emb, Y, cfg.solver, device, seed=int(cfg.seed), devices=int(cfg.devices))
     timings["solver_s"] = time.perf_counter() - t
     scores = evaluate(fit["pred"], Y, fit["baseline"], fit.get("null_pred"), fit.get("null_true"))
     timings["total_s"] = time.perf_counter() - t_start
