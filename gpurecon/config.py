@@ -126,9 +126,20 @@ def bids_subject(subject: Any) -> str:
         return f"sub-{subject}"
 
 
+def _pool_resolver(name: str):
+    # conf/hydra/launcher/local_pool.yaml: a free GPU per pool worker (gpurecon.parallel)
+    def resolve():
+        from . import parallel
+        return getattr(parallel, name)()
+    return resolve
+
+
 def register_configs() -> None:
     if not OmegaConf.has_resolver("bids_sub"):
         OmegaConf.register_new_resolver("bids_sub", bids_subject)
+    for resolver, fn in (("gpurecon_free_gpu", "claim_free_gpu"), ("gpurecon_pool_size", "pool_size")):
+        if not OmegaConf.has_resolver(resolver):
+            OmegaConf.register_new_resolver(resolver, _pool_resolver(fn), use_cache=True)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="data", name="data_schema", node=DataConfig)

@@ -21,21 +21,29 @@ Usable without Hydra: ``sharded_cross_val_predict(X, Y, devices=2, device="cpu",
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from lightning.fabric import Fabric
 
 log = logging.getLogger("gpurecon")
-# Lightning logs INFO banners from every rank ("Initializing distributed: GLOBAL_RANK: 1 ...")
-# before our code runs there; spawned ranks import this module first, so this quiets them:
-# ranks other than 0 may only warn.
-for _name in ("lightning.fabric", "lightning.pytorch"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+def _quiet_lightning() -> None:
+    """Lightning logs INFO banners from every rank ("Initializing distributed: GLOBAL_RANK: 1")
+    before our code runs there: ranks other than 0 may only warn."""
+    for name in ("lightning.fabric", "lightning.pytorch"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# Spawned ranks import Lightning (unpickling the launcher) and then this module (unpickling
+# the rank function), before Lightning sets up the process group: quiet it here.
+_quiet_lightning()
 
 F64 = torch.float64
 
@@ -112,6 +120,9 @@ def launch(*, devices: int, device: str, fn: Callable[..., Any], args: tuple = (
     accelerator = rank_device_kind(device)
     if accelerator == "cuda" and devices > torch.cuda.device_count():
         raise ValueError(f"devices={devices} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    from lightning.fabric import Fabric
+
+    _quiet_lightning()  # Lightning sets its loggers to INFO when first imported
     fabric = Fabric(accelerator=accelerator, devices=int(devices), strategy="ddp_spawn",
                     num_nodes=1)
     return fabric.launch(fn, *args)
@@ -296,3 +307,61 @@ def _to_device(fields: dict, device: torch.device, *, seconds: float):
                     fields["permutations"], move(fields["converged"]), move(fields["gap_ratio"]),
                     move(fields["n_iter"]), move(fields["train_masks"]), move(fields["n_features"]),
                     seconds)
+
+
+# --------------------------------------------------------------------------- local pools
+
+
+_CLAIM: dict[str, Any] = {}
+
+
+def visible_gpu_count() -> int:
+    """CUDA devices this process sees (``CUDA_VISIBLE_DEVICES`` applies)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def claim_free_gpu(*, n_gpus: int | None = None, lock_dir: str | os.PathLike | None = None) -> str:
+    """``"cuda:k"`` for a visible GPU no other gpurecon process on this machine holds; ``"cpu"``
+    without CUDA.
+
+    The claim is an exclusive ``flock`` on ``<lock_dir>/gpu-<id>.lock`` (id: the physical GPU
+    from ``CUDA_VISIBLE_DEVICES``), held until this process exits; later calls in the same
+    process return the same device. A local pool's workers (``hydra/launcher=local_pool``)
+    claim one GPU each, so two jobs never share a GPU by accident.
+
+    Parameters
+    ----------
+    n_gpus : int or None
+        Visible GPUs (None: ask torch).
+    lock_dir : path or None
+        Where the lock files live (None: ``$GPURECON_GPU_LOCKS`` or ``<tmp>/gpurecon-gpus-<uid>``).
+    """
+    if "device" in _CLAIM:
+        return _CLAIM["device"]
+    n = visible_gpu_count() if n_gpus is None else int(n_gpus)
+    if n == 0:
+        return "cpu"
+    import fcntl
+    import tempfile
+
+    folder = Path(lock_dir or os.environ.get("GPURECON_GPU_LOCKS")
+                  or Path(tempfile.gettempdir()) / f"gpurecon-gpus-{os.getuid()}")
+    folder.mkdir(parents=True, exist_ok=True)
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    ids = visible[:n] if len(visible) >= n else [str(k) for k in range(n)]
+    for k, gpu in enumerate(ids):
+        handle = open(folder / f"gpu-{gpu}.lock", "a")  # noqa: SIM115 - held for the process's life
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _CLAIM.update(device=f"cuda:{k}", handle=handle)
+        return _CLAIM["device"]
+    raise ValueError(f"all {n} visible GPU(s) are held by other gpurecon jobs on this machine (locks in "
+                     f"{folder}): run at most {n} jobs at once (hydra.launcher.n_jobs={n}), or set device=")
+
+
+def pool_size() -> int:
+    """Jobs a local pool runs at once: one per visible GPU, 1 without CUDA."""
+    return max(1, visible_gpu_count())
