@@ -121,10 +121,13 @@ def launch(*, devices: int, device: str, fn: Callable[..., Any], args: tuple = (
     if accelerator == "cuda" and devices > torch.cuda.device_count():
         raise ValueError(f"devices={devices} but only {torch.cuda.device_count()} CUDA device(s) are visible")
     from lightning.fabric import Fabric
+    from lightning.fabric.plugins.environments import LightningEnvironment
 
     _quiet_lightning()  # Lightning sets its loggers to INFO when first imported
+    # LightningEnvironment: this process spawns its own ranks even inside a SLURM job (whose
+    # environment Lightning would otherwise read as ranks launched by srun)
     fabric = Fabric(accelerator=accelerator, devices=int(devices), strategy="ddp_spawn",
-                    num_nodes=1)
+                    num_nodes=1, plugins=[LightningEnvironment()])
     return fabric.launch(fn, *args)
 
 
