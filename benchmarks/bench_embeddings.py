@@ -11,23 +11,40 @@ at the real shape: GPT-2 small 12 x 768, XLS-R 300m 24 x 1024: realistic through
 meaning), and real checkpoints where given (flags or $GPURECON_BENCH_FASTTEXT /
 $GPURECON_BENCH_GPT2 / $GPURECON_BENCH_WAV2VEC2: a local path or a cached hub name).
 
-    python benchmarks/bench_embeddings.py [--devices cpu cuda] [--quick]
+    python benchmarks/bench_embeddings.py [--devices cpu cuda] [--quick] [--markdown FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import atexit
-import logging
 import os
-import shutil
 import sys
-import tempfile
-import time
-from pathlib import Path
 
-import numpy as np
-import torch
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", nargs="+", default=None, help="default: cpu (+ cuda if present)")
+    parser.add_argument("--cache", default=None, help="cache root for built models (default: a temp dir)")
+    parser.add_argument("--quick", action="store_true", help="tiny models only")
+    parser.add_argument("--fasttext", default=os.environ.get("GPURECON_BENCH_FASTTEXT"))
+    parser.add_argument("--gpt2", default=os.environ.get("GPURECON_BENCH_GPT2"))
+    parser.add_argument("--wav2vec2", default=os.environ.get("GPURECON_BENCH_WAV2VEC2"))
+    parser.add_argument("--markdown", default=None, help="write the Markdown section to this file")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()  # --help answers here, before the heavy imports below
+
+import atexit  # noqa: E402
+import logging  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -37,6 +54,7 @@ from gpurecon.data.words import WORDS  # noqa: E402
 from gpurecon.embeddings import get_embedder  # noqa: E402
 from gpurecon.embeddings.audio import audio_windows  # noqa: E402
 from gpurecon.embeddings.base import hidden_state_stack  # noqa: E402
+from gpurecon.outputs import write_text  # noqa: E402
 
 
 def recording(words, audio_seconds_per_trial=3.0, seed=0) -> Recording:
@@ -153,23 +171,24 @@ def _label(checkpoint, meta):
     return f"{checkpoint} (UNTRAINED)" if meta.get("untrained") else str(checkpoint)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
-    parser.add_argument("--cache", default=None, help="cache root for built models (default: a temp dir)")
-    parser.add_argument("--quick", action="store_true", help="tiny models only")
-    parser.add_argument("--fasttext", default=os.environ.get("GPURECON_BENCH_FASTTEXT"))
-    parser.add_argument("--gpt2", default=os.environ.get("GPURECON_BENCH_GPT2"))
-    parser.add_argument("--wav2vec2", default=os.environ.get("GPURECON_BENCH_WAV2VEC2"))
-    args = parser.parse_args(argv)
+def main(args) -> int:
     logging.basicConfig(level=logging.WARNING)
     cache = Cache(args.cache or tempfile.mkdtemp(prefix="gpurecon-bench-"))
     if args.cache is None:  # the full-size random models take 1.5 GB
         atexit.register(shutil.rmtree, cache.root, True)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cache {cache.root}")
-    print("| model | checkpoint | device | ours | reference | speed-up | reference is |")
-    print("|---|---|---|---|---|---|---|")
-    for name in args.devices:
+    devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cache {cache.root}", file=sys.stderr)
+    lines = ["## Embeddings", "",
+             f"`python benchmarks/bench_embeddings.py{' --quick' if args.quick else ''} --devices {' '.join(devices)}`"
+             f" (torch {torch.__version__}, {torch.get_num_threads()} CPU threads)", "",
+             "Time of the embedder's compute with the model loaded (best of 2 after a warm-up) against a reference "
+             "on the same loaded model: gensim's `kv[word]` loop (fastText), one transformers call per word "
+             "(GPT-2) or per 2 s window (Wav2Vec2). `tiny` and `random-fullsize` are UNTRAINED offline models "
+             "(realistic cost, no meaning).", "",
+             "| model | checkpoint | device | ours | reference | speed-up | reference is |",
+             "|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    for name in devices:
         device = torch.device(name)
         big = device.type == "cuda"
         jobs = [(bench_fasttext, "tiny", 300), (bench_gpt2, "tiny", 300), (bench_wav2vec2, "tiny", 40)]
@@ -180,9 +199,12 @@ def main(argv=None) -> int:
             if ckpt:
                 jobs.append((fn, ckpt, 300 if fn is not bench_wav2vec2 else (100 if big else 8)))
         for fn, ckpt, size in jobs:
-            print(fn(ckpt, device, cache, size), flush=True)
+            lines.append(fn(ckpt, device, cache, size))
+            print(lines[-1], flush=True)
+    if args.markdown:
+        write_text(Path(args.markdown), "\n".join(lines) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(ARGS))

@@ -7,24 +7,52 @@ band-stops (Butterworth order 4, zero-phase), |analytic signal|. Times are the b
 either end, ``all`` over every sample.
 
     python benchmarks/bench_signal.py                        # 300 s x 127 channels, 1024 Hz
-    python benchmarks/bench_signal.py --seconds 30 --channels 8 --repeats 1 --no-write
+    python benchmarks/bench_signal.py --quick --markdown /tmp/signal.md
+    python benchmarks/bench_signal.py --write-results     # also update its section of RESULTS.md
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import re
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-import scipy.fftpack
-import scipy.signal
-import torch
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=300.0)
+    ap.add_argument("--channels", type=int, default=127)
+    ap.add_argument("--sfreq", type=float, default=1024.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--skip-mne", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="60 s x 32 channels, best of 1, no MNE")
+    ap.add_argument("--markdown", type=Path, default=None, help="write the Markdown section to this file")
+    ap.add_argument("--write-results", action="store_true",
+                    help="also replace this benchmark's section of --results (benchmarks/run_all.py "
+                         "rewrites the whole file)")
+    ap.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
+    ap.add_argument("--note", default="", help="a line added to the results (e.g. machine load)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.seconds, args.channels, args.repeats, args.skip_mne = 60.0, 32, 1, True
+    return args
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()  # --help answers here, before the heavy imports below
+
+import datetime  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import re  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import scipy.fftpack  # noqa: E402
+import scipy.signal  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -110,19 +138,7 @@ def machine() -> str:
             f"({torch.get_num_threads()} CPU threads){gpu}, Python {platform.python_version()}")
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=300.0)
-    ap.add_argument("--channels", type=int, default=127)
-    ap.add_argument("--sfreq", type=float, default=1024.0)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    ap.add_argument("--skip-mne", action="store_true")
-    ap.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
-    ap.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
-    ap.add_argument("--note", default="", help="a line added to the results (e.g. machine load)")
-    args = ap.parse_args(argv)
+def main(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -163,16 +179,20 @@ def main(argv=None) -> None:
     for name, t, e_in, e_all in rows:
         lines.append(f"| {name} | {t:.3f} | {t_ref / t:.1f}x | {e_in:.1e} | {e_all:.1e} |")
     table = "\n".join(lines)
-    print(table)
-    if not args.no_write:
-        write_section(args.results, args, table)
+    body = section(args, table)
+    print(body)
+    if args.markdown:
+        write_text(args.markdown, body)
+    if args.write_results:
+        write_section(args.results, body)
         print(f"wrote the {SECTION!r} section of {args.results}")
+    return 0
 
 
-def write_section(path: Path, args, table: str) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md, leaving the others alone."""
-    body = (f"{SECTION}\n\n`python benchmarks/bench_signal.py --seconds {args.seconds:g} "
-            f"--channels {args.channels} --repeats {args.repeats}` "
+def section(args, table: str) -> str:
+    """This benchmark's Markdown section: command, machine, what is compared, the table."""
+    return (f"{SECTION}\n\n`python benchmarks/bench_signal.py --seconds {args.seconds:g} "
+            f"--channels {args.channels} --repeats {args.repeats}{' --skip-mne' if args.skip_mne else ''}` "
             f"({datetime.date.today().isoformat()})\n\n"
             f"Machine: {machine()}.\n"
             + (f"{args.note}\n" if args.note else "")
@@ -182,6 +202,10 @@ def write_section(path: Path, args, table: str) -> None:
             f"sosfiltfilt's end transients and the Hilbert of the truncated signal, so it matches "
             f"at every sample; MNE pads the ends differently (its own padlen) and the Hilbert "
             f"transform spreads that end difference as a slowly decaying ~1/t tail.\n\n{table}\n")
+
+
+def write_section(path: Path, body: str) -> None:
+    """Replace (or append) this benchmark's section of RESULTS.md, leaving the others alone."""
     text = path.read_text() if path.exists() else "# Benchmark results\n"
     pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(text):
@@ -192,4 +216,4 @@ def write_section(path: Path, args, table: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(ARGS))

@@ -148,6 +148,7 @@ class SolverConfig:
 class Config:
     subject: int = 1
     device: str = "auto"
+    devices: int = 1           # >1: Lightning Fabric ranks share the solver (gpurecon.parallel)
     seed: int = 0
     cache_dir: str = "~/.cache/gpurecon"
     progress: bool = True      # tqdm bars on stderr
@@ -226,12 +227,23 @@ def bids_subject(subject: Any) -> str:
         return f"sub-{subject}"
 
 
+def _pool_resolver(name: str):
+    # conf/hydra/launcher/local_pool.yaml: a free GPU per pool worker (gpurecon.parallel)
+    def resolve():
+        from . import parallel
+        return getattr(parallel, name)()
+    return resolve
+
+
 def register_configs() -> None:
     if not OmegaConf.has_resolver("bids_sub"):
         OmegaConf.register_new_resolver("bids_sub", bids_subject)
     from .sweep import register_resolvers  # ${job_dirname:}: sweep job folder names
 
     register_resolvers()
+    for resolver, fn in (("gpurecon_free_gpu", "claim_free_gpu"), ("gpurecon_pool_size", "pool_size")):
+        if not OmegaConf.has_resolver(resolver):
+            OmegaConf.register_new_resolver(resolver, _pool_resolver(fn), use_cache=True)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="data", name="data_schema", node=DataConfig)
@@ -328,6 +340,8 @@ def validate_config(cfg: Any) -> None:
     # 4) model
     _check_model(model, device_type)
     # 5) solver
+    _check_range("devices", cfg.devices, low=1, integer=True,
+                 allowed="an integer >= 1 (ranks sharing the solver; one per GPU)")
     solver_grid(solver)   # alpha >= 0 and l1_ratio in [0, 1]: numbers or lists of them
     _check_range("solver.tol", solver.tol, low=0, low_open=True, allowed="a number > 0")
     _check_range("solver.max_iter", solver.max_iter, low=1, integer=True, allowed="an integer >= 1")

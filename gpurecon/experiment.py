@@ -298,7 +298,7 @@ def _check_solver_settings(solver_cfg: DictConfig, device: torch.device) -> None
 
 
 def fit_cross_validated(emb, Y: torch.Tensor, solver_cfg: DictConfig, device: torch.device,
-                        seed: int, progress=None) -> CrossValidatedFit:
+                        seed: int, progress=None, devices: int = 1) -> CrossValidatedFit:
     """Held-out ElasticNet predictions for every trial, the mean-of-training baseline and,
     with ``solver.n_permutations``, the permutation null (fitted as extra targets).
 
@@ -341,10 +341,15 @@ def fit_cross_validated(emb, Y: torch.Tensor, solver_cfg: DictConfig, device: to
                      len(alphas), len(l1_ratios), NESTED_INNER_CV)
             nested = nested_cross_val_predict(emb.X, Y, alphas, l1_ratios, inner=NESTED_INNER_CV,
                                               select="per_target", **common)
-        # Without a null the nested call's outer fits are the grid's: no second pass.
-        res = (nested.outer if nested is not None and perms is None else
-               cross_val_predict(emb.X, Y, alphas=alphas, l1_ratios=l1_ratios, permutations=perms,
-                                 progress=progress, **common))
+        # Without a null the nested call's outer fits are the grid's: no second pass. The grid
+        # and its null (the bulk of the work) are sharded over `devices` ranks.
+        if nested is not None and perms is None:
+            res = nested.outer
+        else:
+            solve = _cross_val_predict(devices, device)
+            extra = {"progress": progress} if devices == 1 else {}
+            res = solve(emb.X, Y, alphas=alphas, l1_ratios=l1_ratios, permutations=perms,
+                        **{k: v for k, v in common.items() if k != "device"}, **extra)
     except ValueError as err:  # bad solver settings: one message naming the argument
         raise ConfigError(f"solver: {err}") from None
     train = res.train_masks
@@ -380,6 +385,17 @@ def fit_cross_validated(emb, Y: torch.Tensor, solver_cfg: DictConfig, device: to
         n_not_converged=[int(v) for v in not_conv],
         nested=None if nested is None else NestedSelection(NESTED_INNER_CV, nested.choice),
         meta=meta)
+
+
+def _cross_val_predict(devices: int, device: torch.device):
+    """The solver on ``device``, or its twin sharded over ``devices`` Fabric ranks."""
+    from functools import partial
+
+    if devices == 1:
+        from .solver import cross_val_predict
+        return partial(cross_val_predict, device=device)
+    from .parallel import sharded_cross_val_predict
+    return partial(sharded_cross_val_predict, devices=devices, device=device)
 
 
 def provenance_for(cfg: DictConfig, device: torch.device, dataset: Dataset) -> Provenance:
@@ -578,7 +594,8 @@ def _run_stages(cfg: DictConfig, staging: Path, dataset: Dataset, device: torch.
     t = time.perf_counter()
     with stage_bar("solver (targets)", enabled=show) as bar:
         fit = fit_cross_validated(emb, Y, cfg.solver, device, seed=int(cfg.seed),
-                                  progress=chain(bar, _kill_after_first("solver")))
+                                  progress=chain(bar, _kill_after_first("solver")),
+                                  devices=int(cfg.devices))
     timings["solver_s"] = time.perf_counter() - t
     scores = evaluate(fit, Y, cfg.solver.cv)
     timings["total_s"] = time.perf_counter() - t_start

@@ -1,0 +1,58 @@
+"""The benchmark scripts as a user runs them: --help without torch, run_all's RESULTS.md, and a
+small bench_pipeline run whose scores must agree with the study's scipy/sklearn pipeline."""
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+OWN_SCRIPTS = ["bench_signal.py", "bench_embeddings.py", "bench_pipeline.py", "run_all.py"]
+
+
+def run(args, timeout=300, **kw):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO, env=env, **kw)
+
+
+@pytest.mark.parametrize("script", OWN_SCRIPTS)
+def test_help_answers_without_importing_torch(script):
+    proc = run(["-X", "importtime", str(BENCH / script), "--help"], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("usage:")
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "torch" not in imported and "numpy" not in imported
+
+
+def test_run_all_rewrites_results_with_the_machine_and_each_section(tmp_path):
+    committed = (BENCH / "RESULTS.md").read_bytes()
+    results = tmp_path / "RESULTS.md"
+    proc = run([str(BENCH / "run_all.py"), "--only", "signal", "--results", str(results),
+                "--args", "signal=--seconds 4 --channels 2 --repeats 1 --skip-mne"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = results.read_text()
+    assert text.startswith("# Benchmark results")
+    assert re.search(r"^- CPU: .+ logical cores; RAM", text, re.M)
+    assert re.search(r"torch \d", text) and "scikit-learn" in text and "Load average" in text
+    assert "## Signal" in text and "| gpurecon CPU float32" in text
+    # the benchmark itself no longer touches the committed RESULTS.md
+    assert hashlib.sha256((BENCH / "RESULTS.md").read_bytes()).digest() == hashlib.sha256(committed).digest()
+
+
+def test_pipeline_benchmark_agrees_with_the_studys_pipeline(tmp_path):
+    """A small participant: gpurecon's per-trial scores equal those of scipy + one sklearn
+    ElasticNet per fold + np.corrcoef / r2_score to the stated tolerance (exit status 0)."""
+    md = tmp_path / "pipeline.md"
+    proc = run([str(BENCH / "bench_pipeline.py"), "--quick", "--channels", "6", "--words", "12",
+                "--permutations", "4", "--devices", "cpu", "--markdown", str(md)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = md.read_text()
+    assert "| **total** |" in text and "within the tolerance" in text
+    for stage in ("load", "high gamma", "embeddings", "fit", "null", "report"):
+        assert f"| {stage} |" in text
