@@ -37,9 +37,6 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 SECTIONS = ("families", "grid", "counts", "workloads")
 FAMILY_NAMES = ("gpt2", "fasttext", "pca", "iid")
-GRID_REL_ALPHAS = (10.0, 3.0, 1.0, 1 / 3)
-GRID_L1 = (0.1, 0.5, 0.9)
-P_GRID_ALPHAS, P_GRID_L1 = (0.3, 1.0, 3.0, 10.0), (0.1, 0.5, 0.9)   # P1-grid and P2: the study's units
 
 
 def parse_args(argv=None):

@@ -16,6 +16,7 @@ from gpurecon.solver import cross_val_predict, elasticnet as en, permutations
 
 N = data.N
 L1 = 0.5
+P_GRID_ALPHAS, P_GRID_L1 = (0.3, 1.0, 3.0, 10.0), (0.1, 0.5, 0.9)   # P1-grid and P2: the study's units
 
 
 # --------------------------------------------------------------------------- references
@@ -51,14 +52,15 @@ def exact_reference(X, Y, alpha, l1_ratio, folds):
 
 
 def peer_loop(name, X, Y, alpha, l1_ratio, folds):
-    """skglm or celer: one single-target fit per (fold, target), their default tolerances."""
+    """skglm or celer: one single-target fit per (fold, target) on fold-centred float64 data,
+    their default tolerances."""
     if name == "skglm":
         from skglm import ElasticNet as Peer
     else:
         from celer import ElasticNet as Peer
     if name not in _WARM:             # numba / first-call compilation is not the solver's time
         rng = np.random.default_rng(0)
-        Peer(alpha=0.1, l1_ratio=0.5).fit(np.asfortranarray(rng.standard_normal((20, 30))), rng.standard_normal(20))
+        Peer(alpha=0.1, l1_ratio=0.5, fit_intercept=False).fit(np.asfortranarray(rng.standard_normal((20, 30))), rng.standard_normal(20))
         _WARM.add(name)
     out = np.zeros((len(folds), Y.shape[1]))
     t0 = time.perf_counter()
@@ -66,10 +68,14 @@ def peer_loop(name, X, Y, alpha, l1_ratio, folds):
         warnings.simplefilter("always")
         for j, i in enumerate(folds):
             train = np.arange(len(X)) != i
-            Xt = np.asfortranarray(X[train].astype(np.float64))
+            # centred per fold, as sklearn does internally: their own intercept updates on raw
+            # GPT-2-like columns (means ~60) take seconds per fit
+            xm, ym = X[train].mean(0, dtype=np.float64), Y[train].mean(0, dtype=np.float64)
+            Xt = np.asfortranarray(X[train] - xm)
+            x_held = X[i].astype(np.float64) - xm
             for t in range(Y.shape[1]):
-                m = Peer(alpha=alpha, l1_ratio=l1_ratio, fit_intercept=True).fit(Xt, Y[train, t].astype(np.float64))
-                out[j, t] = m.predict(X[i:i + 1].astype(np.float64))[0]
+                m = Peer(alpha=alpha, l1_ratio=l1_ratio, fit_intercept=False).fit(Xt, Y[train, t] - ym[t])
+                out[j, t] = x_held @ m.coef_ + ym[t]
     return out, time.perf_counter() - t0, _count_convergence_warnings(caught)
 
 
@@ -282,21 +288,23 @@ def run_counts(args, counts):
             T_run = res.converged.shape[2]
             ch_run = n_chunks(X, T_run, alphas, l1s, dev, b)
             ch_full = n_chunks(X, T_full, alphas, l1s, dev, b)
+            # launches and syncs come per chunk (each chunk runs the same batched loop), flops
+            # per problem: the full problem's estimate scales them by chunks and targets
             scale = ch_full / ch_run
             G = len(alphas) * len(l1s)
             problems_full = N * G * T_full
             row = dict(problem=name, budget=bname, counted=f"{N} x {G} x {T_run}", chunks_run=ch_run,
                        chunks_full=ch_full, ops=c.ops * scale, launches=c.launches * scale,
-                       syncs=c.syncs * scale, flops=c.flops * scale, h2d=c.h2d * scale,
-                       per_problem=c.launches * scale / problems_full, flops_per_problem=c.flops * scale / problems_full,
-                       scaled=scale != 1, note=note, unconv=res.n_not_converged, seconds=secs,
+                       syncs=c.syncs * scale, flops=c.flops * T_full / T_run, h2d=c.h2d * scale,
+                       per_problem=c.launches * scale / problems_full, flops_per_problem=c.flops / (N * G * T_run),
+                       scaled=T_full != T_run, note=note, unconv=res.n_not_converged, seconds=secs,
                        top_syncs=", ".join(f"{k} {v}" for k, v in c.sync_by_op.most_common(4)))
             counts.append(row)
             print(f"[counts] {name} @ {bname}: {_count_line(row)}", flush=True)
 
 
 def _count_line(r):
-    est = f" (x{r['chunks_full']}/{r['chunks_run']} chunks)" if r["scaled"] else ""
+    est = f" (x{r['chunks_full']}/{r['chunks_run']} chunks, flops x targets)" if r["scaled"] else ""
     return (f"ops {r['ops']:,.0f}, launches {r['launches']:,.0f}, syncs {r['syncs']:,.0f}, "
             f"flops {r['flops']:.3g}{est}; launches/problem {r['per_problem']:.3g}, "
             f"flops/problem {r['flops_per_problem']:.3g}; counted {r['counted']} in {r['seconds']:.1f} s; "
@@ -354,7 +362,8 @@ def markdown(args, rows, counts, chosen, wl) -> str:
         out += ["| problem | budget | counted (folds x grid x targets) | ops | launches | syncs | GFLOP | "
                 "launches / problem | flops / problem | syncs by cause | notes |", "|---" * 11 + "|"]
         for c in counts:
-            est = (f"{c['note']}; scaled x{c['chunks_full']}/{c['chunks_run']} target chunks"
+            est = (f"{c['note']}; ops, launches, syncs scaled x{c['chunks_full']}/{c['chunks_run']} target "
+                   f"chunks, flops by targets"
                    if c["scaled"] else c["note"] or f"{c['chunks_run']} chunk(s)")
             out.append(f"| {c['problem']} | {c['budget']} | {c['counted']} | {c['ops']:,.0f} | {c['launches']:,.0f} | "
                        f"{c['syncs']:,.0f} | {c['flops'] / 1e9:,.1f} | {c['per_problem']:.3g} | "

@@ -14,9 +14,7 @@ import numpy as np
 
 import solver_data as data
 from gpurecon.solver import permutations
-from solver_runs import N, gpurecon_run, sklearn_loop, strided_folds
-
-P_GRID_ALPHAS, P_GRID_L1 = (0.3, 1.0, 3.0, 10.0), (0.1, 0.5, 0.9)
+from solver_runs import N, P_GRID_ALPHAS, P_GRID_L1, gpurecon_run, sklearn_loop, strided_folds
 
 
 def _diff(ours, ref, scale):
