@@ -167,12 +167,10 @@ class _HostCopies(TorchFunctionMode):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
         t = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        if t is not None and t.device.type == "cpu":
-            to_cpu = name == "to" and any(
-                (isinstance(a, (str, torch.device)) and torch.device(a).type == "cpu")
-                for a in list(args[1:2]) + [kwargs.get("device")] if a is not None)
-            if name in HOST_COPY_METHODS or to_cpu:
-                self.counter._count_sync(f"Tensor.{name}")
+        # ``.to(device)`` is not counted: device-generic code moves tensors to the compute
+        # device with it, which on a CPU run reads as a host copy that a GPU run does not make
+        if t is not None and t.device.type == "cpu" and name in HOST_COPY_METHODS:
+            self.counter._count_sync(f"Tensor.{name}")
         return func(*args, **kwargs)
 
 

@@ -127,3 +127,19 @@ def test_counts_do_not_change_results_and_the_mode_is_left_cleanly():
     before = c.ops
     (x + 1).sum().item()                                   # outside the context: not counted
     assert c.ops == before and c.summary()["ops"] == before
+
+
+def test_counting_a_solver_run_leaves_its_results_unchanged():
+    # the dispatch mode may route an op differently (eigvalsh computes vectors under it), so a
+    # counted run must still give the uncounted run's answer to well within the tolerance
+    from gpurecon.solver import cross_val_predict
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 30))
+    Y = X[:, :3] @ rng.standard_normal((3, 2)) + 0.5 * rng.standard_normal((20, 2))
+    plain = cross_val_predict(X, Y, 0.1, 0.5, device="cpu", dtype=torch.float64)
+    with OpCounter() as c:
+        counted = cross_val_predict(X, Y, 0.1, 0.5, device="cpu", dtype=torch.float64)
+    assert torch.allclose(counted.predictions, plain.predictions, rtol=1e-6, atol=1e-8 * float(Y.std()))
+    assert counted.n_not_converged == plain.n_not_converged == 0
+    assert c.launches > 0 and c.flops > 0
