@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SECTIONS = ("families", "grid", "counts", "workloads")
@@ -115,22 +115,10 @@ def _ints(ap, flag, value):
 
 def main(argv=None):
     args = parse_args(argv)
+    args.command = shlex.join(["python", "benchmarks/bench_solver.py", *(sys.argv[1:] if argv is None else argv)])
     import solver_runs as runs                  # torch, numpy, sklearn: only past --help
 
     runs.run_all(args)
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bench_solver.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 sys.path.insert(0, HERE)                  # solver_data, solver_runs, solver_workloads

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import tempfile
 import time
 import warnings
 
@@ -12,7 +13,7 @@ import torch
 
 import solver_data as data
 from gpurecon.profiling import OpCounter
-from gpurecon.solver import cross_val_predict, elasticnet as en, permutations
+from gpurecon.solver import cross_val_predict, elasticnet as en, leave_one_out, permutations
 
 N = data.N
 L1 = 0.5
@@ -171,7 +172,7 @@ def measure(args, family, X, Y, alphas, l1s, label, peer_folds=None):
         name = "gpurecon CUDA" if dev == "cuda" else f"gpurecon {k}t"
         first = row["cols"].get(f"gpurecon {runs[0][1]}t")
         if first is not None and first["s"] > args.extra_thread_cap:
-            row["cols"][name] = dict(skipped=f"skipped ({runs[0][1]}t took {first['s']:.0f} s > --extra-thread-cap)")
+            row["cols"][name] = dict(skipped=f"skipped ({runs[0][1]}t took {first['s']:.1f} s > --extra-thread-cap)")
             continue
         res, s = gpurecon_run(X, Y, alphas, l1s, dev, k, args.dtype)
         preds = res.predictions.to(torch.float64).cpu().numpy()          # (G, n, T)
@@ -253,13 +254,8 @@ def count_ops(X, Y, alphas, l1s, device, budget, perms=None):
 def n_chunks(X, n_targets, alphas, l1s, device, budget):
     """Target chunks the solver makes for ``n_targets`` targets at ``budget``."""
     Y = np.zeros((X.shape[0], 1), dtype=np.float32)
-    problem, _ = en.prepare(X, Y, list(alphas), list(l1s), data_masks(X.shape[0]), device=device)
+    problem, _ = en.prepare(X, Y, list(alphas), list(l1s), leave_one_out(X.shape[0]), device=device)
     return len(en.target_chunks(problem, budget, n_targets))
-
-
-def data_masks(n):
-    from gpurecon.solver import leave_one_out
-    return leave_one_out(n)
 
 
 def run_counts(args, counts):
@@ -377,10 +373,7 @@ def markdown(args, rows, counts, chosen, wl) -> str:
 
 
 def run_all(args):
-    import sys
-
-    import bench_solver
-    args.command = "python benchmarks/bench_solver.py " + " ".join(sys.argv[1:])
+    """Run the sections ``args`` selects (parsed by bench_solver.parse_args), print the tables."""
     args.np_dtype = np.dtype(args.dtype).type
     args.dtype = getattr(torch, args.dtype)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -409,5 +402,18 @@ def run_all(args):
     text = markdown(args, rows, counts, chosen, wl)
     print("\n" + text, flush=True)
     if args.markdown:
-        bench_solver.write_atomic(args.markdown, text)
+        write_atomic(args.markdown, text)
         print(f"wrote {args.markdown}", flush=True)
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bench_solver.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
