@@ -8,5 +8,13 @@ python -m pip install --quiet -e ".[test]" >/dev/null 2>&1 || true
 export HF_HUB_OFFLINE=1
 python -m pytest -q -k "cuda" tests/test_signal.py tests/test_device.py tests/test_solver_cv.py
 python benchmarks/bench_signal.py --repeats 3 --skip-mne
-python benchmarks/bench_solver.py --quick --skip-cpu   # full-size sklearn alone takes >10 min
+# Solver (~5 min): op/sync counts on the real device first (issue 9's GPU goals), then the CUDA
+# rows of every family (127 targets; sklearn on 10 folds, extrapolated), then P1-P3 wall-clock
+# times at full size on CUDA (sklearn from --quick subsets). Each step is time-boxed.
+SOLVER_MD=${OUT:-/tmp}
+timeout 120 python benchmarks/bench_solver.py --device cuda --sections counts --budget 80 \
+    --p2-count-targets 254 --p3-count-permutations 49 --markdown "$SOLVER_MD/solver_counts_cuda.md"
+timeout 150 python benchmarks/bench_solver.py --device cuda --sections families --targets 127 \
+    --sklearn-folds 10 --peers "" --exact-targets 2 --exact-folds 5 --markdown "$SOLVER_MD/solver_families_cuda.md"
+timeout 90 python benchmarks/bench_solver.py --device cuda --quick --sections workloads
 python benchmarks/bench_embeddings.py --devices cpu cuda
