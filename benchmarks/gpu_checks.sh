@@ -18,3 +18,5 @@ timeout 150 python benchmarks/bench_solver.py --device cuda --sections families 
     --sklearn-folds 10 --peers "" --exact-targets 2 --exact-folds 5 --markdown "$SOLVER_MD/solver_families_cuda.md"
 timeout 90 python benchmarks/bench_solver.py --device cuda --quick --sections workloads
 python benchmarks/bench_embeddings.py --devices cpu cuda
+# The whole study, one participant at real size, CPU and CUDA side by side (quick size).
+timeout 150 python benchmarks/bench_pipeline.py --quick --devices cpu cuda
