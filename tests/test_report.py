@@ -173,6 +173,18 @@ def test_electrode_map_marks_fdr_significant_and_null_histogram_holds_the_null(s
                                   arrays["null_pcc_across_electrodes"])
 
 
+def test_null_histogram_of_a_constant_null_is_drawn(tmp_path):
+    # an untrained model shrunk to the baseline: every permutation scores the same up to 1 ulp,
+    # which np.histogram cannot cut into 20 bins (the report crashed on `-m ... model=fasttext`)
+    null = np.full(40, 0.601115643570704)
+    null[::2] = np.nextafter(null[0], 0.0)
+    make_run(tmp_path, "flat", subject=1, model="fasttext", n_perm=40, null_pcc=null)
+    make_report(dirs=[tmp_path], out=tmp_path / "rep", progress=False)
+    rows = read_table(tmp_path / "rep" / "fig_null_sub-01_fasttext.csv")
+    assert [float(r["null_pcc"]) for r in rows] == list(null)
+    assert (tmp_path / "rep" / "fig_null_sub-01_fasttext.png").stat().st_size > 5000
+
+
 def test_sweep_keeps_one_row_per_setting_and_draws_the_heat_map(tmp_path):
     for i, (a, l) in enumerate([(0.1, 0.5), (1.0, 0.5), (0.1, 0.9), (1.0, 0.9)]):
         make_run(tmp_path / "sweep", f"{i}", subject=1, model="gpt2", alpha=a, l1_ratio=l, seed=i)

@@ -117,8 +117,13 @@ def null_histogram(run: Run, runs: list[Run]) -> FigureSpec | None:
 
     def draw(fig):
         ax = fig.add_subplot()
-        ax.hist(null, bins=int(np.clip(null.size // 5, 10, 50)), color="0.6",
-                label=f"permutation null (n={null.size})")
+        lo, hi = float(null.min()), float(null.max())
+        if not hi - lo > 1e-9 * max(1.0, abs(hi)):
+            # a (nearly) constant null, e.g. every fit shrunk to the baseline: numpy cannot cut
+            # a range of a few ulp into bins, so draw it as one bar of visible width
+            lo, hi = lo - 1e-3, hi + 1e-3
+        ax.hist(null, bins=np.linspace(lo, hi, int(np.clip(null.size // 5, 10, 50)) + 1),
+                color="0.6", label=f"permutation null (n={null.size})")
         ax.axvline(observed, color="C3", lw=2, label=f"observed {observed:.3f}")
         ax.axvline(base, color="C0", ls="--", label=f"baseline {base:.3f}")
         ax.set_xlabel("PCC across electrodes, mean over held-out trials")
