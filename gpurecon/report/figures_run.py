@@ -61,12 +61,17 @@ def electrode_map(run: Run, runs: list[Run]) -> FigureSpec:
          ("x", "y", "z", "pcc", "baseline_pcc", "q_fdr")), int(el["q_fdr"][i] <= FDR_Q)]
         for i in range(len(el["electrode"]))]
     title = f"{_title(run, runs)}: per-electrode PCC{flag_text([run])}"
+    if el is not None and np.isfinite(el["pcc"]).any():
+        # the leave-one-out per-electrode PCC is biased (the baseline scores -1): show both
+        title = (f"{_title(run, runs)}: per-electrode PCC, mean {np.nanmean(el['pcc']):.3f} "
+                 f"(baseline {np.nanmean(el['baseline_pcc']):.3f}){flag_text([run])}")
 
     def draw(fig):
         if el is None:
             message(fig.add_subplot(), "no scores_electrodes.csv in this run")
             return
         sig = el["q_fdr"] <= FDR_Q
+        ring = f"FDR q <= {FDR_Q}: {int(sig.sum())} of {sig.size}"
         lim = max(float(np.nanmax(np.abs(el["pcc"]))), 1e-6) if np.isfinite(el["pcc"]).any() else 1
         style = dict(c=el["pcc"], cmap="coolwarm", vmin=-lim, vmax=lim, s=30)
         has_xyz = np.isfinite(np.stack([el["x"], el["y"], el["z"]])).all(axis=0)
@@ -75,7 +80,7 @@ def electrode_map(run: Run, runs: list[Run]) -> FigureSpec:
             ax = fig.add_subplot()
             sc = ax.scatter(np.arange(len(el["pcc"])), el["pcc"], **style)
             ax.scatter(np.flatnonzero(sig), el["pcc"][sig], s=90, facecolors="none",
-                       edgecolors="k", label=f"FDR q <= {FDR_Q}")
+                       edgecolors="k", label=ring)
             ax.set_xlabel("electrode (column order)")
             ax.set_ylabel("PCC across held-out trials")
             message(ax, "no coordinates recorded")
@@ -87,7 +92,7 @@ def electrode_map(run: Run, runs: list[Run]) -> FigureSpec:
                     **style, "c": el["pcc"][has_xyz]})
                 m = sig & has_xyz
                 ax.scatter(el[a][m], el[b][m], s=90, facecolors="none", edgecolors="k",
-                           label=f"FDR q <= {FDR_Q}")
+                           label=ring)
                 ax.set_xlabel(f"{a} (mm)")
                 ax.set_ylabel(f"{b} (mm)")
                 ax.set_aspect("equal", adjustable="datalim")
