@@ -63,8 +63,10 @@ def electrode_map(run: Run, runs: list[Run]) -> FigureSpec:
     title = f"{_title(run, runs)}: per-electrode PCC{flag_text([run])}"
     if el is not None and np.isfinite(el["pcc"]).any():
         # the leave-one-out per-electrode PCC is biased (the baseline scores -1): show both
-        title = (f"{_title(run, runs)}: per-electrode PCC, mean {np.nanmean(el['pcc']):.3f} "
-                 f"(baseline {np.nanmean(el['baseline_pcc']):.3f}){flag_text([run])}")
+        base = el["baseline_pcc"]
+        base = f" (baseline {np.nanmean(base):.3f})" if np.isfinite(base).any() else ""
+        title = (f"{_title(run, runs)}: per-electrode PCC, mean {np.nanmean(el['pcc']):.3f}"
+                 f"{base}{flag_text([run])}")
 
     def draw(fig):
         if el is None:
