@@ -315,7 +315,7 @@ def test_end_to_end_multirun_then_report(tmp_path):
     rep = subprocess.run([sys.executable, "-m", "gpurecon.report", str(sweep), "--out", str(out)],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert rep.returncode == 0, rep.stderr[-3000:]
-    assert "report figures" in rep.stderr  # tqdm progress on stderr
+    assert "report figures" not in rep.stderr  # stderr is a pipe: no bar (see the next test)
     rows = read_table(out / "table1.csv")
     assert len(rows) == 4
     for run in sorted(p.parent for p in sweep.glob("*/summary.json")):
@@ -336,3 +336,19 @@ def test_end_to_end_multirun_then_report(tmp_path):
             assert (out / name).with_suffix(".csv").stat().st_size > 0, name
     md = (out / "table1.md").read_text()
     assert "| sub-01 |" in md and "| mean |" in md and "untrained" in md
+
+
+def test_report_progress_bar_only_on_a_terminal(study, monkeypatch, capsys):
+    tmp, dirs, _ = study
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    make_report(dirs=dirs, out=tmp / "piped", progress=True)  # pytest's stderr: not a terminal
+    assert "report figures" not in capsys.readouterr().err
+    for progress in (True, False):
+        term = Terminal()
+        monkeypatch.setattr(sys, "stderr", term)
+        make_report(dirs=dirs, out=tmp / f"term-{progress}", progress=progress)
+        assert ("report figures" in term.getvalue()) == progress
