@@ -125,12 +125,14 @@ def null_histogram(run: Run, runs: list[Run]) -> FigureSpec | None:
     def draw(fig):
         ax = fig.add_subplot()
         lo, hi = float(null.min()), float(null.max())
+        edges = np.linspace(lo, hi, int(np.clip(null.size // 5, 10, 50)) + 1)
         if not hi - lo > 1e-9 * max(1.0, abs(hi)):
             # a (nearly) constant null, e.g. every fit shrunk to the baseline: numpy cannot cut
             # a range of a few ulp into bins, so draw it as one bar of visible width
-            lo, hi = lo - 1e-3, hi + 1e-3
-        ax.hist(null, bins=np.linspace(lo, hi, int(np.clip(null.size // 5, 10, 50)) + 1),
-                color="0.6", label=f"permutation null (n={null.size})")
+            edges = np.array([lo - 1e-4, hi + 1e-4])
+        ax.hist(null, bins=edges, color="0.6", label=f"permutation null (n={null.size})")
+        if edges.size == 2:
+            ax.set_xlim(lo - 2e-3, hi + 2e-3)
         ax.axvline(observed, color="C3", lw=2, label=f"observed {observed:.3f}")
         ax.axvline(base, color="C0", ls="--", label=f"baseline {base:.3f}")
         ax.set_xlabel("PCC across electrodes, mean over held-out trials")
