@@ -22,12 +22,14 @@ def make_run(root: Path, name: str, *, subject: int, model: str, checkpoint: str
              data: str = "synthetic", untrained: bool = True, alpha=1.0, l1_ratio=0.5,
              n_trials: int = 20, n_electrodes: int = 6, n_frames: int = 1, n_perm: int = 40,
              coords: bool = True, seed: int = 0, grid_alphas=(0.1, 1.0),
-             grid_l1s=(0.1, 0.5, 0.9), legacy: bool = False, drop: str | None = None) -> Path:
+             grid_l1s=(0.1, 0.5, 0.9), legacy: bool = False, drop: str | None = None,
+             null_pcc: np.ndarray | None = None) -> Path:
     """Write one finished run into ``root/name`` and return its folder.
 
     ``legacy=True`` writes what the pipeline wrote before the full contract: no coordinates,
     no per-electrode baseline or null columns, no target.n_frames, an empty null array.
-    ``drop``: a summary.json key left out. Where gpurecon.outputs publishes complete sets
+    ``drop``: a summary.json key left out. ``null_pcc``: the permutation null's PCC values
+    (default: random around 0.1). Where gpurecon.outputs publishes complete sets
     (``publish``, ``done.json``), the files are staged and published as a run does."""
     rng = np.random.default_rng(seed)
     final = root / name
@@ -40,7 +42,7 @@ def make_run(root: Path, name: str, *, subject: int, model: str, checkpoint: str
     t_pcc, t_r2 = _pcc_r2(pred, Y, axis=1)
     b_pcc, b_r2 = _pcc_r2(base + rng.normal(0, 1e-3, Y.shape), Y, axis=1)
     e_pcc, e_r2 = _pcc_r2(pred, Y, axis=0)
-    null = rng.normal(0.1, 0.05, n_perm)
+    null = rng.normal(0.1, 0.05, n_perm) if null_pcc is None else np.asarray(null_pcc, float)
     null_r2 = rng.normal(-0.2, 0.05, n_perm)
     p_el = np.clip(rng.uniform(0, 0.2, n_cols) * np.arange(1, n_cols + 1) / n_cols, 1e-3, 1)
     q_el = np.minimum(1.0, p_el * 2)

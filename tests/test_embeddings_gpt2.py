@@ -77,7 +77,7 @@ def test_word_alone_equals_word_in_padded_batch(tmp_path):
 
 def test_layer_out_of_range_states_the_valid_range(tmp_path):
     emb = get_embedder("gpt2", checkpoint="tiny", layer=5)  # tiny GPT-2 has 4 blocks
-    with pytest.raises(ModelError, match=r"-5\.\.4"):
+    with pytest.raises(ModelError, match=r"model\.layer=5 .*-5\.\.4"):
         emb.embed(make_recording(WORDS), device=CPU, cache=fresh_cache(tmp_path))
 
 

@@ -173,6 +173,18 @@ def test_electrode_map_marks_fdr_significant_and_null_histogram_holds_the_null(s
                                   arrays["null_pcc_across_electrodes"])
 
 
+def test_null_histogram_of_a_constant_null_is_drawn(tmp_path):
+    # an untrained model shrunk to the baseline: every permutation scores the same up to 1 ulp,
+    # which np.histogram cannot cut into 20 bins (the report crashed on `-m ... model=fasttext`)
+    null = np.full(40, 0.601115643570704)
+    null[::2] = np.nextafter(null[0], 0.0)
+    make_run(tmp_path, "flat", subject=1, model="fasttext", n_perm=40, null_pcc=null)
+    make_report(dirs=[tmp_path], out=tmp_path / "rep", progress=False)
+    rows = read_table(tmp_path / "rep" / "fig_null_sub-01_fasttext.csv")
+    assert [float(r["null_pcc"]) for r in rows] == list(null)
+    assert (tmp_path / "rep" / "fig_null_sub-01_fasttext.png").stat().st_size > 5000
+
+
 def test_sweep_keeps_one_row_per_setting_and_draws_the_heat_map(tmp_path):
     for i, (a, l) in enumerate([(0.1, 0.5), (1.0, 0.5), (0.1, 0.9), (1.0, 0.9)]):
         make_run(tmp_path / "sweep", f"{i}", subject=1, model="gpt2", alpha=a, l1_ratio=l, seed=i)
@@ -303,7 +315,7 @@ def test_end_to_end_multirun_then_report(tmp_path):
     rep = subprocess.run([sys.executable, "-m", "gpurecon.report", str(sweep), "--out", str(out)],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert rep.returncode == 0, rep.stderr[-3000:]
-    assert "report figures" in rep.stderr  # tqdm progress on stderr
+    assert "report figures" not in rep.stderr  # stderr is a pipe: no bar (see the next test)
     rows = read_table(out / "table1.csv")
     assert len(rows) == 4
     for run in sorted(p.parent for p in sweep.glob("*/summary.json")):
@@ -324,3 +336,19 @@ def test_end_to_end_multirun_then_report(tmp_path):
             assert (out / name).with_suffix(".csv").stat().st_size > 0, name
     md = (out / "table1.md").read_text()
     assert "| sub-01 |" in md and "| mean |" in md and "untrained" in md
+
+
+def test_report_progress_bar_only_on_a_terminal(study, monkeypatch, capsys):
+    tmp, dirs, _ = study
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    make_report(dirs=dirs, out=tmp / "piped", progress=True)  # pytest's stderr: not a terminal
+    assert "report figures" not in capsys.readouterr().err
+    for progress in (True, False):
+        term = Terminal()
+        monkeypatch.setattr(sys, "stderr", term)
+        make_report(dirs=dirs, out=tmp / f"term-{progress}", progress=progress)
+        assert ("report figures" in term.getvalue()) == progress

@@ -238,9 +238,10 @@ def resolve_layer(layer: str | int, n_blocks: int, checkpoint: str) -> str | int
         return n_blocks
     index = int(layer)
     if not -(n_blocks + 1) <= index <= n_blocks:
-        raise ModelError(f"layer={layer} is out of range for {checkpoint} ({n_blocks} blocks): "
-                         f"valid layers are {-(n_blocks + 1)}..{n_blocks} (0 = input of the first "
-                         f"block, {n_blocks} = final output), 'last' or 'all'")
+        raise ModelError(f"model.layer={layer} is out of range for {checkpoint} "
+                         f"({n_blocks} blocks): valid layers are {-(n_blocks + 1)}..{n_blocks} "
+                         f"(0 = input of the first block, {n_blocks} = final output), "
+                         f"'last' or 'all'")
     return index % (n_blocks + 1)
 
 

@@ -92,8 +92,9 @@ def make_report(*, dirs: list[str | os.PathLike], out: str | os.PathLike, figure
         if not os.access(out, os.W_OK | os.X_OK):
             raise PermissionError(13, "Permission denied")
         written = write_table(out, runs)
+        # disable=None: no bar when stderr is not a terminal (a log, a pipe), as in the runs
         for spec in tqdm(specs, desc="report figures", unit="figure", file=sys.stderr,
-                         disable=not progress):
+                         disable=None if progress else True):
             written += write_figure(out, spec)
     except OSError as err:
         raise ReportError(f"{out}: cannot write the report there ({err.strerror or err})") from None

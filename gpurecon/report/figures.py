@@ -45,12 +45,14 @@ def _draw_r2(label, data, group):
     def draw(fig):
         ax = fig.add_subplot()
         pos = np.arange(1, len(data) + 1)
+        # black median, dashed red baseline: an untrained model's median sits on its baseline,
+        # and matplotlib's default orange median hid under the red line
         ax.boxplot([d[1][np.isfinite(d[1])] for d in data], positions=pos, widths=0.5,
-                   showfliers=False)
+                   showfliers=False, medianprops=dict(color="black"))
         rng = np.random.default_rng(0)  # fixed jitter: the same runs give the same picture
         for p, (_, r2, base) in zip(pos, data):
             ax.scatter(p + rng.uniform(-0.15, 0.15, len(r2)), r2, s=6, alpha=0.5, color="C0")
-            ax.hlines(np.nanmean(base), p - 0.3, p + 0.3, color="C3", lw=2,
+            ax.hlines(np.nanmean(base), p - 0.3, p + 0.3, color="C3", lw=2, ls="--",
                       label="baseline (mean of training trials), mean R2" if p == 1 else None)
         ax.set_xticks(pos, [subject_label(d[0]) for d in data])
         ax.set_ylabel("R2 across electrodes, per held-out trial")

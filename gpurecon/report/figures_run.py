@@ -61,12 +61,19 @@ def electrode_map(run: Run, runs: list[Run]) -> FigureSpec:
          ("x", "y", "z", "pcc", "baseline_pcc", "q_fdr")), int(el["q_fdr"][i] <= FDR_Q)]
         for i in range(len(el["electrode"]))]
     title = f"{_title(run, runs)}: per-electrode PCC{flag_text([run])}"
+    if el is not None and np.isfinite(el["pcc"]).any():
+        # the leave-one-out per-electrode PCC is biased (the baseline scores -1): show both
+        base = el["baseline_pcc"]
+        base = f" (baseline {np.nanmean(base):.3f})" if np.isfinite(base).any() else ""
+        title = (f"{_title(run, runs)}: per-electrode PCC, mean {np.nanmean(el['pcc']):.3f}"
+                 f"{base}{flag_text([run])}")
 
     def draw(fig):
         if el is None:
             message(fig.add_subplot(), "no scores_electrodes.csv in this run")
             return
         sig = el["q_fdr"] <= FDR_Q
+        ring = f"FDR q <= {FDR_Q}: {int(sig.sum())} of {sig.size}"
         lim = max(float(np.nanmax(np.abs(el["pcc"]))), 1e-6) if np.isfinite(el["pcc"]).any() else 1
         style = dict(c=el["pcc"], cmap="coolwarm", vmin=-lim, vmax=lim, s=30)
         has_xyz = np.isfinite(np.stack([el["x"], el["y"], el["z"]])).all(axis=0)
@@ -75,7 +82,7 @@ def electrode_map(run: Run, runs: list[Run]) -> FigureSpec:
             ax = fig.add_subplot()
             sc = ax.scatter(np.arange(len(el["pcc"])), el["pcc"], **style)
             ax.scatter(np.flatnonzero(sig), el["pcc"][sig], s=90, facecolors="none",
-                       edgecolors="k", label=f"FDR q <= {FDR_Q}")
+                       edgecolors="k", label=ring)
             ax.set_xlabel("electrode (column order)")
             ax.set_ylabel("PCC across held-out trials")
             message(ax, "no coordinates recorded")
@@ -87,7 +94,7 @@ def electrode_map(run: Run, runs: list[Run]) -> FigureSpec:
                     **style, "c": el["pcc"][has_xyz]})
                 m = sig & has_xyz
                 ax.scatter(el[a][m], el[b][m], s=90, facecolors="none", edgecolors="k",
-                           label=f"FDR q <= {FDR_Q}")
+                           label=ring)
                 ax.set_xlabel(f"{a} (mm)")
                 ax.set_ylabel(f"{b} (mm)")
                 ax.set_aspect("equal", adjustable="datalim")
@@ -117,8 +124,15 @@ def null_histogram(run: Run, runs: list[Run]) -> FigureSpec | None:
 
     def draw(fig):
         ax = fig.add_subplot()
-        ax.hist(null, bins=int(np.clip(null.size // 5, 10, 50)), color="0.6",
-                label=f"permutation null (n={null.size})")
+        lo, hi = float(null.min()), float(null.max())
+        edges = np.linspace(lo, hi, int(np.clip(null.size // 5, 10, 50)) + 1)
+        if not hi - lo > 1e-9 * max(1.0, abs(hi)):
+            # a (nearly) constant null, e.g. every fit shrunk to the baseline: numpy cannot cut
+            # a range of a few ulp into bins, so draw it as one bar of visible width
+            edges = np.array([lo - 1e-4, hi + 1e-4])
+        ax.hist(null, bins=edges, color="0.6", label=f"permutation null (n={null.size})")
+        if edges.size == 2:
+            ax.set_xlim(lo - 2e-3, hi + 2e-3)
         ax.axvline(observed, color="C3", lw=2, label=f"observed {observed:.3f}")
         ax.axvline(base, color="C0", ls="--", label=f"baseline {base:.3f}")
         ax.set_xlabel("PCC across electrodes, mean over held-out trials")
