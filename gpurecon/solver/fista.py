@@ -173,7 +173,10 @@ def fista(hess, c, yy, a, b, w0, target, max_iter, check_every=10, lipschitz=Non
     if K == 0 or m == 0:
         return FistaResult(coef, gap, n_iter, done)
     lip = hess.lipschitz() if lipschitz is None else lipschitz
-    lip = torch.clamp(lip.to(torch.float64) * (1 + 1e-6), min=torch.finfo(torch.float64).tiny)
+    lip = lip.to(torch.float64) * (1 + 1e-6)
+    # an empty working set (or all-zero columns) has H = 0: any step is exact there, while a
+    # step 1/tiny would overflow float32 and turn 0 * inf into NaN
+    lip = torch.where(lip > torch.finfo(torch.float32).tiny, lip, torch.ones_like(lip))
 
     # Live state covers groups ``groups`` (K',) and within them problems ``slots`` (K', m');
     # finished groups are dropped and, when most of a batch is frozen, problems are repacked.

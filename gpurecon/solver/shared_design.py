@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .coordinate_descent import coordinate_descent
 from .fista import GramHessian, PrimalHessian, fista
 from .gap import enet_duality_gap
 from .newton import MAX_CONSTRAINTS, pdas
@@ -43,6 +44,10 @@ WARM_SCORE = 0.9
 INNER_FRACTION = 0.5
 # Size of the first working set of a cold start.
 FIRST_SET = 16
+# While a working set still grows, coordinate descent solves it only to this fraction of the
+# problem's current full gap (celer / skglm's inner tolerance): exact solves of sets that are
+# about to change are wasted epochs.
+CD_GAP_FRACTION = 0.3
 # Outer rounds (check, grow, solve) before a problem is given up as not converged.
 MAX_ROUNDS = 60
 # Active-set Newton: rounds per outer round, and the largest working set it factorises.
@@ -233,7 +238,7 @@ def _buckets(sizes, ratio=1.3):
 
 
 def _inner(design, Y, folds, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, allowance, t_idx, ybar,
-           opts, newton_start=False, round_no=1):
+           opts, newton_start=False, round_no=1, open_all=None, cd_allow=None, cd_floor=None):
     """Solve K groups on their working sets: FISTA, then an exact active-set Newton polish.
 
     Groups are processed in buckets of similar working-set size. FISTA runs each unfinished
@@ -247,7 +252,9 @@ def _inner(design, Y, folds, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, allow
     n, p, dt = design.n, design.p, coef.dtype
     coef = coef.clone()
     n_iter = torch.zeros((K, F), dtype=torch.int64, device=coef.device)
-    open_all = allowance > 0
+    cd_epochs = torch.zeros((K, F), dtype=torch.int64, device=coef.device)
+    if open_all is None:
+        open_all = allowance > 0
     sizes = (ws != p).sum(1)
     for g, sb in _buckets(sizes):
         g = g[open_all[g].any(1)]
@@ -286,10 +293,54 @@ def _inner(design, Y, folds, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, allow
                     min_iter=newton_start)
         cb = res.coef.to(dt)
         n_iter[g] = res.n_iter
+        settled = torch.zeros_like(open_)
         if opts.newton_rounds and use_newton and round_no >= opts.polish_from_round:
-            cb = _polish(design, folds, wsb, cb, xw, yc, alpha[g], l1_ratio[g], a[g], b[g], open_, opts)
+            cb, settled = _polish(design, folds, wsb, cb, xw, yc, alpha[g], l1_ratio[g], a[g], b[g], open_, opts,
+                                  return_stable=True)
+        if cd_allow is not None:
+            # what FISTA and the polish left above the inner target: coordinate descent, which
+            # cannot stall on ill-conditioned working sets or active sets larger than n
+            cd_target = tol_abs[g] * min(opts.inner_fraction, INNER_FRACTION)
+            if cd_floor is not None:
+                cd_target = torch.maximum(cd_target, cd_floor[g])
+            need = open_ & ~settled & ~(res.gap <= cd_target) & (cd_allow[g] > 0)
+            if bool(need.any()):
+                cb, spent = _cd(design, folds, wsb, cb, xw, yc, hess, yy[g], a[g], b[g], cd_target,
+                                torch.where(need, cd_allow[g], torch.zeros_like(cd_allow[g])), opts)
+                cd_epochs[g] = spent
         coef[g, :, :sb] = cb
-    return coef, n_iter
+    return coef, n_iter, cd_epochs
+
+
+def _cd(design, folds, ws, coef, xw, yc, hess, yy, a, b, target, allow, opts):
+    """Coordinate descent for the problems with ``allow > 0`` (packed per group, in
+    sub-batches sized by ``opts.max_elems``); returns the coefficients and epochs spent."""
+    K, F, s = coef.shape
+    groups = torch.nonzero((allow > 0).any(1)).squeeze(1)
+    coef, epochs = coef.clone(), torch.zeros_like(allow)
+    m = int((allow > 0).sum(1).max())
+    r = 1 if not folds.center else folds.held_out.shape[1] + (folds.held_out.shape[1] > 1)
+    per_group = 2 * s * s + m * s * (r + 8) + design.n * s
+    step = max(1, int(opts.max_elems // per_group))
+    for lo in range(0, groups.numel(), step):
+        g = groups[lo:lo + step]
+        pick = torch.argsort((allow[g] <= 0).to(torch.int8), dim=1, stable=True)[:, :m]   # open first
+        rows = torch.arange(g.numel(), device=coef.device)[:, None]
+        if isinstance(hess, GramHessian):
+            gram = hess.gram[g]
+        else:
+            x64 = xw[g].to(F64)
+            gram = torch.bmm(x64.transpose(1, 2), x64)
+        down = _downdates(design, folds, ws[g], F64)[rows, pick]
+        c = torch.bmm(yc[g][rows, pick].to(F64), xw[g].to(F64))
+        res = coordinate_descent(gram=gram, downdates=down, c=c, yy=yy[g][rows, pick], a=a[g][rows, pick],
+                                 b=b[g][rows, pick], w0=coef[g][rows, pick], target=target[g][rows, pick],
+                                 max_epochs=allow[g][rows, pick])
+        take = allow[g][rows, pick] > 0
+        start = coef[g][rows, pick]
+        coef[g[:, None], pick] = torch.where(take[..., None], res.coef.to(coef.dtype), start)
+        epochs[g[:, None], pick] = torch.where(take, res.n_epochs, 0)
+    return coef, epochs
 
 
 def _polish(design, folds, ws, coef, xw, yc, alpha, l1_ratio, a, b, open_, opts, return_stable=False):
@@ -414,7 +465,8 @@ def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef
         coef = torch.zeros((K, F, 1), dtype=dt, device=dev)
     gap = torch.full((K, F), float("inf"), dtype=torch.float64, device=dev)
     converged = torch.zeros((K, F), dtype=torch.bool, device=dev)
-    n_iter = torch.zeros((K, F), dtype=torch.int64, device=dev)
+    n_iter = torch.zeros((K, F), dtype=torch.int64, device=dev)      # FISTA iterations
+    cd_epochs = torch.zeros((K, F), dtype=torch.int64, device=dev)   # coordinate descent epochs
     score_out = torch.zeros((K, p + 1), dtype=dt, device=dev)
     inner_frac = torch.full((K,), opts.inner_fraction, dtype=torch.float64, device=dev)
     final_ws = torch.full((K, p + 1), p, dtype=torch.int64, device=dev)  # filled per finished group
@@ -434,7 +486,9 @@ def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef
             conv = torch.zeros_like(conv)
         converged[active] = conv
         # MAX_ROUNDS guards against a check that rounding keeps failing with nothing to add
-        spent = (n_iter[active] >= max_iter) | (rounds >= MAX_ROUNDS)
+        # max_iter bounds FISTA iterations and, separately, coordinate descent epochs (sklearn's
+        # unit): a problem is out of budget when coordinate descent has spent its max_iter
+        spent = (cd_epochs[active] >= max_iter) | (rounds >= MAX_ROUNDS)
         finished = (conv | spent).all(1)
         if bool(finished.any()):
             # record every feature's score for finished groups (warm starts read them)
@@ -454,7 +508,7 @@ def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef
         if not bool(keep.any()):
             break
         active, ws, coef = active[keep], ws[keep], coef[keep]
-        group_score = group_score[keep]
+        group_score, g_gap = group_score[keep], g_gap[keep]
         # grow: add the strongest KKT violators, at least FIRST_SET, doubling the set
         member = torch.zeros((active.numel(), p + 1), dtype=torch.bool, device=dev)
         member.scatter_(1, ws, True)
@@ -469,22 +523,26 @@ def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef
             take = torch.arange(k_max, device=dev)[None, :] < n_add[:, None]
             member.scatter_(1, torch.where(take, top, torch.full_like(top, p)), True)
         ws, coef = _rebuild(ws, coef, member, p)
-        finished_p = converged[active] | (n_iter[active] >= max_iter)
+        finished_p = converged[active] | (cd_epochs[active] >= max_iter)
         # FISTA gets a slice of the allowance per round, so the working set and the Newton
         # polish get another chance before the iterations run out
         allowance = torch.where(finished_p, torch.zeros_like(n_iter[active]),
-                                torch.clamp(max_iter - n_iter[active], max=opts.round_iter))
+                                torch.clamp(max_iter - n_iter[active], min=0, max=opts.round_iter))
+        cd_allow = torch.where(finished_p, torch.zeros_like(n_iter[active]), max_iter - cd_epochs[active])
         # groups that gained nothing but are not converged get a tighter inner target
         frac = torch.where(n_add == 0, inner_frac[active] * 0.25, inner_frac[active])
         inner_frac[active] = frac
-        coef, spent_iter = _inner(design, Y, folds, ws, coef, alpha[active], l1_ratio[active], a[active],
-                                  b[active], yy[active], tol_abs[active] * (frac / opts.inner_fraction)[:, None],
-                                  allowance, t_idx[active], ybar, opts,
-                                  newton_start=warm and rounds == 1 and opts.newton_start,
-                                  round_no=rounds)
+        coef, spent_iter, spent_cd = _inner(design, Y, folds, ws, coef, alpha[active], l1_ratio[active], a[active],
+                                            b[active], yy[active], tol_abs[active] * (frac / opts.inner_fraction)[:, None],
+                                            allowance, t_idx[active], ybar, opts,
+                                            newton_start=warm and rounds == 1 and opts.newton_start,
+                                            round_no=rounds, open_all=~finished_p, cd_allow=cd_allow,
+                                            cd_floor=torch.where((n_add > 0)[:, None], CD_GAP_FRACTION * g_gap,
+                                                                 torch.zeros_like(g_gap)))
         n_iter[active] += spent_iter
+        cd_epochs[active] += spent_cd
     s_max = max(int(final_s.max()) if K else 0, 1)
-    return Solution(final_ws[:, :s_max], final_coef[:, :, :s_max], gap, tol_abs, n_iter, converged,
+    return Solution(final_ws[:, :s_max], final_coef[:, :, :s_max], gap, tol_abs, n_iter + cd_epochs, converged,
                     score_out)
 
 
