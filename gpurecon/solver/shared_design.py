@@ -335,7 +335,7 @@ def _cd(design, folds, ws, coef, xw, yc, hess, yy, a, b, target, allow, opts):
         c = torch.bmm(yc[g][rows, pick].to(F64), xw[g].to(F64))
         res = coordinate_descent(gram=gram, downdates=down, c=c, yy=yy[g][rows, pick], a=a[g][rows, pick],
                                  b=b[g][rows, pick], w0=coef[g][rows, pick], target=target[g][rows, pick],
-                                 max_epochs=allow[g][rows, pick])
+                                 max_epochs=allow[g][rows, pick], max_elems=opts.max_elems)
         take = allow[g][rows, pick] > 0
         start = coef[g][rows, pick]
         coef[g[:, None], pick] = torch.where(take[..., None], res.coef.to(coef.dtype), start)
