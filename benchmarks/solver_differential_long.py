@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import solver_families as fam  # noqa: E402
+import solver_families as fam
 
-from gpurecon.solver import kfold, leave_one_out  # noqa: E402
+from gpurecon.solver import kfold, leave_one_out
 
 
 def main(argv=None) -> int:

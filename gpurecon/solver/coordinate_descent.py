@@ -28,14 +28,9 @@ from dataclasses import dataclass
 import torch
 
 from .fista import GramHessian, restricted_gap
+from .options import ANDERSON_MEMORY, CD_COMPACT_AT, FACE_NEWTON_EVERY
 
 F64 = torch.float64
-# Repack the batch when the live problems fill at most this fraction of it.
-COMPACT_AT = 0.5
-# Anderson extrapolation (skglm's anderson_cd) from this many successive epochs' iterates.
-ANDERSON_MEMORY = 5
-# Every this many Anderson cycles, a Newton step on each problem's current sign pattern.
-NEWTON_EVERY = 2
 
 
 @dataclass
@@ -137,7 +132,7 @@ def coordinate_descent(*, gram: torch.Tensor, downdates: torch.Tensor | None, c:
                 hist.append(w)
                 moved = _anderson(h, cc, a_, b_, hist, w, live > 0)
                 cycles += 1
-                if cycles % NEWTON_EVERY == 0:
+                if cycles % FACE_NEWTON_EVERY == 0:
                     moved |= _face_newton(G, U, cc, a_, b_, w, live > 0, max_elems)
                 if moved:
                     q = cc - h.apply(w)
@@ -147,7 +142,7 @@ def coordinate_descent(*, gram: torch.Tensor, downdates: torch.Tensor | None, c:
         frozen = frozen | (g_now <= tgt) | (its >= allow)
         n_live = (~frozen).sum(1)
         k_live, m_live = int((n_live > 0).sum()), int(n_live.max())   # host sync, once per check
-        if k_live == 0 or k_live * m_live > COMPACT_AT * frozen.numel():
+        if k_live == 0 or k_live * m_live > CD_COMPACT_AT * frozen.numel():
             continue
         write_back()
         keep = torch.nonzero(n_live > 0).squeeze(1)

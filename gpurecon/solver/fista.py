@@ -25,9 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .gap import enet_duality_gap
-
-# Repack the batch when the live problems fill at most this fraction of it.
-COMPACT_AT = 0.6
+from .options import FISTA_COMPACT_AT
 
 
 class GramHessian:
@@ -230,7 +228,7 @@ def fista(hess, c, yy, a, b, w0, target, max_iter, check_every=10, lipschitz=Non
         n_live = (~frozen).sum(1)
         k_live, m_live = int((n_live > 0).sum()), int(n_live.max())  # host sync, once per check
         # repack only when it shrinks the batch enough to pay for the copies
-        if k_live * m_live > COMPACT_AT * frozen.numel() or k_live == 0:
+        if k_live * m_live > FISTA_COMPACT_AT * frozen.numel() or k_live == 0:
             step, thr, shrink, live = frozen_params(frozen)
             continue
         write_back()

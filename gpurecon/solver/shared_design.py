@@ -33,26 +33,12 @@ import torch
 from .coordinate_descent import coordinate_descent
 from .fista import GramHessian, PrimalHessian, fista
 from .gap import enet_duality_gap
-from .newton import MAX_CONSTRAINTS, pdas
+from .newton import pdas
+from .options import (CD_GAP_FRACTION, FIRST_SET, INNER_FRACTION, MAX_CONSTRAINTS, MAX_ROUNDS,
+                      NEWTON_MAX_SET, STOP_AT_TOL_ROUND, WARM_SCORE, Options)
 
 F64 = torch.float64
 
-# A feature joins a warm-started working set when its full-data KKT score |X_j^T R|/a is at
-# least this: folds move scores by about 1/n, so 0.9 keeps every likely entrant.
-WARM_SCORE = 0.9
-# The inner solve aims below sklearn's tolerance so the full check rarely fails on rounding.
-INNER_FRACTION = 0.5
-# Size of the first working set of a cold start.
-FIRST_SET = 16
-# While a working set still grows, coordinate descent solves it only to this fraction of the
-# problem's current full gap (celer / skglm's inner tolerance): exact solves of sets that are
-# about to change are wasted epochs.
-CD_GAP_FRACTION = 0.3
-# Outer rounds (check, grow, solve) before a problem is given up as not converged.
-MAX_ROUNDS = 60
-# Active-set Newton: rounds per outer round, and the largest working set it factorises.
-NEWTON_ROUNDS = 8
-NEWTON_MAX_SET = 1536
 
 
 @dataclass
@@ -273,14 +259,7 @@ def _inner(design, Y, folds, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, allow
         allow = torch.where(open_, allowance[g], torch.zeros_like(allowance[g]))
         use_newton = sb <= NEWTON_MAX_SET and _newton_pays(sb, n, F, opts.newton_budget, opts.lowrank_newton)
         if newton_start and use_newton:
-            if opts.newton_first:
-                # active-set Newton from the warm start; FISTA only where it does not settle
-                cb, settled = _polish(design, folds, wsb, cb, xw, yc, alpha[g], l1_ratio[g], a[g], b[g], open_,
-                                      opts, return_stable=True)
-                open_ = open_ & ~settled
-                allow = torch.where(open_, allow, torch.zeros_like(allow))
-            else:
-                cb = _newton_start(design, folds, wsb, cb, xw, yc, alpha[g], l1_ratio[g], a[g], b[g], open_, opts)
+            cb = _newton_start(design, folds, wsb, cb, xw, yc, alpha[g], l1_ratio[g], a[g], b[g], open_, opts)
         # without the exact polish to finish, FISTA itself must reach the tolerance
         frac = opts.inner_fraction if (use_newton and opts.newton_rounds) else min(opts.inner_fraction, INNER_FRACTION)
         target = tol_abs[g] * frac
@@ -409,25 +388,6 @@ def _newton_start(design, folds, ws, coef, xw, yc, alpha, l1_ratio, a, b, open_,
     return coef
 
 
-@dataclass
-class Options:
-    """Tuning knobs of the engine (defaults are what the benchmarks use)."""
-
-    check_every: int = 10           # FISTA iterations between gap checks (host syncs)
-    inner_fraction: float = INNER_FRACTION
-    newton_rounds: int = NEWTON_ROUNDS   # 0: no active-set Newton polish
-    newton_start: bool = True       # warm starts: one shared-factorisation Newton step first
-    round_iter: int = 200           # FISTA iterations per outer round at most
-    growth: float = 0.25            # a working set grows by at most this fraction per round
-    fista_dtype: torch.dtype | None = None   # FISTA iterates (None: the design's); gaps stay float64
-    polish_from_round: int = 1      # first outer round that tries the Newton polish
-    newton_first: bool = False      # warm starts: active-set Newton before FISTA
-    newton_budget: float = 60.0     # Newton is used where it costs at most this many FISTA iterations
-    lowrank_newton: bool = True     # n x n (Woodbury) inverses for wide working sets; the s x s one
-                                    # is more accurate when b is tiny next to X^T X (tight tolerances)
-    max_elems: int = 2 ** 25        # float64 elements one Newton sub-batch may hold
-
-
 def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef=None,
           opts: Options | None = None) -> Solution:
     """Fit every (group, fold) problem; groups are (grid point, target) pairs.
@@ -464,7 +424,8 @@ def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef
         ws = torch.full((K, 1), p, dtype=torch.int64, device=dev)
         coef = torch.zeros((K, F, 1), dtype=dt, device=dev)
     gap = torch.full((K, F), float("inf"), dtype=torch.float64, device=dev)
-    converged = torch.zeros((K, F), dtype=torch.bool, device=dev)
+    converged = torch.zeros((K, F), dtype=torch.bool, device=dev)   # sklearn's rule: gap <= tol
+    stopped = torch.zeros((K, F), dtype=torch.bool, device=dev)     # the engine's: see stop_fraction
     n_iter = torch.zeros((K, F), dtype=torch.int64, device=dev)      # FISTA iterations
     cd_epochs = torch.zeros((K, F), dtype=torch.int64, device=dev)   # coordinate descent epochs
     score_out = torch.zeros((K, p + 1), dtype=dt, device=dev)
@@ -480,22 +441,26 @@ def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef
                                                 t_idx[active])
         gap[active] = g_gap
         conv = g_gap <= tol_abs[active]
+        converged[active] = conv
+        # a problem stops below ``stop_fraction`` of its tolerance (folds: their held-out
+        # predictions are what CV reports), or at the tolerance once rounds run long (rounding)
+        stop = (g_gap <= tol_abs[active] * opts.stop_fraction) | (conv & (rounds >= STOP_AT_TOL_ROUND))
         if warm and rounds == 1:
             # a fold must not keep the full-data fit (which saw its held-out samples) just
             # because that already meets its tolerance: every fold gets its own update
-            conv = torch.zeros_like(conv)
-        converged[active] = conv
+            stop = torch.zeros_like(stop)
+        stopped[active] = stop
         # MAX_ROUNDS guards against a check that rounding keeps failing with nothing to add
         # max_iter bounds FISTA iterations and, separately, coordinate descent epochs (sklearn's
         # unit): a problem is out of budget when coordinate descent has spent its max_iter
         spent = (cd_epochs[active] >= max_iter) | (rounds >= MAX_ROUNDS)
-        finished = (conv | spent).all(1)
+        finished = (stop | spent).all(1)
         if bool(finished.any()):
             # record every feature's score for finished groups (warm starts read them)
             fs = g_score[finished].amax(1)
             fs.scatter_reduce_(1, ws[finished], g_score_ws[finished].amax(1), reduce="amax")
             score_out[active[finished]] = fs
-        g_score.masked_fill_((conv | spent)[..., None], 0.0)
+        g_score.masked_fill_((stop | spent)[..., None], 0.0)
         group_score = g_score.amax(1)
         # store finished groups
         if bool(finished.any()):
@@ -523,7 +488,7 @@ def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef
             take = torch.arange(k_max, device=dev)[None, :] < n_add[:, None]
             member.scatter_(1, torch.where(take, top, torch.full_like(top, p)), True)
         ws, coef = _rebuild(ws, coef, member, p)
-        finished_p = converged[active] | (cd_epochs[active] >= max_iter)
+        finished_p = stopped[active] | (cd_epochs[active] >= max_iter)
         # FISTA gets a slice of the allowance per round, so the working set and the Newton
         # polish get another chance before the iterations run out
         allowance = torch.where(finished_p, torch.zeros_like(n_iter[active]),
