@@ -32,7 +32,11 @@ STOP_AT_TOL_ROUND = 6
 # --------------------------------------------------------------------------- inner solvers
 # FISTA: repack the batch when the live problems fill at most this fraction of it.
 FISTA_COMPACT_AT = 0.6
-# Coordinate descent: the same for its batch.
+# Groups whose working-set Gram diagonal spans more than this ratio skip FISTA for coordinate
+# descent (GPT-2-like embeddings span ~1e2 over all 768 columns; iid columns with gamma
+# scales and a few x30 columns ~1e7).
+CD_DIAG_SPREAD = 1e3
+# Coordinate descent: repack the batch when the live problems fill at most this fraction of it.
 CD_COMPACT_AT = 0.5
 # Anderson extrapolation (skglm's anderson_cd) from this many successive epochs' iterates.
 ANDERSON_MEMORY = 5

@@ -34,7 +34,7 @@ from .coordinate_descent import coordinate_descent
 from .fista import GramHessian, PrimalHessian, fista
 from .gap import enet_duality_gap
 from .newton import pdas
-from .options import (CD_GAP_FRACTION, FIRST_SET, INNER_FRACTION, MAX_CONSTRAINTS, MAX_ROUNDS,
+from .options import (CD_DIAG_SPREAD, CD_GAP_FRACTION, FIRST_SET, INNER_FRACTION, MAX_CONSTRAINTS, MAX_ROUNDS,
                       NEWTON_MAX_SET, STOP_AT_TOL_ROUND, WARM_SCORE, Options)
 
 F64 = torch.float64
@@ -224,7 +224,7 @@ def _buckets(sizes, ratio=1.3):
 
 
 def _inner(design, Y, folds, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, allowance, t_idx, ybar,
-           opts, newton_start=False, round_no=1, open_all=None, cd_allow=None, cd_floor=None):
+           opts, newton_start=False, round_no=1, open_all=None, cd_allow=None, cd_floor=None, cd_groups=None):
     """Solve K groups on their working sets: FISTA, then an exact active-set Newton polish.
 
     Groups are processed in buckets of similar working-set size. FISTA runs each unfinished
@@ -257,6 +257,15 @@ def _inner(design, Y, folds, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, allow
             hess = PrimalHessian(xw, folds.train[None], folds.n_train.to(dt)[None, :, None], folds.center)
         lip = torch.minimum(hess.lipschitz(), design.lam_max.to(coef.device).expand(g.numel()))
         allow = torch.where(open_, allowance[g], torch.zeros_like(allowance[g]))
+        if cd_allow is not None:
+            # FISTA's one step 1/L per group crawls when the working-set columns differ widely
+            # in scale (a step per feature would fit those but slows the others): such groups,
+            # and those coordinate descent already had to finish, go to coordinate descent
+            diag = torch.diagonal(hess.gram, dim1=1, dim2=2) if isinstance(hess, GramHessian) \
+                else xw.square().sum(1)
+            spread = diag.amax(1) / torch.where(diag > 0, diag, torch.inf).amin(1)
+            direct = (spread > CD_DIAG_SPREAD) | (cd_groups[g] if cd_groups is not None else False)
+            allow = torch.where(direct[:, None], torch.zeros_like(allow), allow)
         use_newton = sb <= NEWTON_MAX_SET and _newton_pays(sb, n, F, opts.newton_budget, opts.lowrank_newton)
         if newton_start and use_newton:
             cb = _newton_start(design, folds, wsb, cb, xw, yc, alpha[g], l1_ratio[g], a[g], b[g], open_, opts)
@@ -426,6 +435,7 @@ def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef
     gap = torch.full((K, F), float("inf"), dtype=torch.float64, device=dev)
     converged = torch.zeros((K, F), dtype=torch.bool, device=dev)   # sklearn's rule: gap <= tol
     stopped = torch.zeros((K, F), dtype=torch.bool, device=dev)     # the engine's: see stop_fraction
+    cd_groups = torch.zeros((K,), dtype=torch.bool, device=dev)      # groups that skip FISTA
     n_iter = torch.zeros((K, F), dtype=torch.int64, device=dev)      # FISTA iterations
     cd_epochs = torch.zeros((K, F), dtype=torch.int64, device=dev)   # coordinate descent epochs
     score_out = torch.zeros((K, p + 1), dtype=dt, device=dev)
@@ -503,7 +513,9 @@ def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef
                                             newton_start=warm and rounds == 1 and opts.newton_start,
                                             round_no=rounds, open_all=~finished_p, cd_allow=cd_allow,
                                             cd_floor=torch.where((n_add > 0)[:, None], CD_GAP_FRACTION * g_gap,
-                                                                 torch.zeros_like(g_gap)))
+                                                                 torch.zeros_like(g_gap)),
+                                            cd_groups=cd_groups[active])
+        cd_groups[active] |= (spent_cd > 0).any(1)
         n_iter[active] += spent_iter
         cd_epochs[active] += spent_cd
     s_max = max(int(final_s.max()) if K else 0, 1)
