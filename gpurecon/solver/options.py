@@ -54,9 +54,11 @@ MAX_CONSTRAINTS = 96
 FULL_INNER_FRACTION = 100.0
 # Folds solve their working sets to 10% of sklearn's gap tolerance ...
 FOLD_INNER_FRACTION = 0.1
-# ... and stop at 1% of it: a gap at the tolerance leaves held-out predictions up to a few
-# 1e-3 of a target's scale from the optimum (what CV reports); 1% keeps them within ~1e-3.
-FOLD_STOP_FRACTION = 0.05
+# ... and stop at 20% of it: a gap at the tolerance leaves held-out predictions up to a few
+# 1e-3 of a target's scale from the optimum (what CV reports); 20% keeps them within ~2e-4
+# (iid-scaled family, n = 100). Much lower costs float32 designs rounds of checks whose
+# rounding (~1e-6 of ||y||^2) cannot settle it.
+FOLD_STOP_FRACTION = 0.2
 # Smallest tol at which FISTA iterates run in float32.
 MIXED_PRECISION_TOL = 1e-5
 
