@@ -447,9 +447,11 @@ def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef
     rounds = 0
     while active.numel():
         rounds += 1
+        # 1) full check: float64 gap over all features and every feature's KKT score
         g_gap, g_score, g_score_ws = full_check(design, Y, folds, ws, coef, a[active], b[active],
                                                 t_idx[active])
         gap[active] = g_gap
+        # 2) decide: converged (sklearn's rule), stopped (the engine's), out of budget
         conv = g_gap <= tol_abs[active]
         converged[active] = conv
         # a problem stops below ``stop_fraction`` of its tolerance (folds: their held-out
@@ -472,7 +474,7 @@ def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef
             score_out[active[finished]] = fs
         g_score.masked_fill_((stop | spent)[..., None], 0.0)
         group_score = g_score.amax(1)
-        # store finished groups
+        # 3) retire groups whose problems are all stopped or spent
         if bool(finished.any()):
             fin = active[finished]
             s = ws.shape[1]
@@ -484,7 +486,8 @@ def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef
             break
         active, ws, coef = active[keep], ws[keep], coef[keep]
         group_score, g_gap = group_score[keep], g_gap[keep]
-        # grow: add the strongest KKT violators, at least FIRST_SET, doubling the set
+        # 4) select features: add the strongest KKT violators (at least FIRST_SET, at most
+        #    ``growth`` of the set's size)
         member = torch.zeros((active.numel(), p + 1), dtype=torch.bool, device=dev)
         member.scatter_(1, ws, True)
         size = member[:, :p].sum(1)
@@ -499,7 +502,7 @@ def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef
             member.scatter_(1, torch.where(take, top, torch.full_like(top, p)), True)
         ws, coef = _rebuild(ws, coef, member, p)
         finished_p = stopped[active] | (cd_epochs[active] >= max_iter)
-        # FISTA gets a slice of the allowance per round, so the working set and the Newton
+        # 5) budgets: FISTA gets a slice of the allowance per round, so the working set and the Newton
         # polish get another chance before the iterations run out
         allowance = torch.where(finished_p, torch.zeros_like(n_iter[active]),
                                 torch.clamp(max_iter - n_iter[active], min=0, max=opts.round_iter))
@@ -507,6 +510,7 @@ def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef
         # groups that gained nothing but are not converged get a tighter inner target
         frac = torch.where(n_add == 0, inner_frac[active] * 0.25, inner_frac[active])
         inner_frac[active] = frac
+        # 6) inner solve on the working sets (FISTA / Newton polish / coordinate descent)
         coef, spent_iter, spent_cd = _inner(design, Y, folds, ws, coef, alpha[active], l1_ratio[active], a[active],
                                             b[active], yy[active], tol_abs[active] * (frac / opts.inner_fraction)[:, None],
                                             allowance, t_idx[active], ybar, opts,
