@@ -276,16 +276,16 @@ def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
     if all_rows:
         # a single fit (the estimator): always finish with the exact polish
         single = dataclasses.replace(opts_full, newton_budget=math.inf)
-        return sd.solve(problem.design, problem.Y, problem.folds, alpha, l1, t_idx, problem.tol,
-                        problem.max_iter, opts=single)
+        return sd.solve(problem.design, problem.Y, problem.folds, alpha=alpha, l1_ratio=l1, t_idx=t_idx,
+                        tol=problem.tol, max_iter=problem.max_iter, opts=single)
     if not warm_start:
-        return sd.solve(problem.design, problem.Y, problem.folds, alpha, l1, t_idx, problem.tol,
-                        problem.max_iter, opts=opts_folds)
-    full = sd.solve(problem.design, problem.Y, problem.full, alpha, l1, t_idx, problem.tol,
-                    problem.max_iter, opts=opts_full)
+        return sd.solve(problem.design, problem.Y, problem.folds, alpha=alpha, l1_ratio=l1, t_idx=t_idx,
+                        tol=problem.tol, max_iter=problem.max_iter, opts=opts_folds)
+    full = sd.solve(problem.design, problem.Y, problem.full, alpha=alpha, l1_ratio=l1, t_idx=t_idx,
+                    tol=problem.tol, max_iter=problem.max_iter, opts=opts_full)
     ws, coef = sd.warm_start_from_full(full, problem.folds.train.shape[0], problem.design.p)
-    return sd.solve(problem.design, problem.Y, problem.folds, alpha, l1, t_idx, problem.tol,
-                    problem.max_iter, ws=ws, coef=coef, opts=opts_folds)
+    return sd.solve(problem.design, problem.Y, problem.folds, alpha=alpha, l1_ratio=l1, t_idx=t_idx,
+                    tol=problem.tol, max_iter=problem.max_iter, ws=ws, coef=coef, opts=opts_folds)
 
 
 

@@ -35,7 +35,7 @@ class FoldDesignSolution:
     y_mean: torch.Tensor     # (F, T) training means of Y (0 without intercept)
 
 
-def solve_fold_designs(Xf, Y, train, alpha, l1_ratio, tol, max_iter, center, inner_fraction=0.5,
+def solve_fold_designs(Xf, Y, train, *, alpha, l1_ratio, tol, max_iter, center, inner_fraction=0.5,
                        newton_rounds=8, check_every=10) -> FoldDesignSolution:
     """Fit every (fold, grid point, target) with fold-specific designs.
 

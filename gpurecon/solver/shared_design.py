@@ -223,16 +223,20 @@ def _buckets(sizes, ratio=1.3):
     return out
 
 
-def _inner(design, Y, folds, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, allowance, t_idx, ybar,
+def _inner(design, Y, folds, *, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, allowance, t_idx, ybar,
            opts, newton_start=False, round_no=1, open_all=None, cd_allow=None, cd_floor=None, cd_groups=None):
-    """Solve K groups on their working sets: FISTA, then an exact active-set Newton polish.
+    """Solve K groups on their working sets: FISTA, an exact active-set Newton polish, and
+    coordinate descent for whatever those leave unfinished.
 
     Groups are processed in buckets of similar working-set size. FISTA runs each unfinished
-    problem until its restricted gap is below ``opts.inner_fraction * tol``; with
-    ``opts.newton_rounds`` the PDAS polish then tries to make the solution exact (kept only
-    where the active set settles).
+    problem (``allowance`` iterations) until its restricted gap is below
+    ``opts.inner_fraction * tol_abs``, except in groups whose working-set columns are widely
+    scaled or listed in ``cd_groups``; with ``opts.newton_rounds`` the PDAS polish then tries to
+    make the solution exact (kept only where the active set settles); problems still above
+    the target (or ``cd_floor``, the looser target of sets that are still growing) get
+    coordinate descent with ``cd_allow`` epochs.
 
-    Returns the coefficients (K, F, s) and the iterations spent (K, F).
+    Returns the coefficients (K, F, s), FISTA iterations and coordinate descent epochs (K, F).
     """
     K, F, s = coef.shape
     n, p, dt = design.n, design.p, coef.dtype
@@ -397,7 +401,7 @@ def _newton_start(design, folds, ws, coef, xw, yc, alpha, l1_ratio, a, b, open_,
     return coef
 
 
-def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef=None,
+def solve(design, Y, folds, *, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef=None,
           opts: Options | None = None) -> Solution:
     """Fit every (group, fold) problem; groups are (grid point, target) pairs.
 
@@ -511,9 +515,10 @@ def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef
         frac = torch.where(n_add == 0, inner_frac[active] * 0.25, inner_frac[active])
         inner_frac[active] = frac
         # 6) inner solve on the working sets (FISTA / Newton polish / coordinate descent)
-        coef, spent_iter, spent_cd = _inner(design, Y, folds, ws, coef, alpha[active], l1_ratio[active], a[active],
-                                            b[active], yy[active], tol_abs[active] * (frac / opts.inner_fraction)[:, None],
-                                            allowance, t_idx[active], ybar, opts,
+        coef, spent_iter, spent_cd = _inner(design, Y, folds, ws=ws, coef=coef, alpha=alpha[active],
+                                            l1_ratio=l1_ratio[active], a=a[active], b=b[active], yy=yy[active],
+                                            tol_abs=tol_abs[active] * (frac / opts.inner_fraction)[:, None],
+                                            allowance=allowance, t_idx=t_idx[active], ybar=ybar, opts=opts,
                                             newton_start=warm and rounds == 1 and opts.newton_start,
                                             round_no=rounds, open_all=~finished_p, cd_allow=cd_allow,
                                             cd_floor=torch.where((n_add > 0)[:, None], CD_GAP_FRACTION * g_gap,
