@@ -286,8 +286,11 @@ def _inner(design, Y, folds, *, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, al
         cb = res.coef.to(dt)
         n_iter[g] = res.n_iter
         settled = torch.zeros_like(open_)
-        if opts.newton_rounds and use_newton and round_no >= opts.polish_from_round:
-            cb, settled = _polish(design, folds, wsb, cb, xw, yc, alpha[g], l1_ratio[g], a[g], b[g], open_, opts,
+        # groups coordinate descent already finishes skip the polish too (its Newton steps
+        # on the current face do that job there)
+        polish = open_ if cd_groups is None else open_ & ~cd_groups[g][:, None]
+        if opts.newton_rounds and use_newton and round_no >= opts.polish_from_round and bool(polish.any()):
+            cb, settled = _polish(design, folds, wsb, cb, xw, yc, alpha[g], l1_ratio[g], a[g], b[g], polish, opts,
                                   return_stable=True)
         if cd_allow is not None:
             # what FISTA and the polish left above the inner target: coordinate descent, which
