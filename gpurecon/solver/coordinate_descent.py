@@ -199,8 +199,9 @@ def _face_newton(G, U, c, a, b, w, live, max_elems) -> bool:
     the segment from ``w`` to ``x`` as long as it stays on the face, so the step to the first
     sign change is a descent step, and the exact optimum once the face is the optimal one
     (what coordinate descent approaches slowly on ill-conditioned supports). The support may
-    exceed the number of samples when ``b > 0``; a singular system (lasso, support > n) is
-    skipped.
+    exceed the number of samples when ``b > 0``; lasso problems (``b == 0``) are left to
+    coordinate descent: on their (often singular) faces the regularised pivots sent a
+    coordinate-descent run into a slow region (differential seed 10061) more than they helped.
     """
     K, m, s = w.shape
     per_group = max(1, m * s * s * 3)
@@ -217,9 +218,7 @@ def _face_newton(G, U, c, a, b, w, live, max_elems) -> bool:
         if U is not None:
             hm = hm - torch.matmul(U[sl].transpose(-1, -2), U[sl])
         both = act[..., :, None] & act[..., None, :]
-        # a tiny ridge keeps a lasso face wider than n solvable: its quadratic is then flat (or
-        # linear) along the null space, the regularised minimiser lies far along it, and the
-        # cut at the first sign change is the pivot that removes a coordinate
+        # a tiny ridge keeps near-singular faces (b tiny next to H's scale) solvable
         diag = torch.diagonal(hm, dim1=-2, dim2=-1)
         ridge = torch.maximum(b[sl], 1e-9 * diag.amax(-1))
         mat = torch.where(both, hm + ridge[..., None, None] * eye, eye)
@@ -233,7 +232,7 @@ def _face_newton(G, U, c, a, b, w, live, max_elems) -> bool:
         t = torch.clamp(ratio.amin(-1), max=1.0)
         cand = ww + t[..., None] * (x - ww)
         cand = torch.where(cross & (ratio <= t[..., None]), 0.0, cand)   # the crossing coordinate
-        ok = lv & (info == 0) & torch.isfinite(cand).all(-1)
+        ok = lv & (info == 0) & torch.isfinite(cand).all(-1) & (b[sl] > 0)
         h = GramHessian(G[sl], None if U is None else U[sl])
         better = ok & (primal(h, c[sl], a[sl], b[sl], torch.where(ok[..., None], cand, ww))
                        < primal(h, c[sl], a[sl], b[sl], ww))
