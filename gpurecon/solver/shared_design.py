@@ -14,9 +14,16 @@ so their supports nearly coincide). One outer round is
 3. the inner solve on the working sets, in buckets of similar size: FISTA with adaptive
    restart (Gram form with per-fold low-rank downdates when the set is small, primal form
    otherwise; frozen/compacted per problem) to ``Options.inner_fraction`` of the tolerance,
-   and an exact active-set Newton polish (``newton.pdas``) where it is cheap enough.
+   and an exact active-set Newton polish (``newton.pdas``) where it is cheap enough; then
+   batched coordinate descent (``coordinate_descent``: sklearn's algorithm in Gram form, with
+   Anderson extrapolation) for every problem those leave above the target. Groups whose
+   working-set columns are widely scaled, or that coordinate descent already had to finish,
+   go to it directly. While a set still grows, coordinate descent only aims at
+   ``CD_GAP_FRACTION`` of the current full gap.
 
-It ends when every problem's full gap meets sklearn's tolerance, or its iterations run out.
+It ends when every problem's full gap meets ``Options.stop_fraction`` of sklearn's
+tolerance, or coordinate descent has spent ``max_iter`` epochs on it (FISTA iterations have
+their own ``max_iter`` allowance).
 Warm-started folds begin from the full-data fit of the same (grid point, target), restricted
 to its support and the features close to its KKT boundary (a strong-rule style screen that the
 full check verifies), then take one Newton step on that support with a factorisation shared by
