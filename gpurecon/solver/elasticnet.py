@@ -17,7 +17,8 @@ folds); each (grid point, target) keeps a working set of features (support plus 
 violators, verified against every feature after each solve); on the working set, FISTA with
 adaptive restart (Gram form with per-fold rank-one downdates when the set is small, float32
 iterates when tol >= 1e-5), problems that converge are frozen and packed out of the batch, and
-an exact active-set Newton polish where it is cheap. Folds stop at 10% of sklearn's gap
+an exact active-set Newton polish where it is cheap, and batched coordinate descent (which
+cannot stall) for whatever those leave unfinished. Folds stop at 20% of sklearn's gap
 tolerance (their held-out predictions are what CV reports). Targets are processed in chunks
 sized to a memory budget.
 
@@ -60,7 +61,7 @@ class EnetResult:
     coef : Tensor (folds, grid, targets, features)
     intercept : Tensor (folds, grid, targets)
     n_iter : Tensor (folds, grid, targets) int64
-        FISTA iterations spent (exact Newton rounds are not counted).
+        FISTA iterations plus coordinate descent epochs spent (Newton rounds are not counted).
     dual_gap : Tensor (folds, grid, targets) float64
         sklearn's ``dual_gap_``: the final duality gap divided by the training size.
     tol : Tensor (folds, grid, targets) float64
@@ -353,7 +354,8 @@ def enet_path_fit(X, Y, alphas, l1_ratios, train_masks=None, fit_intercept=True,
         Centre X and Y over each fold's training samples (as sklearn does).
     tol, max_iter : float, int
         sklearn's stopping rule (duality gap <= tol * ||y - mean(y)||^2) and the largest
-        number of FISTA iterations per problem.
+        number of coordinate descent epochs (sklearn's unit) per problem; FISTA, the fast
+        path, has an allowance of its own of the same size.
     device : str or torch.device or None
         Where to compute; None uses X's device for a tensor, else ``"auto"``.
     memory_budget : int or None
