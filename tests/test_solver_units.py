@@ -113,7 +113,7 @@ def test_pdas_from_the_right_support_is_exact():
     X, y = _loo_problem()
     folds = [0, 5]
     n, alpha, l1 = len(y), 0.05, 0.5
-    gram, down, c, yy, a, b = _gram_form(X, y, alpha, l1, folds)
+    gram, down, c, _, a, b = _gram_form(X, y, alpha, l1, folds)
     ref = _sklearn_folds(X, y, alpha, l1, folds)
     start = torch.from_numpy(ref)[None] * 0.9                          # right signs, wrong values
     coef, stable = pdas(gram, down, torch.tensor([float(n - 1)], dtype=F64),
