@@ -7,6 +7,21 @@
   (:func:`nested_cross_val_predict`), permutation nulls (:func:`permutations`).
 - :mod:`.preprocessing`: fold-wise transforms (:class:`Standardize`, :class:`PCA`).
 - :class:`ElasticNet` (:mod:`.estimator`): a scikit-learn compatible estimator.
+
+Engine modules: :mod:`.shared_design` (one X shared by every fold: working sets, full checks,
+warm starts), :mod:`.fold_design` (a different X per fold, e.g. PCA fitted per fold),
+:mod:`.fista`, :mod:`.coordinate_descent` and :mod:`.newton` (inner solvers on working sets),
+:mod:`.gap` (sklearn's duality gap), :mod:`.options` (the tuning policy).
+
+Axis letters used throughout the engine (tensor shapes in comments and docstrings):
+
+- ``K``: groups, one per (grid point, target) pair; a group's problems share a working set.
+- ``F``: folds (training masks); ``m`` is the problems of a group inside an inner solver
+  (all ``F`` folds, or the unfinished ones packed first).
+- ``s``: features of a working set (padded with the index ``p``, a zero column).
+- ``T``: targets (columns of Y); ``G``: grid points (alpha, l1_ratio), alpha-major.
+- ``n``, ``p``: samples and features of X; ``r``: downdate rows of a fold's Hessian
+  (held-out rows and the fold-centring term).
 """
 
 from .cv import (CVResult, NestedCVResult, cross_val_predict, group_folds, kfold, leave_one_out,

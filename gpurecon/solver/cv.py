@@ -292,8 +292,8 @@ def _run_fold_designs(problem, Xf, Y_all, train, memory_budget, pred, conv, rati
     rows = torch.arange(n, device=dev)
     for lo in range(0, T_all, size):
         targets = torch.arange(lo, min(T_all, lo + size), device=dev)
-        sol = solve_fold_designs(Xf, Y_all[:, targets], train, alpha, l1, problem.tol, problem.max_iter,
-                                 problem.fit_intercept)
+        sol = solve_fold_designs(Xf, Y_all[:, targets], train, alpha=alpha, l1_ratio=l1, tol=problem.tol,
+                                 max_iter=problem.max_iter, center=problem.fit_intercept)
         # (F, G, Tc, n) predictions of every fold's model for every sample
         z = torch.einsum("fgtk,fnk->fgtn", sol.coef.to(F64), (Xf - sol.x_mean[:, None, :]).to(F64))
         z = z + sol.y_mean.to(F64)[:, None, :, None]
@@ -450,7 +450,8 @@ def inner_losses(X, Y, alphas, l1_ratios, inner_masks, outer_masks, owner, prepr
         alpha = torch.tensor([g[0] for g in problem.grid], dtype=F64, device=dev)
         l1 = torch.tensor([g[1] for g in problem.grid], dtype=F64, device=dev)
         Y_orig = Y64.to(problem.Y.dtype)
-        sol = solve_fold_designs(Xf, Y_orig, train, alpha, l1, problem.tol, problem.max_iter, problem.fit_intercept)
+        sol = solve_fold_designs(Xf, Y_orig, train, alpha=alpha, l1_ratio=l1, tol=problem.tol,
+                                 max_iter=problem.max_iter, center=problem.fit_intercept)
         z = torch.einsum("fgtk,fnk->fgtn", sol.coef.to(F64), (Xf - sol.x_mean[:, None, :]).to(F64))
         z = z + sol.y_mean.to(F64)[:, None, :, None]
         err = ((z - Y64.T[None, None]) ** 2 * scored[:, None, None, :]).sum(-1)          # (F_i, G, T)

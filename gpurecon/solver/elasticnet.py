@@ -17,7 +17,8 @@ folds); each (grid point, target) keeps a working set of features (support plus 
 violators, verified against every feature after each solve); on the working set, FISTA with
 adaptive restart (Gram form with per-fold rank-one downdates when the set is small, float32
 iterates when tol >= 1e-5), problems that converge are frozen and packed out of the batch, and
-an exact active-set Newton polish where it is cheap. Folds stop at 10% of sklearn's gap
+an exact active-set Newton polish where it is cheap, and batched coordinate descent (which
+cannot stall) for whatever those leave unfinished. Folds stop at 20% of sklearn's gap
 tolerance (their held-out predictions are what CV reports). Targets are processed in chunks
 sized to a memory budget.
 
@@ -39,18 +40,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from sklearn.exceptions import ConvergenceWarning as _BaseConvergenceWarning
 
 from ..device import resolve_device
 from . import shared_design as sd
-
-try:  # let sklearn users filter our warning with theirs
-    from sklearn.exceptions import ConvergenceWarning as _BaseConvergenceWarning
-except ImportError:  # pragma: no cover - sklearn is a dependency of the project
-    _BaseConvergenceWarning = UserWarning
+from .options import FOLD_INNER_FRACTION, FOLD_STOP_FRACTION, FULL_INNER_FRACTION, MIXED_PRECISION_TOL, Options
 
 
 class ConvergenceWarning(_BaseConvergenceWarning):
-    """Some ElasticNet problems stopped at ``max_iter`` with a gap above the tolerance."""
+    """Some ElasticNet problems stopped at ``max_iter`` with a gap above the tolerance (a
+    subclass of sklearn's, so one filter silences both)."""
 
 
 @dataclass
@@ -62,7 +61,7 @@ class EnetResult:
     coef : Tensor (folds, grid, targets, features)
     intercept : Tensor (folds, grid, targets)
     n_iter : Tensor (folds, grid, targets) int64
-        FISTA iterations spent (exact Newton rounds are not counted).
+        FISTA iterations plus coordinate descent epochs spent (Newton rounds are not counted).
     dual_gap : Tensor (folds, grid, targets) float64
         sklearn's ``dual_gap_``: the final duality gap divided by the training size.
     tol : Tensor (folds, grid, targets) float64
@@ -249,7 +248,7 @@ def _group_params(problem: Problem, targets: torch.Tensor):
 
 
 def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
-                opts_full: sd.Options | None = None, opts_folds: sd.Options | None = None,
+                opts_full: Options | None = None, opts_folds: Options | None = None,
                 memory_budget: int | None = None) -> sd.Solution:
     """Solve every (grid point, target in ``targets``, fold) problem (working-set form).
 
@@ -263,39 +262,33 @@ def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
     fista_dtype = torch.float32 if problem.tol >= MIXED_PRECISION_TOL else None
     # a tight tolerance is beyond FISTA's reach in max_iter on ill-conditioned problems: let the
     # exact Newton steps run whatever they cost
-    budget = sd.Options.newton_budget if problem.tol >= MIXED_PRECISION_TOL else math.inf
+    budget = Options.newton_budget if problem.tol >= MIXED_PRECISION_TOL else math.inf
     # the cold full-data fit grows its working sets fast and lets the Newton polish finish
     tight = problem.tol < MIXED_PRECISION_TOL
     # Newton sub-batches may hold 1/16 of the budget (float64 elements), at least 256 MiB
-    elems = max(sd.Options.max_elems, int((memory_budget or 0) // (16 * 8)))
-    opts_full = opts_full or sd.Options(inner_fraction=FULL_INNER_FRACTION, growth=1.0, max_elems=elems,
+    elems = max(Options.max_elems, int((memory_budget or 0) // (16 * 8)))
+    opts_full = opts_full or Options(inner_fraction=FULL_INNER_FRACTION, growth=1.0, max_elems=elems,
                                         fista_dtype=fista_dtype, newton_budget=budget, lowrank_newton=not tight)
     # folds start next to their optimum (full-data fit + one shared Newton step): FISTA to half
     # the tolerance is cheaper there than an exact polish, which only the stragglers get
-    opts_folds = opts_folds or sd.Options(polish_from_round=3, inner_fraction=FOLD_INNER_FRACTION, max_elems=elems,
-                                          fista_dtype=fista_dtype, newton_budget=budget, lowrank_newton=not tight)
+    opts_folds = opts_folds or Options(polish_from_round=3, inner_fraction=FOLD_INNER_FRACTION, max_elems=elems,
+                                       stop_fraction=FOLD_STOP_FRACTION,
+                                       fista_dtype=fista_dtype, newton_budget=budget, lowrank_newton=not tight)
     if all_rows:
         # a single fit (the estimator): always finish with the exact polish
         single = dataclasses.replace(opts_full, newton_budget=math.inf)
-        return sd.solve(problem.design, problem.Y, problem.folds, alpha, l1, t_idx, problem.tol,
-                        problem.max_iter, opts=single)
+        return sd.solve(problem.design, problem.Y, problem.folds, alpha=alpha, l1_ratio=l1, t_idx=t_idx,
+                        tol=problem.tol, max_iter=problem.max_iter, opts=single)
     if not warm_start:
-        return sd.solve(problem.design, problem.Y, problem.folds, alpha, l1, t_idx, problem.tol,
-                        problem.max_iter, opts=opts_folds)
-    full = sd.solve(problem.design, problem.Y, problem.full, alpha, l1, t_idx, problem.tol,
-                    problem.max_iter, opts=opts_full)
+        return sd.solve(problem.design, problem.Y, problem.folds, alpha=alpha, l1_ratio=l1, t_idx=t_idx,
+                        tol=problem.tol, max_iter=problem.max_iter, opts=opts_folds)
+    full = sd.solve(problem.design, problem.Y, problem.full, alpha=alpha, l1_ratio=l1, t_idx=t_idx,
+                    tol=problem.tol, max_iter=problem.max_iter, opts=opts_full)
     ws, coef = sd.warm_start_from_full(full, problem.folds.train.shape[0], problem.design.p)
-    return sd.solve(problem.design, problem.Y, problem.folds, alpha, l1, t_idx, problem.tol,
-                    problem.max_iter, ws=ws, coef=coef, opts=opts_folds)
+    return sd.solve(problem.design, problem.Y, problem.folds, alpha=alpha, l1_ratio=l1, t_idx=t_idx,
+                    tol=problem.tol, max_iter=problem.max_iter, ws=ws, coef=coef, opts=opts_folds)
 
 
-# The cold full-data fit only needs FISTA to find the support: the Newton polish finishes it.
-FULL_INNER_FRACTION = 100.0
-# Folds stop at 10% of sklearn's gap tolerance: tolerance-level errors are of the order of
-# 1e-3 of a target's scale, this keeps the held-out predictions within ~1e-3 of the optimum.
-FOLD_INNER_FRACTION = 0.1
-# Smallest tol at which FISTA iterates run in float32.
-MIXED_PRECISION_TOL = 1e-5
 
 
 def dense_coef(sol: sd.Solution, p: int) -> torch.Tensor:
@@ -361,7 +354,8 @@ def enet_path_fit(X, Y, alphas, l1_ratios, train_masks=None, fit_intercept=True,
         Centre X and Y over each fold's training samples (as sklearn does).
     tol, max_iter : float, int
         sklearn's stopping rule (duality gap <= tol * ||y - mean(y)||^2) and the largest
-        number of FISTA iterations per problem.
+        number of coordinate descent epochs (sklearn's unit) per problem; FISTA, the fast
+        path, has an allowance of its own of the same size.
     device : str or torch.device or None
         Where to compute; None uses X's device for a tensor, else ``"auto"``.
     memory_budget : int or None

@@ -25,9 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .gap import enet_duality_gap
-
-# Repack the batch when the live problems fill at most this fraction of it.
-COMPACT_AT = 0.6
+from .options import FISTA_COMPACT_AT
 
 
 class GramHessian:
@@ -173,7 +171,10 @@ def fista(hess, c, yy, a, b, w0, target, max_iter, check_every=10, lipschitz=Non
     if K == 0 or m == 0:
         return FistaResult(coef, gap, n_iter, done)
     lip = hess.lipschitz() if lipschitz is None else lipschitz
-    lip = torch.clamp(lip.to(torch.float64) * (1 + 1e-6), min=torch.finfo(torch.float64).tiny)
+    lip = lip.to(torch.float64) * (1 + 1e-6)
+    # an empty working set (or all-zero columns) has H = 0: any step is exact there, while a
+    # step 1/tiny would overflow float32 and turn 0 * inf into NaN
+    lip = torch.where(lip > torch.finfo(torch.float32).tiny, lip, torch.ones_like(lip))
 
     # Live state covers groups ``groups`` (K',) and within them problems ``slots`` (K', m');
     # finished groups are dropped and, when most of a batch is frozen, problems are repacked.
@@ -227,7 +228,7 @@ def fista(hess, c, yy, a, b, w0, target, max_iter, check_every=10, lipschitz=Non
         n_live = (~frozen).sum(1)
         k_live, m_live = int((n_live > 0).sum()), int(n_live.max())  # host sync, once per check
         # repack only when it shrinks the batch enough to pay for the copies
-        if k_live * m_live > COMPACT_AT * frozen.numel() or k_live == 0:
+        if k_live * m_live > FISTA_COMPACT_AT * frozen.numel() or k_live == 0:
             step, thr, shrink, live = frozen_params(frozen)
             continue
         write_back()

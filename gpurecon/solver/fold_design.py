@@ -4,8 +4,9 @@ Each fold brings its own transformed design ``X_f`` (n, k), zero-padded to a com
 (padding columns are zero, so their coefficients stay zero). A fold's (grid point) pair is a
 group sharing one Gram ``Xc_f^T Xc_f`` over the fold's centred training rows; its problems are
 the targets. Every feature is in the working set (k is small after PCA), so FISTA's
-restricted gap is the full gap; an active-set Newton polish makes most solutions exact and the
-final gap is recomputed from explicit residuals in float64.
+restricted gap is the full gap; an active-set Newton polish makes most solutions exact,
+coordinate descent finishes whatever is left (ill-conditioned Grams), and the final gap is
+recomputed from explicit residuals in float64.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .coordinate_descent import coordinate_descent
 from .fista import GramHessian, PrimalHessian, fista
 from .gap import enet_duality_gap
 from .newton import pdas
+from .options import INNER_FRACTION
 
 F64 = torch.float64
 
@@ -32,7 +35,7 @@ class FoldDesignSolution:
     y_mean: torch.Tensor     # (F, T) training means of Y (0 without intercept)
 
 
-def solve_fold_designs(Xf, Y, train, alpha, l1_ratio, tol, max_iter, center, inner_fraction=0.5,
+def solve_fold_designs(Xf, Y, train, *, alpha, l1_ratio, tol, max_iter, center, inner_fraction=0.5,
                        newton_rounds=8, check_every=10) -> FoldDesignSolution:
     """Fit every (fold, grid point, target) with fold-specific designs.
 
@@ -102,6 +105,16 @@ def solve_fold_designs(Xf, Y, train, alpha, l1_ratio, tol, max_iter, center, inn
             coef = torch.where((stable & open_)[..., None], x.to(dt), coef)
         frac *= 0.25
     gap = _final_gap(xc, yc, coef, a, b, F, G)
+    open_ = gap > tol_abs
+    if bool(open_.any()):
+        # what FISTA and the polish could not finish: coordinate descent (cannot stall), with
+        # max_iter epochs of its own
+        res = coordinate_descent(gram=gram_k, downdates=None, c=c_k, yy=yy_k, a=a, b=b, w0=coef,
+                                 target=tol_abs * INNER_FRACTION,
+                                 max_epochs=torch.where(open_, max_iter, 0))
+        coef = torch.where(open_[..., None], res.coef.to(dt), coef)
+        n_iter = n_iter + res.n_epochs
+        gap = _final_gap(xc, yc, coef, a, b, F, G)
     shape = (F, G, T)
     return FoldDesignSolution(coef.reshape(F, G, T, k), gap.reshape(shape), tol_abs.reshape(shape),
                               n_iter.reshape(shape), (gap <= tol_abs).reshape(shape), x_mean, y_mean)

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import torch
 
+from .options import MAX_CONSTRAINTS
+
 F64 = torch.float64
-# Largest zero-constraint system per problem: beyond it FISTA is cheaper than the solve.
-MAX_CONSTRAINTS = 96
 
 
 class SharedInverse:

@@ -14,9 +14,16 @@ so their supports nearly coincide). One outer round is
 3. the inner solve on the working sets, in buckets of similar size: FISTA with adaptive
    restart (Gram form with per-fold low-rank downdates when the set is small, primal form
    otherwise; frozen/compacted per problem) to ``Options.inner_fraction`` of the tolerance,
-   and an exact active-set Newton polish (``newton.pdas``) where it is cheap enough.
+   and an exact active-set Newton polish (``newton.pdas``) where it is cheap enough; then
+   batched coordinate descent (``coordinate_descent``: sklearn's algorithm in Gram form, with
+   Anderson extrapolation) for every problem those leave above the target. Groups whose
+   working-set columns are widely scaled, or that coordinate descent already had to finish,
+   go to it directly. While a set still grows, coordinate descent only aims at
+   ``CD_GAP_FRACTION`` of the current full gap.
 
-It ends when every problem's full gap meets sklearn's tolerance, or its iterations run out.
+It ends when every problem's full gap meets ``Options.stop_fraction`` of sklearn's
+tolerance, or coordinate descent has spent ``max_iter`` epochs on it (FISTA iterations have
+their own ``max_iter`` allowance).
 Warm-started folds begin from the full-data fit of the same (grid point, target), restricted
 to its support and the features close to its KKT boundary (a strong-rule style screen that the
 full check verifies), then take one Newton step on that support with a factorisation shared by
@@ -30,24 +37,15 @@ from dataclasses import dataclass
 
 import torch
 
+from .coordinate_descent import coordinate_descent
 from .fista import GramHessian, PrimalHessian, fista
 from .gap import enet_duality_gap
-from .newton import MAX_CONSTRAINTS, pdas
+from .newton import pdas
+from .options import (CD_DIAG_SPREAD, CD_GAP_FRACTION, FIRST_SET, INNER_FRACTION, MAX_CONSTRAINTS, MAX_ROUNDS,
+                      NEWTON_MAX_SET, STOP_AT_TOL_ROUND, WARM_SCORE, Options)
 
 F64 = torch.float64
 
-# A feature joins a warm-started working set when its full-data KKT score |X_j^T R|/a is at
-# least this: folds move scores by about 1/n, so 0.9 keeps every likely entrant.
-WARM_SCORE = 0.9
-# The inner solve aims below sklearn's tolerance so the full check rarely fails on rounding.
-INNER_FRACTION = 0.5
-# Size of the first working set of a cold start.
-FIRST_SET = 16
-# Outer rounds (check, grow, solve) before a problem is given up as not converged.
-MAX_ROUNDS = 60
-# Active-set Newton: rounds per outer round, and the largest working set it factorises.
-NEWTON_ROUNDS = 8
-NEWTON_MAX_SET = 1536
 
 
 @dataclass
@@ -232,22 +230,28 @@ def _buckets(sizes, ratio=1.3):
     return out
 
 
-def _inner(design, Y, folds, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, allowance, t_idx, ybar,
-           opts, newton_start=False, round_no=1):
-    """Solve K groups on their working sets: FISTA, then an exact active-set Newton polish.
+def _inner(design, Y, folds, *, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, allowance, t_idx, ybar,
+           opts, newton_start=False, round_no=1, open_all=None, cd_allow=None, cd_floor=None, cd_groups=None):
+    """Solve K groups on their working sets: FISTA, an exact active-set Newton polish, and
+    coordinate descent for whatever those leave unfinished.
 
     Groups are processed in buckets of similar working-set size. FISTA runs each unfinished
-    problem until its restricted gap is below ``opts.inner_fraction * tol``; with
-    ``opts.newton_rounds`` the PDAS polish then tries to make the solution exact (kept only
-    where the active set settles).
+    problem (``allowance`` iterations) until its restricted gap is below
+    ``opts.inner_fraction * tol_abs``, except in groups whose working-set columns are widely
+    scaled or listed in ``cd_groups``; with ``opts.newton_rounds`` the PDAS polish then tries to
+    make the solution exact (kept only where the active set settles); problems still above
+    the target (or ``cd_floor``, the looser target of sets that are still growing) get
+    coordinate descent with ``cd_allow`` epochs.
 
-    Returns the coefficients (K, F, s) and the iterations spent (K, F).
+    Returns the coefficients (K, F, s), FISTA iterations and coordinate descent epochs (K, F).
     """
     K, F, s = coef.shape
     n, p, dt = design.n, design.p, coef.dtype
     coef = coef.clone()
     n_iter = torch.zeros((K, F), dtype=torch.int64, device=coef.device)
-    open_all = allowance > 0
+    cd_epochs = torch.zeros((K, F), dtype=torch.int64, device=coef.device)
+    if open_all is None:
+        open_all = allowance > 0
     sizes = (ws != p).sum(1)
     for g, sb in _buckets(sizes):
         g = g[open_all[g].any(1)]
@@ -264,16 +268,18 @@ def _inner(design, Y, folds, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, allow
             hess = PrimalHessian(xw, folds.train[None], folds.n_train.to(dt)[None, :, None], folds.center)
         lip = torch.minimum(hess.lipschitz(), design.lam_max.to(coef.device).expand(g.numel()))
         allow = torch.where(open_, allowance[g], torch.zeros_like(allowance[g]))
+        if cd_allow is not None:
+            # FISTA's one step 1/L per group crawls when the working-set columns differ widely
+            # in scale (a step per feature would fit those but slows the others): such groups,
+            # and those coordinate descent already had to finish, go to coordinate descent
+            diag = torch.diagonal(hess.gram, dim1=1, dim2=2) if isinstance(hess, GramHessian) \
+                else xw.square().sum(1)
+            spread = diag.amax(1) / torch.where(diag > 0, diag, torch.inf).amin(1)
+            direct = (spread > CD_DIAG_SPREAD) | (cd_groups[g] if cd_groups is not None else False)
+            allow = torch.where(direct[:, None], torch.zeros_like(allow), allow)
         use_newton = sb <= NEWTON_MAX_SET and _newton_pays(sb, n, F, opts.newton_budget, opts.lowrank_newton)
         if newton_start and use_newton:
-            if opts.newton_first:
-                # active-set Newton from the warm start; FISTA only where it does not settle
-                cb, settled = _polish(design, folds, wsb, cb, xw, yc, alpha[g], l1_ratio[g], a[g], b[g], open_,
-                                      opts, return_stable=True)
-                open_ = open_ & ~settled
-                allow = torch.where(open_, allow, torch.zeros_like(allow))
-            else:
-                cb = _newton_start(design, folds, wsb, cb, xw, yc, alpha[g], l1_ratio[g], a[g], b[g], open_, opts)
+            cb = _newton_start(design, folds, wsb, cb, xw, yc, alpha[g], l1_ratio[g], a[g], b[g], open_, opts)
         # without the exact polish to finish, FISTA itself must reach the tolerance
         frac = opts.inner_fraction if (use_newton and opts.newton_rounds) else min(opts.inner_fraction, INNER_FRACTION)
         target = tol_abs[g] * frac
@@ -286,10 +292,57 @@ def _inner(design, Y, folds, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, allow
                     min_iter=newton_start)
         cb = res.coef.to(dt)
         n_iter[g] = res.n_iter
-        if opts.newton_rounds and use_newton and round_no >= opts.polish_from_round:
-            cb = _polish(design, folds, wsb, cb, xw, yc, alpha[g], l1_ratio[g], a[g], b[g], open_, opts)
+        settled = torch.zeros_like(open_)
+        # groups coordinate descent already finishes skip the polish too (its Newton steps
+        # on the current face do that job there)
+        polish = open_ if cd_groups is None else open_ & ~cd_groups[g][:, None]
+        if opts.newton_rounds and use_newton and round_no >= opts.polish_from_round and bool(polish.any()):
+            cb, settled = _polish(design, folds, wsb, cb, xw, yc, alpha[g], l1_ratio[g], a[g], b[g], polish, opts,
+                                  return_stable=True)
+        if cd_allow is not None:
+            # what FISTA and the polish left above the inner target: coordinate descent, which
+            # cannot stall on ill-conditioned working sets or active sets larger than n
+            cd_target = tol_abs[g] * min(opts.inner_fraction, INNER_FRACTION)
+            if cd_floor is not None:
+                cd_target = torch.maximum(cd_target, cd_floor[g])
+            need = open_ & ~settled & ~(res.gap <= cd_target) & (cd_allow[g] > 0)
+            if bool(need.any()):
+                cb, spent = _cd(design, folds, wsb, cb, xw, yc, hess, yy[g], a[g], b[g], cd_target,
+                                torch.where(need, cd_allow[g], torch.zeros_like(cd_allow[g])), opts)
+                cd_epochs[g] = spent
         coef[g, :, :sb] = cb
-    return coef, n_iter
+    return coef, n_iter, cd_epochs
+
+
+def _cd(design, folds, ws, coef, xw, yc, hess, yy, a, b, target, allow, opts):
+    """Coordinate descent for the problems with ``allow > 0`` (packed per group, in
+    sub-batches sized by ``opts.max_elems``); returns the coefficients and epochs spent."""
+    K, F, s = coef.shape
+    groups = torch.nonzero((allow > 0).any(1)).squeeze(1)
+    coef, epochs = coef.clone(), torch.zeros_like(allow)
+    m = int((allow > 0).sum(1).max())
+    r = 1 if not folds.center else folds.held_out.shape[1] + (folds.held_out.shape[1] > 1)
+    per_group = 2 * s * s + m * s * (r + 8) + design.n * s
+    step = max(1, int(opts.max_elems // per_group))
+    for lo in range(0, groups.numel(), step):
+        g = groups[lo:lo + step]
+        pick = torch.argsort((allow[g] <= 0).to(torch.int8), dim=1, stable=True)[:, :m]   # open first
+        rows = torch.arange(g.numel(), device=coef.device)[:, None]
+        if isinstance(hess, GramHessian):
+            gram = hess.gram[g]
+        else:
+            x64 = xw[g].to(F64)
+            gram = torch.bmm(x64.transpose(1, 2), x64)
+        down = _downdates(design, folds, ws[g], F64)[rows, pick]
+        c = torch.bmm(yc[g][rows, pick].to(F64), xw[g].to(F64))
+        res = coordinate_descent(gram=gram, downdates=down, c=c, yy=yy[g][rows, pick], a=a[g][rows, pick],
+                                 b=b[g][rows, pick], w0=coef[g][rows, pick], target=target[g][rows, pick],
+                                 max_epochs=allow[g][rows, pick], max_elems=opts.max_elems)
+        take = allow[g][rows, pick] > 0
+        start = coef[g][rows, pick]
+        coef[g[:, None], pick] = torch.where(take[..., None], res.coef.to(coef.dtype), start)
+        epochs[g[:, None], pick] = torch.where(take, res.n_epochs, 0)
+    return coef, epochs
 
 
 def _polish(design, folds, ws, coef, xw, yc, alpha, l1_ratio, a, b, open_, opts, return_stable=False):
@@ -358,26 +411,7 @@ def _newton_start(design, folds, ws, coef, xw, yc, alpha, l1_ratio, a, b, open_,
     return coef
 
 
-@dataclass
-class Options:
-    """Tuning knobs of the engine (defaults are what the benchmarks use)."""
-
-    check_every: int = 10           # FISTA iterations between gap checks (host syncs)
-    inner_fraction: float = INNER_FRACTION
-    newton_rounds: int = NEWTON_ROUNDS   # 0: no active-set Newton polish
-    newton_start: bool = True       # warm starts: one shared-factorisation Newton step first
-    round_iter: int = 200           # FISTA iterations per outer round at most
-    growth: float = 0.25            # a working set grows by at most this fraction per round
-    fista_dtype: torch.dtype | None = None   # FISTA iterates (None: the design's); gaps stay float64
-    polish_from_round: int = 1      # first outer round that tries the Newton polish
-    newton_first: bool = False      # warm starts: active-set Newton before FISTA
-    newton_budget: float = 60.0     # Newton is used where it costs at most this many FISTA iterations
-    lowrank_newton: bool = True     # n x n (Woodbury) inverses for wide working sets; the s x s one
-                                    # is more accurate when b is tiny next to X^T X (tight tolerances)
-    max_elems: int = 2 ** 25        # float64 elements one Newton sub-batch may hold
-
-
-def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef=None,
+def solve(design, Y, folds, *, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef=None,
           opts: Options | None = None) -> Solution:
     """Fit every (group, fold) problem; groups are (grid point, target) pairs.
 
@@ -413,8 +447,11 @@ def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef
         ws = torch.full((K, 1), p, dtype=torch.int64, device=dev)
         coef = torch.zeros((K, F, 1), dtype=dt, device=dev)
     gap = torch.full((K, F), float("inf"), dtype=torch.float64, device=dev)
-    converged = torch.zeros((K, F), dtype=torch.bool, device=dev)
-    n_iter = torch.zeros((K, F), dtype=torch.int64, device=dev)
+    converged = torch.zeros((K, F), dtype=torch.bool, device=dev)   # sklearn's rule: gap <= tol
+    stopped = torch.zeros((K, F), dtype=torch.bool, device=dev)     # the engine's: see stop_fraction
+    cd_groups = torch.zeros((K,), dtype=torch.bool, device=dev)      # groups that skip FISTA
+    n_iter = torch.zeros((K, F), dtype=torch.int64, device=dev)      # FISTA iterations
+    cd_epochs = torch.zeros((K, F), dtype=torch.int64, device=dev)   # coordinate descent epochs
     score_out = torch.zeros((K, p + 1), dtype=dt, device=dev)
     inner_frac = torch.full((K,), opts.inner_fraction, dtype=torch.float64, device=dev)
     final_ws = torch.full((K, p + 1), p, dtype=torch.int64, device=dev)  # filled per finished group
@@ -424,26 +461,34 @@ def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef
     rounds = 0
     while active.numel():
         rounds += 1
+        # 1) full check: float64 gap over all features and every feature's KKT score
         g_gap, g_score, g_score_ws = full_check(design, Y, folds, ws, coef, a[active], b[active],
                                                 t_idx[active])
         gap[active] = g_gap
+        # 2) decide: converged (sklearn's rule), stopped (the engine's), out of budget
         conv = g_gap <= tol_abs[active]
+        converged[active] = conv
+        # a problem stops below ``stop_fraction`` of its tolerance (folds: their held-out
+        # predictions are what CV reports), or at the tolerance once rounds run long (rounding)
+        stop = (g_gap <= tol_abs[active] * opts.stop_fraction) | (conv & (rounds >= STOP_AT_TOL_ROUND))
         if warm and rounds == 1:
             # a fold must not keep the full-data fit (which saw its held-out samples) just
             # because that already meets its tolerance: every fold gets its own update
-            conv = torch.zeros_like(conv)
-        converged[active] = conv
+            stop = torch.zeros_like(stop)
+        stopped[active] = stop
         # MAX_ROUNDS guards against a check that rounding keeps failing with nothing to add
-        spent = (n_iter[active] >= max_iter) | (rounds >= MAX_ROUNDS)
-        finished = (conv | spent).all(1)
+        # max_iter bounds FISTA iterations and, separately, coordinate descent epochs (sklearn's
+        # unit): a problem is out of budget when coordinate descent has spent its max_iter
+        spent = (cd_epochs[active] >= max_iter) | (rounds >= MAX_ROUNDS)
+        finished = (stop | spent).all(1)
         if bool(finished.any()):
             # record every feature's score for finished groups (warm starts read them)
             fs = g_score[finished].amax(1)
             fs.scatter_reduce_(1, ws[finished], g_score_ws[finished].amax(1), reduce="amax")
             score_out[active[finished]] = fs
-        g_score.masked_fill_((conv | spent)[..., None], 0.0)
+        g_score.masked_fill_((stop | spent)[..., None], 0.0)
         group_score = g_score.amax(1)
-        # store finished groups
+        # 3) retire groups whose problems are all stopped or spent
         if bool(finished.any()):
             fin = active[finished]
             s = ws.shape[1]
@@ -454,8 +499,9 @@ def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef
         if not bool(keep.any()):
             break
         active, ws, coef = active[keep], ws[keep], coef[keep]
-        group_score = group_score[keep]
-        # grow: add the strongest KKT violators, at least FIRST_SET, doubling the set
+        group_score, g_gap = group_score[keep], g_gap[keep]
+        # 4) select features: add the strongest KKT violators (at least FIRST_SET, at most
+        #    ``growth`` of the set's size)
         member = torch.zeros((active.numel(), p + 1), dtype=torch.bool, device=dev)
         member.scatter_(1, ws, True)
         size = member[:, :p].sum(1)
@@ -469,22 +515,30 @@ def solve(design, Y, folds, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, coef
             take = torch.arange(k_max, device=dev)[None, :] < n_add[:, None]
             member.scatter_(1, torch.where(take, top, torch.full_like(top, p)), True)
         ws, coef = _rebuild(ws, coef, member, p)
-        finished_p = converged[active] | (n_iter[active] >= max_iter)
-        # FISTA gets a slice of the allowance per round, so the working set and the Newton
+        finished_p = stopped[active] | (cd_epochs[active] >= max_iter)
+        # 5) budgets: FISTA gets a slice of the allowance per round, so the working set and the Newton
         # polish get another chance before the iterations run out
         allowance = torch.where(finished_p, torch.zeros_like(n_iter[active]),
-                                torch.clamp(max_iter - n_iter[active], max=opts.round_iter))
+                                torch.clamp(max_iter - n_iter[active], min=0, max=opts.round_iter))
+        cd_allow = torch.where(finished_p, torch.zeros_like(n_iter[active]), max_iter - cd_epochs[active])
         # groups that gained nothing but are not converged get a tighter inner target
         frac = torch.where(n_add == 0, inner_frac[active] * 0.25, inner_frac[active])
         inner_frac[active] = frac
-        coef, spent_iter = _inner(design, Y, folds, ws, coef, alpha[active], l1_ratio[active], a[active],
-                                  b[active], yy[active], tol_abs[active] * (frac / opts.inner_fraction)[:, None],
-                                  allowance, t_idx[active], ybar, opts,
-                                  newton_start=warm and rounds == 1 and opts.newton_start,
-                                  round_no=rounds)
+        # 6) inner solve on the working sets (FISTA / Newton polish / coordinate descent)
+        coef, spent_iter, spent_cd = _inner(design, Y, folds, ws=ws, coef=coef, alpha=alpha[active],
+                                            l1_ratio=l1_ratio[active], a=a[active], b=b[active], yy=yy[active],
+                                            tol_abs=tol_abs[active] * (frac / opts.inner_fraction)[:, None],
+                                            allowance=allowance, t_idx=t_idx[active], ybar=ybar, opts=opts,
+                                            newton_start=warm and rounds == 1 and opts.newton_start,
+                                            round_no=rounds, open_all=~finished_p, cd_allow=cd_allow,
+                                            cd_floor=torch.where((n_add > 0)[:, None], CD_GAP_FRACTION * g_gap,
+                                                                 torch.zeros_like(g_gap)),
+                                            cd_groups=cd_groups[active])
+        cd_groups[active] |= (spent_cd > 0).any(1)
         n_iter[active] += spent_iter
+        cd_epochs[active] += spent_cd
     s_max = max(int(final_s.max()) if K else 0, 1)
-    return Solution(final_ws[:, :s_max], final_coef[:, :, :s_max], gap, tol_abs, n_iter, converged,
+    return Solution(final_ws[:, :s_max], final_coef[:, :, :s_max], gap, tol_abs, n_iter + cd_epochs, converged,
                     score_out)
 
 

@@ -1,0 +1,163 @@
+"""The solver's parts on their own, against numpy / scikit-learn references: coordinate descent,
+FISTA, the PDAS polish, the shared Woodbury inverse and the full duality-gap check."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import ElasticNet as SkElasticNet
+
+from gpurecon.solver import shared_design as sd
+from gpurecon.solver.coordinate_descent import coordinate_descent
+from gpurecon.solver.fista import GramHessian, fista
+from gpurecon.solver.newton import SharedInverse, pdas
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+F64 = torch.float64
+
+
+def _loo_problem(n=30, p=12, seed=0, scaled=False):
+    """Leave-one-out folds without intercept: fold i's Hessian is G - x_i x_i^T."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, p))
+    if scaled:
+        X *= rng.gamma(2.0, 0.5, p)
+        X[:, 0] *= 30
+    y = X[:, :3] @ np.array([1.0, -2.0, 0.5]) + 0.5 * rng.standard_normal(n)
+    return X, y
+
+
+def _sklearn_folds(X, y, alpha, l1_ratio, folds):
+    out = []
+    for i in folds:
+        keep = np.arange(len(y)) != i
+        m = SkElasticNet(alpha=alpha, l1_ratio=l1_ratio, fit_intercept=False, tol=1e-12, max_iter=200_000)
+        out.append(m.fit(X[keep], y[keep]).coef_)
+    return np.array(out)
+
+
+def _gram_form(X, y, alpha, l1_ratio, folds):
+    """(K=1, m=len(folds)) Gram-form inputs of the LOO problems."""
+    n = len(y)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    gram = (Xt.T @ Xt)[None]
+    down = Xt[folds][None, :, None, :]                                   # (1, m, 1, p)
+    c = torch.stack([Xt.T @ yt - Xt[i] * yt[i] for i in folds])[None]
+    yy = torch.tensor([[float(yt @ yt - yt[i] ** 2) for i in folds]], dtype=F64)
+    a = torch.full_like(yy, alpha * l1_ratio * (n - 1))
+    b = torch.full_like(yy, alpha * (1 - l1_ratio) * (n - 1))
+    return gram, down, c, yy, a, b
+
+
+@pytest.mark.parametrize("l1_ratio", [1.0, 0.5, 0.01])
+@pytest.mark.parametrize("scaled", [False, True])
+def test_coordinate_descent_matches_sklearn_per_fold(l1_ratio, scaled):
+    X, y = _loo_problem(scaled=scaled)
+    folds = [0, 7, 29]
+    alpha = 0.05
+    gram, down, c, yy, a, b = _gram_form(X, y, alpha, l1_ratio, folds)
+    w0 = torch.zeros_like(c)
+    res = coordinate_descent(gram=gram, downdates=down, c=c, yy=yy, a=a, b=b, w0=w0,
+                             target=1e-11 * yy, max_epochs=torch.full(yy.shape, 5_000))
+    assert bool(res.done.all())
+    ref = _sklearn_folds(X, y, alpha, l1_ratio, folds)
+    np.testing.assert_allclose(res.coef[0].numpy(), ref, atol=1e-6 * np.abs(ref).max())
+
+
+def test_coordinate_descent_respects_the_epoch_allowance():
+    X, y = _loo_problem(scaled=True)
+    gram, down, c, yy, a, b = _gram_form(X, y, 1e-4, 1.0, [0])
+    res = coordinate_descent(gram=gram, downdates=down, c=c, yy=yy, a=a, b=b, w0=torch.zeros_like(c),
+                             target=torch.zeros_like(yy), max_epochs=torch.full(yy.shape, 3), check_every=1)
+    assert int(res.n_epochs.max()) == 3 and not bool(res.done.any())
+
+
+def test_fista_matches_sklearn_per_fold():
+    X, y = _loo_problem()
+    folds = [1, 2, 3, 4]
+    gram, down, c, yy, a, b = _gram_form(X, y, 0.05, 0.5, folds)
+    res = fista(GramHessian(gram, down), c, yy, a, b, torch.zeros_like(c), 1e-13 * yy, 100_000)
+    assert bool(res.done.all())
+    ref = _sklearn_folds(X, y, 0.05, 0.5, folds)
+    np.testing.assert_allclose(res.coef[0].numpy(), ref, atol=1e-5 * np.abs(ref).max())
+
+
+def test_fista_empty_working_set_is_finite_and_done():
+    """An all-padding working set (zero Gram) must not produce NaN or spend iterations."""
+    K, m, s = 2, 3, 4
+    zeros = torch.zeros((K, m, s), dtype=torch.float32)
+    yy = torch.ones((K, m), dtype=F64)
+    res = fista(GramHessian(torch.zeros((K, s, s)), None), zeros, yy, yy, yy, zeros, 1e-4 * yy, 200)
+    assert torch.isfinite(res.coef).all() and bool(res.done.all()) and int(res.n_iter.max()) == 0
+
+
+def test_shared_inverse_applies_every_fold_inverse():
+    rng = np.random.default_rng(1)
+    n, s, F = 20, 6, 4
+    X = rng.standard_normal((n, s))
+    G = torch.from_numpy(X.T @ X)[None]
+    U = torch.from_numpy(rng.standard_normal((1, F, 2, s)) * 0.3)
+    ridge = torch.tensor([0.7], dtype=F64)
+    b_class = torch.tensor([3.0], dtype=F64)
+    inv = SharedInverse(G, torch.ones((1, s), dtype=torch.bool), b_class, torch.zeros((1, F), dtype=torch.long),
+                        U, ridge)
+    vec = torch.from_numpy(rng.standard_normal((1, F, s)))
+    got = inv.apply(vec)[0].numpy()
+    for f in range(F):
+        u = U[0, f].numpy()
+        h = X.T @ X - u.T @ u + 0.7 * 3.0 * np.eye(s)
+        np.testing.assert_allclose(got[f], np.linalg.solve(h, vec[0, f].numpy()), rtol=1e-9, atol=1e-12)
+    assert bool(inv.ok.all())
+
+
+def test_pdas_from_the_right_support_is_exact():
+    X, y = _loo_problem()
+    folds = [0, 5]
+    n, alpha, l1 = len(y), 0.05, 0.5
+    gram, down, c, _, a, b = _gram_form(X, y, alpha, l1, folds)
+    ref = _sklearn_folds(X, y, alpha, l1, folds)
+    start = torch.from_numpy(ref)[None] * 0.9                          # right signs, wrong values
+    coef, stable = pdas(gram, down, torch.tensor([float(n - 1)], dtype=F64),
+                        torch.zeros((1, len(folds)), dtype=torch.long), torch.tensor([alpha * (1 - l1)], dtype=F64),
+                        c, a, b, start != 0, torch.sign(start), torch.zeros((1, X.shape[1]), dtype=torch.bool), 4)
+    assert bool(stable.all())
+    np.testing.assert_allclose(coef[0].numpy(), ref, atol=1e-9 * np.abs(ref).max())
+
+
+def _sklearn_gap(Xc, yc, w, a, b):
+    """sklearn's gap_enet (unscaled units), written out in numpy."""
+    R = yc - Xc @ w
+    xta = Xc.T @ R - b * w
+    dual = np.abs(xta).max()
+    r2 = R @ R
+    const = a / dual if dual > a else 1.0
+    gap = 0.5 * (r2 + r2 * const ** 2) if dual > a else r2
+    return gap + a * np.abs(w).sum() - const * R @ yc + 0.5 * b * (1 + const ** 2) * w @ w
+
+
+def test_full_check_is_sklearns_gap_on_every_centred_fold():
+    rng = np.random.default_rng(2)
+    n, p, T = 15, 9, 2
+    X = rng.standard_normal((n, p)) * rng.uniform(0.5, 3, p) + 4.0
+    Y = rng.standard_normal((n, T)) + 1.0
+    masks = np.ones((3, n), dtype=bool)
+    masks[0, 0] = masks[1, [3, 4]] = masks[2, 14] = False
+    design = sd.make_design(torch.from_numpy(X), True)
+    Ye = torch.zeros((n + 1, T), dtype=F64)
+    Ye[:n] = torch.from_numpy(Y - Y.mean(0))
+    folds = sd.make_folds(torch.from_numpy(masks), True, F64)
+    ws = torch.tensor([[0, 2, 5, p], [1, 2, 3, 8]])                       # padded with p
+    coef = torch.from_numpy(rng.standard_normal((2, 3, 4)) * 0.2)
+    coef[0, :, 3] = 0
+    n_f = torch.from_numpy(masks.sum(1).astype(float))
+    a = (0.1 * 0.5 * n_f)[None].expand(2, 3)
+    b = (0.1 * 0.5 * n_f)[None].expand(2, 3)
+    gap, _, _ = sd.full_check(design, Ye, folds, ws, coef, a, b, torch.tensor([0, 1]))
+    for k in range(2):
+        for f in range(3):
+            tr = masks[f]
+            Xc = X[tr] - X[tr].mean(0)
+            yc = Y[tr, k] - Y[tr, k].mean()
+            w = np.zeros(p + 1)
+            w[ws[k].numpy()] = coef[k, f].numpy()
+            want = _sklearn_gap(Xc, yc, w[:p], float(a[k, f]), float(b[k, f]))
+            assert float(gap[k, f]) == pytest.approx(want, rel=1e-9, abs=1e-10)
