@@ -277,6 +277,40 @@ def test_folder_without_runs_is_one_clear_error_and_writes_nothing(tmp_path, cap
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["table1.csv", "table1.md"]
 
 
+@pytest.mark.parametrize("fresh_out", [False, True])
+def test_a_failure_while_drawing_figures_leaves_out_as_it_was(study, monkeypatch, fresh_out):
+    import gpurecon.report as report
+
+    tmp, dirs, _ = study
+    rep = tmp / "rep"
+    if not fresh_out:
+        rep.mkdir()
+        (rep / "notes.txt").write_text("mine")
+        (rep / "table1.md").write_text("an earlier report")  # kept: the new one is incomplete
+    before = {p.name: p.read_bytes() for p in rep.iterdir()} if rep.exists() else None
+    real, calls = report.write_figure, []
+
+    def fail_on_the_third(out, spec):
+        calls.append(spec.stem)
+        if len(calls) == 3:
+            raise RuntimeError("drawing failed")
+        return real(out, spec)
+
+    monkeypatch.setattr(report, "write_figure", fail_on_the_third)
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        make_report(dirs=dirs, out=rep, progress=False)
+    assert len(calls) == 3  # table1.* and two figures had been written (staged) before
+    if fresh_out:
+        assert not rep.exists()
+    else:
+        assert {p.name: p.read_bytes() for p in rep.iterdir()} == before
+    monkeypatch.setattr(report, "write_figure", real)
+    written = make_report(dirs=dirs, out=rep, progress=False)
+    assert all(p.parent == rep and p.is_file() for p in written)
+    assert sorted(p.name for p in rep.iterdir()) == sorted(
+        {p.name for p in written} | ({"notes.txt"} if not fresh_out else set()))
+
+
 @pytest.mark.parametrize("case", ["mixed", "duplicate", "incomplete_summary"])
 def test_runs_that_cannot_share_a_table_are_one_clear_error(tmp_path, case):
     make_run(tmp_path / "runs", "a", subject=1, model="gpt2")
