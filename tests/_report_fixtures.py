@@ -56,6 +56,9 @@ def make_run(root: Path, name: str, *, subject: int, model: str, checkpoint: str
         "baseline_r2_across_electrodes": float(b_r2.mean()),
         "pcc_per_electrode_mean": float(e_pcc.mean()), "r2_per_electrode_mean": float(e_r2.mean()),
     }
+    if not legacy:
+        b_e_pcc, _ = _pcc_r2(base + rng.normal(0, 1e-3, Y.shape), Y, axis=0)
+        scores["baseline_pcc_per_electrode_mean"] = float(b_e_pcc.mean())
     if n_perm and not legacy:
         scores.update(p_pcc_across_electrodes=float((1 + (null >= scores["pcc_across_electrodes"])
                                                       .sum()) / (n_perm + 1)),

@@ -47,13 +47,19 @@ def test_table1_values_equal_each_runs_summary(study):
     tmp, dirs, runs = study
     make_report(dirs=dirs, out=tmp / "rep", figures=False, progress=False)
     rows = read_table(tmp / "rep" / "table1.csv")
+    assert list(rows[0]) == [
+        "subject", "model", "checkpoint", "data", "target", "alpha", "l1_ratio", "n_trials",
+        "n_electrodes", "pcc", "r2", "baseline_pcc", "baseline_r2", "pcc_per_electrode",
+        "baseline_pcc_per_electrode", "n_electrodes_fdr05", "p_pcc", "p_r2", "flags", "run"]
     assert [(r["subject"], r["model"]) for r in rows] == [
         ("1", "fasttext"), ("1", "gpt2"), ("2", "fasttext"), ("2", "gpt2")]
     by_key = {(int(r["subject"]), r["model"]): r for r in rows}
     keys = {"pcc": "pcc_across_electrodes", "r2": "r2_across_electrodes",
             "baseline_pcc": "baseline_pcc_across_electrodes",
             "baseline_r2": "baseline_r2_across_electrodes",
-            "pcc_per_electrode": "pcc_per_electrode_mean", "p_pcc": "p_pcc_across_electrodes",
+            "pcc_per_electrode": "pcc_per_electrode_mean",
+            "baseline_pcc_per_electrode": "baseline_pcc_per_electrode_mean",
+            "p_pcc": "p_pcc_across_electrodes",
             "p_r2": "p_r2_across_electrodes"}
     for run in runs:
         s = summary(run)
@@ -238,6 +244,7 @@ def test_older_runs_without_coordinates_or_null_degrade_clearly(tmp_path, capsys
     make_report(dirs=[tmp_path], out=tmp_path / "rep", progress=False)
     rows = read_table(tmp_path / "rep" / "table1.csv")
     assert "p_pcc" not in rows[0] and rows[0]["n_electrodes_fdr05"] == ""
+    assert rows[0]["baseline_pcc_per_electrode"] == ""  # not recorded by older runs
     el = read_table(tmp_path / "rep" / "fig_electrodes_sub-02_gpt2.csv")
     assert all(r["x"] == "" for r in el) and all(r["q_fdr"] for r in el)
     assert (tmp_path / "rep" / "fig_electrodes_sub-01_gpt2.png").stat().st_size > 5000
