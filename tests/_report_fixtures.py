@@ -23,13 +23,14 @@ def make_run(root: Path, name: str, *, subject: int, model: str, checkpoint: str
              n_trials: int = 20, n_electrodes: int = 6, n_frames: int = 1, n_perm: int = 40,
              coords: bool = True, seed: int = 0, grid_alphas=(0.1, 1.0),
              grid_l1s=(0.1, 0.5, 0.9), legacy: bool = False, drop: str | None = None,
-             null_pcc: np.ndarray | None = None) -> Path:
+             null_pcc: np.ndarray | None = None, settings: dict | None = None) -> Path:
     """Write one finished run into ``root/name`` and return its folder.
 
     ``legacy=True`` writes what the pipeline wrote before the full contract: no coordinates,
     no per-electrode baseline or null columns, no target.n_frames, an empty null array.
     ``drop``: a summary.json key left out. ``null_pcc``: the permutation null's PCC values
-    (default: random around 0.1). Where gpurecon.outputs publishes complete sets
+    (default: random around 0.1). ``settings``: dotted config keys to set in summary.json's
+    ``config`` (``{"data.n_channels": 8}``). Where gpurecon.outputs publishes complete sets
     (``publish``, ``done.json``), the files are staged and published as a run does."""
     rng = np.random.default_rng(seed)
     final = root / name
@@ -70,6 +71,12 @@ def make_run(root: Path, name: str, *, subject: int, model: str, checkpoint: str
         target["n_frames"] = n_frames
     config = {"subject": subject, "target": {"kind": target["kind"], "frame_length": 0.05,
                                              "frame_shift": 0.01}}
+    for dotted, value in (settings or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = config
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = value
     summary = {"provenance": prov, "scores": scores, "n_trials": n_trials, "n_targets": n_cols,
                "target": target,
                "solver": {"alpha": alpha, "l1_ratio": l1_ratio, "n_permutations": n_perm},

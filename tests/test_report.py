@@ -339,6 +339,24 @@ def test_runs_that_cannot_share_a_table_are_one_clear_error(tmp_path, case):
     assert sorted(p.name for p in rep.iterdir()) == ["notes.txt"]  # nothing written, nothing removed
 
 
+def test_runs_differing_in_other_settings_are_named_in_the_error(tmp_path):
+    # same subject, model, checkpoint, target and solver setting, but other data: not
+    # duplicates, and the error names what differs (Table 1 cannot tell them apart)
+    make_run(tmp_path / "runs", "a", subject=1, model="gpt2",
+             settings={"data.n_channels": 64, "data.seed": 0, "cache_dir": "/c1", "device": "cpu"})
+    make_run(tmp_path / "runs", "b", subject=1, model="gpt2",
+             settings={"data.n_channels": 8, "data.seed": 0, "cache_dir": "/c2", "device": "cuda",
+                       "target.window": 2.0})
+    with pytest.raises(ReportError) as err:
+        make_report(dirs=[tmp_path / "runs"], out=tmp_path / "rep", progress=False)
+    msg = str(err.value)
+    assert "differ in data.n_channels (64 in " in msg and "8 in " in msg
+    assert "target.window" in msg
+    # settings that do not change results are not named
+    assert "cache_dir" not in msg and "device" not in msg and "data.seed" not in msg
+    assert not (tmp_path / "rep").exists()
+
+
 @pytest.mark.slow
 def test_end_to_end_multirun_then_report(tmp_path):
     """2 subjects x 2 models on a small synthetic dataset with the app, then the report CLI."""
