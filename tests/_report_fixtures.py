@@ -23,14 +23,16 @@ def make_run(root: Path, name: str, *, subject: int, model: str, checkpoint: str
              n_trials: int = 20, n_electrodes: int = 6, n_frames: int = 1, n_perm: int = 40,
              coords: bool = True, seed: int = 0, grid_alphas=(0.1, 1.0),
              grid_l1s=(0.1, 0.5, 0.9), legacy: bool = False, drop: str | None = None,
-             null_pcc: np.ndarray | None = None, settings: dict | None = None) -> Path:
+             null_pcc: np.ndarray | None = None, settings: dict | None = None,
+             trial_r2: dict[int, float] | None = None) -> Path:
     """Write one finished run into ``root/name`` and return its folder.
 
     ``legacy=True`` writes what the pipeline wrote before the full contract: no coordinates,
     no per-electrode baseline or null columns, no target.n_frames, an empty null array.
     ``drop``: a summary.json key left out. ``null_pcc``: the permutation null's PCC values
     (default: random around 0.1). ``settings``: dotted config keys to set in summary.json's
-    ``config`` (``{"data.n_channels": 8}``). Where gpurecon.outputs publishes complete sets
+    ``config`` (``{"data.n_channels": 8}``). ``trial_r2``: {trial: R2} planted into the
+    per-trial scores (outliers). Where gpurecon.outputs publishes complete sets
     (``publish``, ``done.json``), the files are staged and published as a run does."""
     rng = np.random.default_rng(seed)
     final = root / name
@@ -43,6 +45,8 @@ def make_run(root: Path, name: str, *, subject: int, model: str, checkpoint: str
     t_pcc, t_r2 = _pcc_r2(pred, Y, axis=1)
     b_pcc, b_r2 = _pcc_r2(base + rng.normal(0, 1e-3, Y.shape), Y, axis=1)
     e_pcc, e_r2 = _pcc_r2(pred, Y, axis=0)
+    for trial, value in (trial_r2 or {}).items():
+        t_r2[trial] = value
     null = rng.normal(0.1, 0.05, n_perm) if null_pcc is None else np.asarray(null_pcc, float)
     null_r2 = rng.normal(-0.2, 0.05, n_perm)
     p_el = np.clip(rng.uniform(0, 0.2, n_cols) * np.arange(1, n_cols + 1) / n_cols, 1e-3, 1)

@@ -143,20 +143,47 @@ def test_every_figure_exists_with_its_csv(study):
     assert b"tEXtDescription\x00gpurecon report" in meta and b"data: synthetic" in meta
 
 
+def check_r2_histogram(rows: list[dict], r2_by_model: dict[str, list[np.ndarray]]) -> None:
+    """fig_r2_histogram.csv against numpy: 0.1-wide bins from -1, every R2 < -1 counted in the
+    underflow bin (bin_low -inf), the mean over participants."""
+    for model, r2 in r2_by_model.items():
+        mine = [r for r in rows if r["model"] == model]
+        edges = np.array([float(r["bin_low"]) for r in mine] + [float(mine[-1]["bin_high"])])
+        finite = edges[np.isfinite(edges)]
+        assert finite[0] >= -1.0 - 1e-12  # the range is clipped at -1
+        np.testing.assert_allclose(np.diff(finite), 0.1, atol=1e-9)
+        lowest = min(float(np.min(v)) for v in r2)
+        if lowest < -1.0:
+            assert edges[0] == -np.inf and edges[1] == -1.0
+            edges[0] = lowest - 1.0  # numpy needs a finite edge; nothing lies below it
+        else:
+            assert edges[0] <= math.floor(lowest * 10) / 10 + 1e-12
+        expected = np.mean([np.histogram(v, bins=edges)[0] for v in r2], axis=0)
+        np.testing.assert_allclose([float(r["mean_trials"]) for r in mine], expected)
+        assert {r["n_participants"] for r in mine} == {str(len(r2))}
+
+
 def test_r2_histogram_matches_numpy_histogram(study):
     tmp, dirs, runs = study
     make_report(dirs=dirs, out=tmp / "rep", progress=False)
     rows = read_table(tmp / "rep" / "fig_r2_histogram.csv")
-    for model in ("fasttext", "gpt2"):
-        r2 = [outputs_r2(r) for r in runs if summary(r)["provenance"]["model"] == model]
-        lo = math.floor(min(float(np.min(v)) for v in [x for y in r2 for x in [y]]) * 10) / 10
-        mine = [r for r in rows if r["model"] == model]
-        edges = np.array([float(r["bin_low"]) for r in mine] + [float(mine[-1]["bin_high"])])
-        assert edges[0] <= lo + 1e-12
-        expected = np.mean([np.histogram(v, bins=edges)[0] for v in r2], axis=0)
-        np.testing.assert_allclose([float(r["mean_trials"]) for r in mine], expected)
-        np.testing.assert_allclose(np.diff(edges), 0.1, atol=1e-9)
-        assert {r["n_participants"] for r in mine} == {"2"}
+    check_r2_histogram(rows, {m: [outputs_r2(r) for r in runs
+                                  if summary(r)["provenance"]["model"] == m]
+                              for m in ("fasttext", "gpt2")})
+
+
+def test_r2_histogram_puts_outliers_below_minus_one_into_one_underflow_bin(tmp_path):
+    runs = [make_run(tmp_path, "a", subject=1, model="gpt2", trial_r2={0: -3.2, 5: -1.0001}),
+            make_run(tmp_path, "b", subject=2, model="gpt2", trial_r2={3: -1.5, 4: -0.95})]
+    make_report(dirs=[tmp_path], out=tmp_path / "rep", progress=False)
+    text = (tmp_path / "rep" / "fig_r2_histogram.csv").read_text()
+    rows = read_table(tmp_path / "rep" / "fig_r2_histogram.csv")
+    r2 = [outputs_r2(r) for r in runs]
+    assert rows[0]["bin_low"] == "-inf"
+    assert float(rows[0]["mean_trials"]) == np.mean([np.sum(v < -1.0) for v in r2]) >= 1.5
+    assert len(rows) <= 1 + 21  # [-1, 1.1) in 0.1 bins: the -3.2 outlier adds no bins
+    assert "# bin_low -inf: the underflow bin, every trial with R2 < -1" in text
+    check_r2_histogram(rows, {"gpt2": r2})
 
 
 def outputs_r2(run: Path) -> np.ndarray:
