@@ -126,10 +126,23 @@ def training_mean_predictions(Y: torch.Tensor, train_masks: torch.Tensor) -> tor
     return fold_means[fold_of_trial]
 
 
+# Null values within this relative distance of the observed score count as ties. Scores
+# (PCC, R2) are of order 1; a model shrunk to the baseline gives an observed score and null
+# values that differ only by float64 rounding (~1e-16), and which side of the observed value
+# that noise falls on must not decide p. 1e-9 is far above rounding and far below any
+# meaningful difference between scores.
+TIE_RTOL = 1e-9
+
+
 def permutation_p_value(observed: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
-    """One-sided p = (1 + #{null >= observed}) / (1 + n_null); ``null``: (n_null, ...).
-    NaN where ``observed`` is NaN (an undefined score is not significant)."""
-    p = (1.0 + (null >= observed.unsqueeze(0)).sum(0).double()) / (1.0 + null.shape[0])
+    """One-sided p = (1 + #{null >= observed - tol}) / (1 + n_null); ``null``: (n_null, ...).
+
+    ``tol = TIE_RTOL * max(|observed|, 1)``: null values equal to the observed one up to
+    rounding are ties, counted against significance. NaN where ``observed`` is NaN (an
+    undefined score is not significant).
+    """
+    tol = TIE_RTOL * observed.abs().clamp_min(1.0)
+    p = (1.0 + (null >= (observed - tol).unsqueeze(0)).sum(0).double()) / (1.0 + null.shape[0])
     return torch.where(torch.isnan(observed), torch.full_like(p, float("nan")), p)
 
 

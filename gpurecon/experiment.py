@@ -138,19 +138,36 @@ def ensure_synthetic(dataset: Dataset, data_cfg: DictConfig, subject: int, cache
 
 def check_checkpoint(model_cfg: DictConfig) -> None:
     """A checkpoint that is not there (a missing path; offline, a hub name not in the local
-    cache) fails before any data is generated or loaded, naming model.checkpoint."""
+    cache) fails before any data is generated or loaded, naming model.checkpoint; so does a
+    ``model.layer`` outside the checkpoint's layers where its config can be read locally."""
     from .embeddings.checkpoints import TINY_CHECKPOINTS, looks_like_path, resolve_hub
     from .errors import ModelError
 
     spec = model_cfg.get("checkpoint")
-    if model_cfg.name == "planted" or not spec or spec in TINY_CHECKPOINTS:
+    if model_cfg.name == "planted" or not spec:
         return
-    if model_cfg.name == "fasttext" or looks_like_path(spec):
-        if not Path(spec).expanduser().exists():
-            raise ModelError(f"model.checkpoint={spec!r}: no such file or folder "
-                             f"({Path(spec).expanduser().resolve()})")
+    revision = model_cfg.get("revision")
+    if spec not in TINY_CHECKPOINTS:
+        if model_cfg.name == "fasttext" or looks_like_path(spec):
+            if not Path(spec).expanduser().exists():
+                raise ModelError(f"model.checkpoint={spec!r}: no such file or folder "
+                                 f"({Path(spec).expanduser().resolve()})")
+        else:
+            revision = resolve_hub(spec, revision, model_cfg.name).revision
+    _check_layer_range(model_cfg, spec, revision)
+
+
+def _check_layer_range(model_cfg: DictConfig, spec: str, revision: str | None) -> None:
+    """``model.layer`` against the checkpoint's block count, read without loading weights."""
+    from .embeddings.base import parse_layer, resolve_layer
+    from .embeddings.checkpoints import n_blocks_without_weights
+
+    layer = model_cfg.get("layer")
+    if layer is None:
         return
-    resolve_hub(spec, model_cfg.get("revision"), model_cfg.name)
+    n_blocks = n_blocks_without_weights(model_cfg.name, spec, revision)
+    if n_blocks is not None:
+        resolve_layer(parse_layer(layer), n_blocks, spec)  # ModelError naming model.layer
 
 
 def target_window(cfg: DictConfig) -> float:

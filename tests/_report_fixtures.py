@@ -23,13 +23,16 @@ def make_run(root: Path, name: str, *, subject: int, model: str, checkpoint: str
              n_trials: int = 20, n_electrodes: int = 6, n_frames: int = 1, n_perm: int = 40,
              coords: bool = True, seed: int = 0, grid_alphas=(0.1, 1.0),
              grid_l1s=(0.1, 0.5, 0.9), legacy: bool = False, drop: str | None = None,
-             null_pcc: np.ndarray | None = None) -> Path:
+             null_pcc: np.ndarray | None = None, settings: dict | None = None,
+             trial_r2: dict[int, float] | None = None) -> Path:
     """Write one finished run into ``root/name`` and return its folder.
 
     ``legacy=True`` writes what the pipeline wrote before the full contract: no coordinates,
     no per-electrode baseline or null columns, no target.n_frames, an empty null array.
     ``drop``: a summary.json key left out. ``null_pcc``: the permutation null's PCC values
-    (default: random around 0.1). Where gpurecon.outputs publishes complete sets
+    (default: random around 0.1). ``settings``: dotted config keys to set in summary.json's
+    ``config`` (``{"data.n_channels": 8}``). ``trial_r2``: {trial: R2} planted into the
+    per-trial scores (outliers). Where gpurecon.outputs publishes complete sets
     (``publish``, ``done.json``), the files are staged and published as a run does."""
     rng = np.random.default_rng(seed)
     final = root / name
@@ -42,6 +45,8 @@ def make_run(root: Path, name: str, *, subject: int, model: str, checkpoint: str
     t_pcc, t_r2 = _pcc_r2(pred, Y, axis=1)
     b_pcc, b_r2 = _pcc_r2(base + rng.normal(0, 1e-3, Y.shape), Y, axis=1)
     e_pcc, e_r2 = _pcc_r2(pred, Y, axis=0)
+    for trial, value in (trial_r2 or {}).items():
+        t_r2[trial] = value
     null = rng.normal(0.1, 0.05, n_perm) if null_pcc is None else np.asarray(null_pcc, float)
     null_r2 = rng.normal(-0.2, 0.05, n_perm)
     p_el = np.clip(rng.uniform(0, 0.2, n_cols) * np.arange(1, n_cols + 1) / n_cols, 1e-3, 1)
@@ -56,6 +61,9 @@ def make_run(root: Path, name: str, *, subject: int, model: str, checkpoint: str
         "baseline_r2_across_electrodes": float(b_r2.mean()),
         "pcc_per_electrode_mean": float(e_pcc.mean()), "r2_per_electrode_mean": float(e_r2.mean()),
     }
+    if not legacy:
+        b_e_pcc, _ = _pcc_r2(base + rng.normal(0, 1e-3, Y.shape), Y, axis=0)
+        scores["baseline_pcc_per_electrode_mean"] = float(b_e_pcc.mean())
     if n_perm and not legacy:
         scores.update(p_pcc_across_electrodes=float((1 + (null >= scores["pcc_across_electrodes"])
                                                       .sum()) / (n_perm + 1)),
@@ -67,6 +75,12 @@ def make_run(root: Path, name: str, *, subject: int, model: str, checkpoint: str
         target["n_frames"] = n_frames
     config = {"subject": subject, "target": {"kind": target["kind"], "frame_length": 0.05,
                                              "frame_shift": 0.01}}
+    for dotted, value in (settings or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = config
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = value
     summary = {"provenance": prov, "scores": scores, "n_trials": n_trials, "n_targets": n_cols,
                "target": target,
                "solver": {"alpha": alpha, "l1_ratio": l1_ratio, "n_permutations": n_perm},

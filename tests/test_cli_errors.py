@@ -26,6 +26,7 @@ CONFIG_ERRORS = [
     (["model.noise=-1"], "model.noise"),
     (["solver.alpha=-1"], "solver.alpha"),
     (["signal.stops=[[10.0,20.0]]"], "signal.stops"),   # outside the pass-band
+    (["model=gpt2", "model.checkpoint=tiny", "model.layer=99"], "model.layer"),  # 4 blocks
 ]
 if not __import__("torch").cuda.is_available():
     CONFIG_ERRORS.append((["device=cuda"], "device"))
@@ -239,3 +240,22 @@ def test_dataset_dependent_errors_name_the_key(overrides, key, dataset_root, tmp
     proc, out = run_cli([f"data.root={dataset_root}", "subject=3", "device=cpu", *overrides], tmp_path)
     _assert_one_clean_error(proc, key, out)
     assert not list((tmp_path / "cache").glob("targets/*.npz"))
+
+
+@pytest.mark.parametrize("layer,ok", [(3, True), (-4, True), ("last", True), (4, False), (-5, False)])
+def test_layer_range_is_checked_from_a_local_config_without_weights(tmp_path, layer, ok):
+    """A local checkpoint folder holding only config.json (3 blocks: layers -4..3): the range
+    is read from it at start-up, before any weights exist or are loaded."""
+    from omegaconf import OmegaConf
+    from transformers import GPT2Config
+
+    from gpurecon.errors import ModelError
+    from gpurecon.experiment import check_checkpoint
+
+    GPT2Config(n_layer=3, n_embd=8, n_head=2).save_pretrained(tmp_path / "ckpt")
+    cfg = OmegaConf.create({"name": "gpt2", "checkpoint": str(tmp_path / "ckpt"), "layer": layer})
+    if ok:
+        check_checkpoint(cfg)
+    else:
+        with pytest.raises(ModelError, match=rf"model.layer={layer} .*3 blocks.* -4..3"):
+            check_checkpoint(cfg)

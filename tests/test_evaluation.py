@@ -65,6 +65,20 @@ def test_permutation_p_value_counts_ties_conservatively():
     assert torch.isnan(p[0]) and p[1].item() == 1.0
 
 
+@pytest.mark.parametrize("observed", [0.3, -0.02, 0.0, -2.5])
+def test_permutation_p_value_counts_rounding_ties_as_ties(observed):
+    # A model shrunk to the baseline: the observed score and every null value are the same
+    # number up to float64 rounding. Whether rounding put the null 1 ulp above or below must
+    # not decide p: every such null value is a tie (p = 1), as exact equality gives.
+    obs = torch.tensor([observed], dtype=torch.float64)
+    ulp = np.spacing(max(abs(observed), np.finfo(np.float64).tiny))
+    null = obs + torch.tensor([[-ulp], [ulp], [-2 * ulp], [0.0], [-ulp]], dtype=torch.float64)
+    assert permutation_p_value(obs, null).item() == 1.0
+    # a real difference (far above rounding) is still not a tie
+    null = obs + torch.tensor([[-1e-6], [1e-6], [-1e-3], [0.0], [-1e-6]], dtype=torch.float64)
+    assert permutation_p_value(obs, null).item() == pytest.approx((1 + 2) / (1 + 5))
+
+
 def test_fdr_matches_scipy():
     p = torch.tensor(np.random.default_rng(2).uniform(size=30) ** 3)
     np.testing.assert_allclose(fdr_bh(p).numpy(), false_discovery_control(p.numpy()), rtol=1e-12)

@@ -47,13 +47,19 @@ def test_table1_values_equal_each_runs_summary(study):
     tmp, dirs, runs = study
     make_report(dirs=dirs, out=tmp / "rep", figures=False, progress=False)
     rows = read_table(tmp / "rep" / "table1.csv")
+    assert list(rows[0]) == [
+        "subject", "model", "checkpoint", "data", "target", "alpha", "l1_ratio", "n_trials",
+        "n_electrodes", "pcc", "r2", "baseline_pcc", "baseline_r2", "pcc_per_electrode",
+        "baseline_pcc_per_electrode", "n_electrodes_fdr05", "p_pcc", "p_r2", "flags", "run"]
     assert [(r["subject"], r["model"]) for r in rows] == [
         ("1", "fasttext"), ("1", "gpt2"), ("2", "fasttext"), ("2", "gpt2")]
     by_key = {(int(r["subject"]), r["model"]): r for r in rows}
     keys = {"pcc": "pcc_across_electrodes", "r2": "r2_across_electrodes",
             "baseline_pcc": "baseline_pcc_across_electrodes",
             "baseline_r2": "baseline_r2_across_electrodes",
-            "pcc_per_electrode": "pcc_per_electrode_mean", "p_pcc": "p_pcc_across_electrodes",
+            "pcc_per_electrode": "pcc_per_electrode_mean",
+            "baseline_pcc_per_electrode": "baseline_pcc_per_electrode_mean",
+            "p_pcc": "p_pcc_across_electrodes",
             "p_r2": "p_r2_across_electrodes"}
     for run in runs:
         s = summary(run)
@@ -137,20 +143,47 @@ def test_every_figure_exists_with_its_csv(study):
     assert b"tEXtDescription\x00gpurecon report" in meta and b"data: synthetic" in meta
 
 
+def check_r2_histogram(rows: list[dict], r2_by_model: dict[str, list[np.ndarray]]) -> None:
+    """fig_r2_histogram.csv against numpy: 0.1-wide bins from -1, every R2 < -1 counted in the
+    underflow bin (bin_low -inf), the mean over participants."""
+    for model, r2 in r2_by_model.items():
+        mine = [r for r in rows if r["model"] == model]
+        edges = np.array([float(r["bin_low"]) for r in mine] + [float(mine[-1]["bin_high"])])
+        finite = edges[np.isfinite(edges)]
+        assert finite[0] >= -1.0 - 1e-12  # the range is clipped at -1
+        np.testing.assert_allclose(np.diff(finite), 0.1, atol=1e-9)
+        lowest = min(float(np.min(v)) for v in r2)
+        if lowest < -1.0:
+            assert edges[0] == -np.inf and edges[1] == -1.0
+            edges[0] = lowest - 1.0  # numpy needs a finite edge; nothing lies below it
+        else:
+            assert edges[0] <= math.floor(lowest * 10) / 10 + 1e-12
+        expected = np.mean([np.histogram(v, bins=edges)[0] for v in r2], axis=0)
+        np.testing.assert_allclose([float(r["mean_trials"]) for r in mine], expected)
+        assert {r["n_participants"] for r in mine} == {str(len(r2))}
+
+
 def test_r2_histogram_matches_numpy_histogram(study):
     tmp, dirs, runs = study
     make_report(dirs=dirs, out=tmp / "rep", progress=False)
     rows = read_table(tmp / "rep" / "fig_r2_histogram.csv")
-    for model in ("fasttext", "gpt2"):
-        r2 = [outputs_r2(r) for r in runs if summary(r)["provenance"]["model"] == model]
-        lo = math.floor(min(float(np.min(v)) for v in [x for y in r2 for x in [y]]) * 10) / 10
-        mine = [r for r in rows if r["model"] == model]
-        edges = np.array([float(r["bin_low"]) for r in mine] + [float(mine[-1]["bin_high"])])
-        assert edges[0] <= lo + 1e-12
-        expected = np.mean([np.histogram(v, bins=edges)[0] for v in r2], axis=0)
-        np.testing.assert_allclose([float(r["mean_trials"]) for r in mine], expected)
-        np.testing.assert_allclose(np.diff(edges), 0.1, atol=1e-9)
-        assert {r["n_participants"] for r in mine} == {"2"}
+    check_r2_histogram(rows, {m: [outputs_r2(r) for r in runs
+                                  if summary(r)["provenance"]["model"] == m]
+                              for m in ("fasttext", "gpt2")})
+
+
+def test_r2_histogram_puts_outliers_below_minus_one_into_one_underflow_bin(tmp_path):
+    runs = [make_run(tmp_path, "a", subject=1, model="gpt2", trial_r2={0: -3.2, 5: -1.0001}),
+            make_run(tmp_path, "b", subject=2, model="gpt2", trial_r2={3: -1.5, 4: -0.95})]
+    make_report(dirs=[tmp_path], out=tmp_path / "rep", progress=False)
+    text = (tmp_path / "rep" / "fig_r2_histogram.csv").read_text()
+    rows = read_table(tmp_path / "rep" / "fig_r2_histogram.csv")
+    r2 = [outputs_r2(r) for r in runs]
+    assert rows[0]["bin_low"] == "-inf"
+    assert float(rows[0]["mean_trials"]) == np.mean([np.sum(v < -1.0) for v in r2]) >= 1.5
+    assert len(rows) <= 1 + 21  # [-1, 1.1) in 0.1 bins: the -3.2 outlier adds no bins
+    assert "# bin_low -inf: the underflow bin, every trial with R2 < -1" in text
+    check_r2_histogram(rows, {"gpt2": r2})
 
 
 def outputs_r2(run: Path) -> np.ndarray:
@@ -238,6 +271,7 @@ def test_older_runs_without_coordinates_or_null_degrade_clearly(tmp_path, capsys
     make_report(dirs=[tmp_path], out=tmp_path / "rep", progress=False)
     rows = read_table(tmp_path / "rep" / "table1.csv")
     assert "p_pcc" not in rows[0] and rows[0]["n_electrodes_fdr05"] == ""
+    assert rows[0]["baseline_pcc_per_electrode"] == ""  # not recorded by older runs
     el = read_table(tmp_path / "rep" / "fig_electrodes_sub-02_gpt2.csv")
     assert all(r["x"] == "" for r in el) and all(r["q_fdr"] for r in el)
     assert (tmp_path / "rep" / "fig_electrodes_sub-01_gpt2.png").stat().st_size > 5000
@@ -277,6 +311,40 @@ def test_folder_without_runs_is_one_clear_error_and_writes_nothing(tmp_path, cap
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["table1.csv", "table1.md"]
 
 
+@pytest.mark.parametrize("fresh_out", [False, True])
+def test_a_failure_while_drawing_figures_leaves_out_as_it_was(study, monkeypatch, fresh_out):
+    import gpurecon.report as report
+
+    tmp, dirs, _ = study
+    rep = tmp / "rep"
+    if not fresh_out:
+        rep.mkdir()
+        (rep / "notes.txt").write_text("mine")
+        (rep / "table1.md").write_text("an earlier report")  # kept: the new one is incomplete
+    before = {p.name: p.read_bytes() for p in rep.iterdir()} if rep.exists() else None
+    real, calls = report.write_figure, []
+
+    def fail_on_the_third(out, spec):
+        calls.append(spec.stem)
+        if len(calls) == 3:
+            raise RuntimeError("drawing failed")
+        return real(out, spec)
+
+    monkeypatch.setattr(report, "write_figure", fail_on_the_third)
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        make_report(dirs=dirs, out=rep, progress=False)
+    assert len(calls) == 3  # table1.* and two figures had been written (staged) before
+    if fresh_out:
+        assert not rep.exists()
+    else:
+        assert {p.name: p.read_bytes() for p in rep.iterdir()} == before
+    monkeypatch.setattr(report, "write_figure", real)
+    written = make_report(dirs=dirs, out=rep, progress=False)
+    assert all(p.parent == rep and p.is_file() for p in written)
+    assert sorted(p.name for p in rep.iterdir()) == sorted(
+        {p.name for p in written} | ({"notes.txt"} if not fresh_out else set()))
+
+
 @pytest.mark.parametrize("case", ["mixed", "duplicate", "incomplete_summary"])
 def test_runs_that_cannot_share_a_table_are_one_clear_error(tmp_path, case):
     make_run(tmp_path / "runs", "a", subject=1, model="gpt2")
@@ -296,6 +364,24 @@ def test_runs_that_cannot_share_a_table_are_one_clear_error(tmp_path, case):
         make_report(dirs=[tmp_path / "runs"], out=rep, progress=False)
     assert needle in str(err.value)
     assert sorted(p.name for p in rep.iterdir()) == ["notes.txt"]  # nothing written, nothing removed
+
+
+def test_runs_differing_in_other_settings_are_named_in_the_error(tmp_path):
+    # same subject, model, checkpoint, target and solver setting, but other data: not
+    # duplicates, and the error names what differs (Table 1 cannot tell them apart)
+    make_run(tmp_path / "runs", "a", subject=1, model="gpt2",
+             settings={"data.n_channels": 64, "data.seed": 0, "cache_dir": "/c1", "device": "cpu"})
+    make_run(tmp_path / "runs", "b", subject=1, model="gpt2",
+             settings={"data.n_channels": 8, "data.seed": 0, "cache_dir": "/c2", "device": "cuda",
+                       "target.window": 2.0})
+    with pytest.raises(ReportError) as err:
+        make_report(dirs=[tmp_path / "runs"], out=tmp_path / "rep", progress=False)
+    msg = str(err.value)
+    assert "differ in data.n_channels (64 in " in msg and "8 in " in msg
+    assert "target.window" in msg
+    # settings that do not change results are not named
+    assert "cache_dir" not in msg and "device" not in msg and "data.seed" not in msg
+    assert not (tmp_path / "rep").exists()
 
 
 @pytest.mark.slow

@@ -212,3 +212,32 @@ def load_pretrained(ckpt: Checkpoint, spec: str, what: str, processor_cls, model
         raise ModelError(f"{what} checkpoint {spec!r} ({ckpt.location}) could not be "
                          f"loaded: {type(err).__name__}: {err}") from None
     return processor, model.to(device=device, dtype=dtype).eval()
+
+
+def n_blocks_without_weights(name: str, spec: str, revision: str | None) -> int | None:
+    """Transformer blocks of a ``gpt2`` / ``wav2vec2`` checkpoint, known before anything is
+    loaded or built, so that a bad ``model.layer`` fails at start-up.
+
+    Tiny / random checkpoints: the tiny builder's shapes (nothing is built). Local folders
+    and cached hub checkpoints: their ``config.json``, local files only (no network, no
+    weights). None where the count cannot be read that cheaply; the model stage checks then.
+    """
+    from . import tiny
+
+    shapes = {"gpt2": (tiny.GPT2_SHAPES, "n_layer"),
+              "wav2vec2": (tiny.WAV2VEC2_SHAPES, "num_hidden_layers")}
+    if name not in shapes:
+        return None
+    table, key = shapes[name]
+    if spec in TINY_CHECKPOINTS:
+        return int(table[spec][key]) if spec in table else None
+    try:
+        from transformers import AutoConfig
+
+        if looks_like_path(spec):
+            config = AutoConfig.from_pretrained(Path(spec).expanduser(), local_files_only=True)
+        else:
+            config = AutoConfig.from_pretrained(spec, revision=revision, local_files_only=True)
+        return int(config.num_hidden_layers)
+    except Exception:  # no readable config.json here: the model stage says what is wrong
+        return None

@@ -18,12 +18,17 @@ Rules (also in the README, section Report):
   and model.
 - Every file records its provenance; CSV and Markdown hold no timestamps and sorted orders,
   so the same runs give byte-identical files. Nothing is written until every input was read.
+- The output is a complete set or nothing: every file is first written into a staging folder
+  inside OUT (``.report-staging-*``) and moved into OUT only when all were written; on failure
+  only the staging folder is removed (never a file the report did not write).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -87,15 +92,39 @@ def make_report(*, dirs: list[str | os.PathLike], out: str | os.PathLike, figure
     for note in notes + skipped:
         print(f"gpurecon.report: {note}", file=sys.stderr)
     out = Path(out)
+    created_out = not out.exists()
+    staging = None
     try:
         out.mkdir(parents=True, exist_ok=True)
         if not os.access(out, os.W_OK | os.X_OK):
             raise PermissionError(13, "Permission denied")
-        written = write_table(out, runs)
+        # A new, uniquely named folder: removing it on failure can only remove our own files.
+        staging = Path(tempfile.mkdtemp(prefix=f".report-staging-{os.getpid()}-", dir=out))
+        staged = write_table(staging, runs)
         # disable=None: no bar when stderr is not a terminal (a log, a pipe), as in the runs
         for spec in tqdm(specs, desc="report figures", unit="figure", file=sys.stderr,
                          disable=None if progress else True):
-            written += write_figure(out, spec)
-    except OSError as err:
-        raise ReportError(f"{out}: cannot write the report there ({err.strerror or err})") from None
+            staged += write_figure(staging, spec)
+        written = []
+        for path in staged:  # same file system: each move is an atomic rename
+            os.replace(path, out / path.name)
+            written.append(out / path.name)
+        staging.rmdir()
+    except BaseException as err:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if created_out:
+            _remove_if_empty(out)
+        if isinstance(err, OSError):
+            raise ReportError(f"{out}: cannot write the report there "
+                              f"({err.strerror or err})") from None
+        raise
     return written
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` (which this report created) if nothing else was put there."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass

@@ -62,9 +62,15 @@ def _draw_r2(label, data, group):
     return draw
 
 
+R2_FLOOR = -1.0                             # Figure 5's bins start here ...
+UNDERFLOW = int(round(R2_FLOOR / BIN)) - 1  # ... and one bin holds every trial below it
+
+
 def r2_histogram(runs: list[Run]) -> list[FigureSpec]:
     """Figure 5: per model, the number of trials per 0.1-wide R2 bin, averaged over
-    participants (bins [k/10, (k+1)/10))."""
+    participants (bins [k/10, (k+1)/10) from -1 up). Trials with R2 < -1 (a few outliers
+    would otherwise stretch the axis and thin every bar) go into one underflow bin,
+    ``bin_low = -inf``, drawn hatched left of -1 with a note of their count."""
     groups = _by(runs, run_label)
     counts: dict[str, dict[int, float]] = {}
     for label, group in groups.items():
@@ -72,13 +78,19 @@ def r2_histogram(runs: list[Run]) -> list[FigureSpec]:
         for run in group:
             r2 = run.trials()["r2"]
             k = np.floor(np.round(r2[np.isfinite(r2)] / BIN, 9)).astype(int)
+            k = np.maximum(k, UNDERFLOW)
             per_subject.append({int(b): int(n) for b, n in zip(*np.unique(k, return_counts=True))})
         keys = sorted(set().union(*per_subject)) if per_subject else []
         counts[label] = {b: sum(c.get(b, 0) for c in per_subject) / len(per_subject) for b in keys}
     all_bins = sorted(set().union(*counts.values())) if counts else []
     bins = list(range(all_bins[0], all_bins[-1] + 1)) if all_bins else []
-    rows = [[label, round(b * BIN, 10), round((b + 1) * BIN, 10), counts[label].get(b, 0.0),
+
+    def low(b: int) -> float:
+        return -math.inf if b == UNDERFLOW else round(b * BIN, 10)
+
+    rows = [[label, low(b), round((b + 1) * BIN, 10), counts[label].get(b, 0.0),
              len(groups[label])] for label in groups for b in bins]
+    below = {label: counts[label].get(UNDERFLOW, 0.0) for label in groups}
 
     def draw(fig):
         ax = fig.add_subplot()
@@ -87,16 +99,27 @@ def r2_histogram(runs: list[Run]) -> list[FigureSpec]:
             return
         width = BIN / (len(groups) + 1)
         for j, label in enumerate(groups):
-            ax.bar([b * BIN + (j + 0.5) * width for b in bins],
-                   [counts[label].get(b, 0.0) for b in bins], width=width, align="edge",
-                   label=f"{label} (n={len(groups[label])})")
-        ax.set_xlabel("R2 across electrodes, per held-out trial (0.1-wide bins)")
+            for part, style in (([b for b in bins if b != UNDERFLOW],
+                                 {"label": f"{label} (n={len(groups[label])})"}),
+                                ([b for b in bins if b == UNDERFLOW], {"hatch": "//"})):
+                ax.bar([b * BIN + (j + 0.5) * width for b in part],
+                       [counts[label].get(b, 0.0) for b in part], width=width, align="edge",
+                       color=f"C{j}", **style)
+        if any(below.values()):
+            note = "; ".join(f"{label}: {n:g}" for label, n in below.items())
+            ax.text(0.01, 0.98, f"outliers below {R2_FLOOR:g} (hatched bar, trials per "
+                    f"participant): {note}", transform=ax.transAxes, ha="left", va="top",
+                    fontsize=7, color="0.3")
+        ax.set_xlabel("R2 across electrodes, per held-out trial (0.1-wide bins; "
+                      f"hatched: R2 < {R2_FLOOR:g})")
         ax.set_ylabel("trials per participant (mean)")
         ax.set_title(f"Trials per R2 bin{flag_text(runs)}", fontsize=10)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper right")
 
     return [FigureSpec("fig_r2_histogram", ["model", "bin_low", "bin_high", "mean_trials",
-                                            "n_participants"], rows, draw, provenance_lines(runs))]
+                                            "n_participants"], rows, draw, provenance_lines(runs),
+                       notes=(f"bin_low -inf: the underflow bin, every trial with R2 < "
+                              f"{R2_FLOOR:g}",))]
 
 
 def score_grid(runs: list[Run]) -> list[FigureSpec]:

@@ -191,7 +191,8 @@ def timecourse(run: Run, runs: list[Run]) -> FigureSpec | None:
                 ax.tick_params(labelsize=7)
         fig.axes[0].legend(fontsize=7)
         fig.supxlabel("time from word onset (s)", fontsize=8)
-        fig.supylabel("high-gamma envelope", fontsize=8)
+        fig.supylabel("high-gamma envelope (a.u.: the recording's units, not normalised)",
+                      fontsize=8)
         fig.suptitle(f"{_title(run, runs)}: recreated high gamma, best electrodes"
                      f"{flag_text([run])}", fontsize=10)
 

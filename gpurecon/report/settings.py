@@ -4,7 +4,9 @@ A run's *setting* is (checkpoint, target kind, alpha, l1_ratio). Table 1 keeps o
 (subject, model, setting); figure and table labels name a model, plus whichever parts of the
 setting differ between the runs of that model (``gpt2``, or ``gpt2_ckpt-tiny_a0.1_l0.5`` in a
 sweep). A grid run (lists of alpha / l1_ratio, nested selection) has its lists as its
-setting (``0.1;1``; ``a0.1-1`` in file names).
+setting (``0.1;1``; ``a0.1-1`` in file names). Runs of the same subject, model and setting
+cannot share Table 1: identical ones are duplicates, others differ in config keys outside the
+setting (``data.n_channels``, ``target.window``, ...), which the error names.
 """
 
 from __future__ import annotations
@@ -35,14 +37,62 @@ def check_comparable(runs: list[Run]) -> None:
         listed = "; ".join(f"{k} data in {name}" for k, name in sorted(kinds.items()))
         raise ReportError(f"runs mix data kinds ({listed}); their scores cannot share a table: "
                           "report real and synthetic runs separately")
-    seen: dict[tuple, str] = {}
+    seen: dict[tuple, Run] = {}
     for run in runs:
         key = (run.subject, run.model, *setting(run))
         if key in seen:
+            first = seen[key]
+            differ = differing_settings(first, run)
+            if not differ:
+                raise ReportError(
+                    f"{first.name} and {run.name} are runs of the same subject, model, "
+                    "checkpoint, target and solver setting; give the report only one of them")
+            listed = "; ".join(f"{k} ({_show(a)} in {first.name}, {_show(b)} in {run.name})"
+                               for k, a, b in differ)
             raise ReportError(
-                f"{seen[key]} and {run.name} are runs of the same subject, model, checkpoint, "
-                "target and solver setting; give the report only one of them")
-        seen[key] = run.name
+                f"{first.name} and {run.name} are runs of the same subject, model, checkpoint, "
+                f"target and solver setting that differ in {listed}; Table 1 has one row per "
+                "subject, model and setting: report them separately")
+        seen[key] = run
+
+
+# Config keys that say where and how fast a run worked, not what it computed: two runs that
+# differ only in these are the same run. Every other key of summary.json's `config` (data,
+# signal, target, model, solver settings, seeds) can change the scores.
+RUNTIME_KEYS = frozenset({"cache_dir", "progress", "resume", "device", "devices",
+                          "signal.chunk_channels", "solver.memory_budget_gb", "model.batch_size"})
+
+
+def _flatten(node, prefix: str = "") -> dict[str, object]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat: dict[str, object] = {}
+    for k, v in node.items():
+        flat.update(_flatten(v, f"{prefix}{k}."))
+    return {k.rstrip("."): v for k, v in flat.items()}
+
+
+def result_settings(run: Run) -> dict[str, object]:
+    """The run's config (summary.json ``config``) as dotted keys, less :data:`RUNTIME_KEYS`
+    and Hydra's own keys; empty for runs that did not record their config."""
+    config = run.summary.get("config")
+    if not isinstance(config, dict):
+        return {}
+    return {k: v for k, v in _flatten(config).items()
+            if k not in RUNTIME_KEYS and k.split(".")[0] != "hydra"}
+
+
+def differing_settings(a: Run, b: Run) -> list[tuple[str, object, object]]:
+    """(key, value in ``a``, value in ``b``) for every result-changing config key that differs
+    (a key one run lacks: ``<absent>``), sorted by key."""
+    sa, sb = result_settings(a), result_settings(b)
+    missing = "<absent>"
+    return [(k, sa.get(k, missing), sb.get(k, missing)) for k in sorted(sa.keys() | sb.keys())
+            if sa.get(k, missing) != sb.get(k, missing)]
+
+
+def _show(value) -> str:
+    return value if isinstance(value, str) else repr(value)
 
 
 def _slug(text: str) -> str:

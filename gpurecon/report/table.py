@@ -42,7 +42,8 @@ def table_rows(runs: list[Run]) -> tuple[list[str], list[list]]:
     each run's summary.json holds them (missing optional scores: empty cells)."""
     with_null = any(r.has_null() for r in runs)
     header = ["subject", "model", "checkpoint", "data", "target", "alpha", "l1_ratio", "n_trials",
-              "n_electrodes", *(c for c, _ in SCORES), "pcc_per_electrode", "n_electrodes_fdr05",
+              "n_electrodes", *(c for c, _ in SCORES), "pcc_per_electrode",
+              "baseline_pcc_per_electrode", "n_electrodes_fdr05",
               *((c for c, _ in NULL_SCORES) if with_null else ()), "flags", "run"]
     rows = []
     for run in sorted(runs, key=lambda r: (r.subject, r.model, setting(r), r.name)):
@@ -51,6 +52,7 @@ def table_rows(runs: list[Run]) -> tuple[list[str], list[list]]:
                _solver_cell(run.alpha), _solver_cell(run.l1_ratio), run.n_trials, run.n_electrodes,
                *(run.score(key) for _, key in SCORES),
                _cell(run.score("pcc_per_electrode_mean", required=False)),
+               _cell(run.score("baseline_pcc_per_electrode_mean", required=False)),
                "" if math.isnan(fdr) else int(fdr)]
         if with_null:
             row += [_cell(run.score(key, required=False)) for _, key in NULL_SCORES]
