@@ -145,7 +145,10 @@ def run_one(name: str, args, tmp: Path) -> tuple[str, bool]:
         return (f"{body or title + chr(10)}\n**`{shown}` exited with status {proc.returncode}** after "
                 f"{seconds:.0f} s; its output ends with:\n\n```\n{proc.stdout[-2000:]}\n```\n"), False
     if markdown and md.exists():
-        return md.read_text().rstrip("\n") + f"\n\n(`{shown}`: {seconds:.0f} s in all)\n", True
+        body = md.read_text().rstrip("\n")
+        if not body.lstrip().startswith("## "):   # every section gets its heading
+            body = f"{title}\n\n{body}"
+        return body + f"\n\n(`{shown}`: {seconds:.0f} s in all)\n", True
     return (f"{title}\n\n`{shown}` ({seconds:.0f} s in all; this benchmark has no `--markdown` yet, its "
             f"standard output follows)\n\n{proc.stdout.strip()}\n"), True
 
@@ -170,7 +173,8 @@ def main(args) -> int:
             sections.append(text)
             ok &= good
     head = (f"# Benchmark results\n\nWritten by `python benchmarks/run_all.py{' --quick' if args.quick else ''}"
-            f"{' --only ' + ' '.join(args.only) if args.only != BENCHMARKS else ''}` on "
+            f"{' --only ' + ' '.join(args.only) if args.only != BENCHMARKS else ''}"
+            f"{''.join(f' --args {k}={shlex.quote(shlex.join(v))}' for k, v in args.extra.items())}` on "
             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; every number below comes from "
             "this one run.\n")
     text = "\n".join([head, machine_section(start_load, load()), *sections])
