@@ -253,7 +253,7 @@ def _inner(design, Y, folds, *, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, al
     if open_all is None:
         open_all = allowance > 0
     sizes = (ws != p).sum(1)
-    for g, sb in _buckets(sizes):
+    for g, sb in _buckets(sizes, opts.bucket_ratio):
         g = g[open_all[g].any(1)]
         if not g.numel():
             continue
