@@ -14,8 +14,9 @@ only needs an upper bound ``L`` of ``lambda_max(H)``; one bound per group is val
 fold because each fold's Hessian is the group's all-rows Hessian minus a PSD term.
 
 Convergence is checked every ``check_every`` iterations with sklearn's duality gap restricted to
-the working set (the caller checks the full gap). Finished problems are frozen; groups whose
-problems are all finished are dropped from the batch. Between checks there is no host sync.
+the working set (the caller checks the full gap). Finished problems are frozen on the device;
+every ``FISTA_SYNC_EVERY``-th check, one host sync ends the call when all are frozen or drops
+finished groups from the batch. There is no other host sync in the loop.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .gap import enet_duality_gap
-from .options import FISTA_COMPACT_AT
+from .options import FISTA_COMPACT_AT, FISTA_SYNC_EVERY
 
 
 class GramHessian:
@@ -228,7 +229,10 @@ def fista(hess, c, yy, a, b, w0, target, max_iter, check_every=10, lipschitz=Non
     if not n_any:
         write_back()
         return FistaResult(coef, gap, n_iter, done)
-    momentum = _momentum_table(int(most) + check_every + 1, dtype, device)
+    # iterations of this call: at most the allowance rounded up to checks, plus the checks run
+    # without a sync after the last problem froze
+    momentum = _momentum_table(int(most) + FISTA_SYNC_EVERY * check_every + 1, dtype, device)
+    checks = 0
     step, thr, neg_thr, shrink = frozen_params(frozen)
     while True:
         for _ in range(check_every):
@@ -245,6 +249,11 @@ def fista(hess, c, yy, a, b, w0, target, max_iter, check_every=10, lipschitz=Non
         newly = ~frozen & ((gap_active <= tgt) | (its >= allow))
         frozen = frozen | newly
         v = torch.where(newly[..., None], w, v)
+        checks += 1
+        if checks % FISTA_SYNC_EVERY:
+            # no host sync at this check: newly frozen problems stop through their parameters
+            step, thr, neg_thr, shrink = frozen_params(frozen)
+            continue
         n_live = (~frozen).sum(1)
         # the one host sync per check: live groups and the most live problems in one
         k_live, m_live = torch.stack([(n_live > 0).sum(), n_live.max()]).tolist()

@@ -41,6 +41,10 @@ ONE_BATCH_BUDGET = 16 * 2 ** 30
 # --------------------------------------------------------------------------- inner solvers
 # FISTA: repack the batch when the live problems fill at most this fraction of it.
 FISTA_COMPACT_AT = 0.6
+# FISTA reads its live counts on the host (to stop or repack) at every this-many-th gap check:
+# problems freeze on the device at every check, so results do not depend on it; a larger
+# value trades host syncs for identity iterations after the last problem froze.
+FISTA_SYNC_EVERY = 2
 # Groups whose working-set Gram diagonal spans more than this ratio skip FISTA for coordinate
 # descent (GPT-2-like embeddings span ~1e2 over all 768 columns; iid columns with gamma
 # scales and a few x30 columns ~1e7).
