@@ -152,7 +152,7 @@ def restricted_gap(hess, c, yy, a, b, w):
 
 
 def fista(hess, c, yy, a, b, w0, target, max_iter, check_every=10, lipschitz=None,
-          min_iter=False) -> FistaResult:
+          min_iter=False, max_allow=None) -> FistaResult:
     """Run batched FISTA (adaptive restart) until each problem's restricted gap <= target.
 
     Parameters
@@ -178,6 +178,9 @@ def fista(hess, c, yy, a, b, w0, target, max_iter, check_every=10, lipschitz=Non
     min_iter : bool
         Run every problem with an allowance for at least ``check_every`` iterations, even if
         its start already meets the target.
+    max_allow : int or None
+        An upper bound of ``max_iter`` known to the caller: saves the host sync that reads it
+        (the loop then runs at least one block of checks, identity iterations if none is live).
     """
     K, m, s = w0.shape
     device, dtype = w0.device, w0.dtype
@@ -225,10 +228,13 @@ def fista(hess, c, yy, a, b, w0, target, max_iter, check_every=10, lipschitz=Non
         done[gi, si] = gap_active <= tgt
 
     # one host sync before the loop: is anything live, and how long can a run since a restart be
-    n_any, most = torch.stack([(~frozen).sum(), allow.max().clamp(min=0)]).tolist()
-    if not n_any:
-        write_back()
-        return FistaResult(coef, gap, n_iter, done)
+    if max_allow is None:
+        n_any, most = torch.stack([(~frozen).sum(), allow.max().clamp(min=0)]).tolist()
+        if not n_any:
+            write_back()
+            return FistaResult(coef, gap, n_iter, done)
+    else:
+        most = max(int(max_allow), 0)
     # iterations of this call: at most the allowance rounded up to checks, plus the checks run
     # without a sync after the last problem froze
     momentum = _momentum_table(int(most) + FISTA_SYNC_EVERY * check_every + 1, dtype, device)

@@ -33,6 +33,7 @@ held-out samples), even when it already meets the fold's tolerance.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -257,9 +258,14 @@ def _inner(design, Y, folds, *, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, al
     cd_epochs = torch.zeros((K, F), dtype=torch.int64, device=coef.device)
     if open_all is None:
         open_all = allowance > 0
-    # groups without an open problem get size -1: left out by _buckets
-    sizes = torch.where(open_all.any(1), (ws != p).sum(1), -1)
-    for g, sb in _buckets(sizes, opts.bucket_ratio):
+    if math.isinf(opts.bucket_ratio):
+        # one batch at the working sets' padded width: no host sync (groups without an open
+        # problem, if any, run with a zero allowance)
+        buckets = [(torch.arange(K, device=coef.device), max(s, 1))]
+    else:
+        # groups without an open problem get size -1: left out by _buckets
+        buckets = _buckets(torch.where(open_all.any(1), (ws != p).sum(1), -1), opts.bucket_ratio)
+    for g, sb in buckets:
         wsb, cb, open_ = ws[g, :sb], coef[g, :, :sb], open_all[g]
         xw = design.X[:n][:, wsb].permute(1, 0, 2)                           # (K', n, sb)
         yk = Y[:n, t_idx[g]].T
@@ -292,7 +298,7 @@ def _inner(design, Y, folds, *, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, al
         else:
             cb_f = cb
         res = fista(hess, c, yy[g], a[g], b[g], cb_f, target, allow, opts.check_every, lipschitz=lip,
-                    min_iter=newton_start)
+                    min_iter=newton_start, max_allow=opts.round_iter)
         cb = res.coef.to(dt)
         n_iter[g] = res.n_iter
         settled = torch.zeros_like(open_)
