@@ -11,6 +11,7 @@ from sklearn.preprocessing import StandardScaler
 
 from gpurecon.solver import (PCA, Standardize, cross_val_predict, group_folds, kfold, leave_one_out,
                              nested_cross_val_predict, permutations, permuted_targets)
+from gpurecon.solver.options import ONE_BATCH_BUDGET
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -49,9 +50,10 @@ def test_fold_masks_match_sklearn_splitters():
     np.testing.assert_array_equal(kfold(9, 3, shuffle=True, seed=4), kfold(9, 3, shuffle=True, seed=4))
 
 
-def test_leave_one_out_grid_matches_sklearn_loop():
+@pytest.mark.parametrize("budget", [None, ONE_BATCH_BUDGET])   # CPU batches; one batch per round (GPU)
+def test_leave_one_out_grid_matches_sklearn_loop(budget):
     X, Y = _data()
-    res = cross_val_predict(X, Y, [0.05, 0.5], [0.3, 1.0], tol=1e-10, device="cpu")
+    res = cross_val_predict(X, Y, [0.05, 0.5], [0.3, 1.0], tol=1e-10, device="cpu", memory_budget=budget)
     assert res.predictions.shape == (4, 22, 3) and res.n_not_converged == 0
     for g, (alpha, l1) in enumerate(res.grid):
         ref = _sk_cv(X, Y, leave_one_out(22), alpha, l1)

@@ -44,7 +44,8 @@ from sklearn.exceptions import ConvergenceWarning as _BaseConvergenceWarning
 
 from ..device import resolve_device
 from . import shared_design as sd
-from .options import FOLD_INNER_FRACTION, FOLD_STOP_FRACTION, FULL_INNER_FRACTION, MIXED_PRECISION_TOL, Options
+from .options import (BUCKET_RATIO, FOLD_INNER_FRACTION, FOLD_STOP_FRACTION, FULL_INNER_FRACTION, MIXED_PRECISION_TOL,
+                      ONE_BATCH_BUDGET, Options)
 
 
 class ConvergenceWarning(_BaseConvergenceWarning):
@@ -267,11 +268,16 @@ def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
     tight = problem.tol < MIXED_PRECISION_TOL
     # Newton sub-batches may hold 1/16 of the budget (float64 elements), at least 256 MiB
     elems = max(Options.max_elems, int((memory_budget or 0) // (16 * 8)))
+    # launch-bound devices (a GPU, or a GPU-sized budget) solve each round in one batch
+    one_batch = problem.Y.device.type == "cuda" or (memory_budget or 0) >= ONE_BATCH_BUDGET
+    ratio = math.inf if one_batch else BUCKET_RATIO
     opts_full = opts_full or Options(inner_fraction=FULL_INNER_FRACTION, growth=1.0, max_elems=elems,
+                                        bucket_ratio=ratio,
                                         fista_dtype=fista_dtype, newton_budget=budget, lowrank_newton=not tight)
     # folds start next to their optimum (full-data fit + one shared Newton step): FISTA to half
     # the tolerance is cheaper there than an exact polish, which only the stragglers get
     opts_folds = opts_folds or Options(polish_from_round=3, inner_fraction=FOLD_INNER_FRACTION, max_elems=elems,
+                                       bucket_ratio=ratio,
                                        stop_fraction=FOLD_STOP_FRACTION,
                                        fista_dtype=fista_dtype, newton_budget=budget, lowrank_newton=not tight)
     if all_rows:

@@ -14,8 +14,9 @@ only needs an upper bound ``L`` of ``lambda_max(H)``; one bound per group is val
 fold because each fold's Hessian is the group's all-rows Hessian minus a PSD term.
 
 Convergence is checked every ``check_every`` iterations with sklearn's duality gap restricted to
-the working set (the caller checks the full gap). Finished problems are frozen; groups whose
-problems are all finished are dropped from the batch. Between checks there is no host sync.
+the working set (the caller checks the full gap). Finished problems are frozen on the device;
+every ``FISTA_SYNC_EVERY``-th check, one host sync ends the call when all are frozen or drops
+finished groups from the batch. There is no other host sync in the loop.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .gap import enet_duality_gap
-from .options import FISTA_COMPACT_AT
+from .options import FISTA_COMPACT_AT, FISTA_SYNC_EVERY
 
 
 class GramHessian:
@@ -54,6 +55,18 @@ class GramHessian:
             u0 = u[:, :, 0]
             return hv.addcmul_(u0, torch.linalg.vecdot(u0, v)[..., None], value=-1.0)
         coef = torch.matmul(u, v[..., None])                                  # (K, m, r, 1)
+        return hv.sub_(torch.matmul(u.transpose(-1, -2), coef)[..., 0])
+
+    def grad(self, v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``H v - c`` (the gradient of the smooth part), with ``-c`` fused into the product."""
+        hv = torch.baddbmm(c, v, self.gram, beta=-1.0)
+        u = self.downdates
+        if u is None:
+            return hv
+        if u.shape[2] == 1:
+            u0 = u[:, :, 0]
+            return hv.addcmul_(u0, torch.linalg.vecdot(u0, v)[..., None], value=-1.0)
+        coef = torch.matmul(u, v[..., None])
         return hv.sub_(torch.matmul(u.transpose(-1, -2), coef)[..., 0])
 
     def to(self, dtype) -> "GramHessian":
@@ -92,6 +105,10 @@ class PrimalHessian:
         if self.center:
             z.addcmul_(z.sum(-1, keepdim=True).div_(self.n_train), self.train, value=-1.0)
         return torch.bmm(z, self.design)
+
+    def grad(self, v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``H v - c`` (the gradient of the smooth part)."""
+        return self.apply(v).sub_(c)
 
     def to(self, dtype) -> "PrimalHessian":
         return PrimalHessian(self.design.to(dtype), self.train.to(dtype), self.n_train.to(dtype), self.center)
@@ -135,7 +152,7 @@ def restricted_gap(hess, c, yy, a, b, w):
 
 
 def fista(hess, c, yy, a, b, w0, target, max_iter, check_every=10, lipschitz=None,
-          min_iter=False) -> FistaResult:
+          min_iter=False, max_allow=None) -> FistaResult:
     """Run batched FISTA (adaptive restart) until each problem's restricted gap <= target.
 
     Parameters
@@ -161,6 +178,9 @@ def fista(hess, c, yy, a, b, w0, target, max_iter, check_every=10, lipschitz=Non
     min_iter : bool
         Run every problem with an allowance for at least ``check_every`` iterations, even if
         its start already meets the target.
+    max_allow : int or None
+        An upper bound of ``max_iter`` known to the caller: saves the host sync that reads it
+        (the loop then runs at least one block of checks, identity iterations if none is live).
     """
     K, m, s = w0.shape
     device, dtype = w0.device, w0.dtype
@@ -183,9 +203,12 @@ def fista(hess, c, yy, a, b, w0, target, max_iter, check_every=10, lipschitz=Non
     h, cc, yy_, a_, b_, tgt, allow = hess, c, yy, a, b, target, allowance
     w = w0.clone()
     v = w.clone()
-    t = torch.ones((K, m), dtype=dtype, device=device)
-    # per-problem step, threshold and shrink; a frozen problem gets (0, 0, 1): its update is
-    # then the identity, so freezing costs no masking inside the loop
+    # iterations since the last restart: FISTA's momentum (t_k - 1) / t_{k+1} is a function of
+    # it alone, read from a table instead of recomputing the t recurrence element-wise
+    since = torch.zeros((K, m), dtype=torch.int64, device=device)
+    # per-problem step, threshold and shrink; a frozen problem gets (0, 0, 1) and v = w: its
+    # update is then the identity (zero step, zero difference), so freezing costs no masking
+    # inside the loop
     step0 = (1.0 / lip).to(dtype)[:, None, None].expand(K, m, 1)
     thr0 = (a / lip[:, None]).to(dtype)[..., None]
     shrink0 = (1.0 / (1.0 + b / lip[:, None])).to(dtype)[..., None]
@@ -196,49 +219,78 @@ def fista(hess, c, yy, a, b, w0, target, max_iter, check_every=10, lipschitz=Non
 
     def frozen_params(frozen):
         live = (~frozen)[..., None]
-        return (torch.where(live, step0, 0.0), torch.where(live, thr0, 0.0),
-                torch.where(live, shrink0, 1.0), (~frozen).to(dtype))
+        thr = torch.where(live, thr0, 0.0)
+        return torch.where(live, step0, 0.0), thr, -thr, torch.where(live, shrink0, 1.0)
 
     def write_back():
         gi, si = groups[:, None], slots
         coef[gi, si], gap[gi, si], n_iter[gi, si] = w, gap_active, its
         done[gi, si] = gap_active <= tgt
 
-    step, thr, shrink, live = frozen_params(frozen)
-    while True:
-        if not bool((~frozen).any()):  # host sync, once per check
+    # one host sync before the loop: is anything live, and how long can a run since a restart be
+    if max_allow is None:
+        n_any, most = torch.stack([(~frozen).sum(), allow.max().clamp(min=0)]).tolist()
+        if not n_any:
             write_back()
-            break
+            return FistaResult(coef, gap, n_iter, done)
+    else:
+        most = max(int(max_allow), 0)
+    # iterations of this call: at most the allowance rounded up to checks, plus the checks run
+    # without a sync after the last problem froze
+    momentum = _momentum_table(int(most) + FISTA_SYNC_EVERY * check_every + 1, dtype, device)
+    checks = 0
+    step, thr, neg_thr, shrink = frozen_params(frozen)
+    while True:
         for _ in range(check_every):
-            z = torch.addcmul(v, h.apply(v).sub_(cc), step, value=-1.0)      # v - step * grad
-            w_new = (z - torch.clamp(z, min=-thr, max=thr)).mul_(shrink)    # prox: soft threshold, shrink
+            z = torch.addcmul(v, h.grad(v, cc), step, value=-1.0)             # v - step * grad
+            w_new = (z - torch.clamp(z, min=neg_thr, max=thr)).mul_(shrink)   # prox: soft threshold, shrink
             diff = w_new - w
             # O'Donoghue-Candes gradient restart: drop momentum when it points uphill.
             restart = torch.linalg.vecdot(v - w_new, diff) > 0
-            t_new = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
-            mom = torch.where(restart, 0.0, (t - 1.0) / t_new) * live
-            v = torch.addcmul(w_new, diff, mom[..., None])
-            t = torch.where(restart, 1.0, t_new)
+            since = (since + 1).masked_fill_(restart, 0)
+            v = torch.addcmul(w_new, diff, momentum[since][..., None])
             w = w_new
         its = its + (~frozen).to(torch.int64) * check_every
         gap_active = torch.where(frozen, gap_active, restricted_gap(h, cc, yy_, a_, b_, w))
         newly = ~frozen & ((gap_active <= tgt) | (its >= allow))
         frozen = frozen | newly
         v = torch.where(newly[..., None], w, v)
+        checks += 1
+        if checks % FISTA_SYNC_EVERY:
+            # no host sync at this check: newly frozen problems stop through their parameters
+            step, thr, neg_thr, shrink = frozen_params(frozen)
+            continue
         n_live = (~frozen).sum(1)
-        k_live, m_live = int((n_live > 0).sum()), int(n_live.max())  # host sync, once per check
+        # the one host sync per check: live groups and the most live problems in one
+        k_live, m_live = torch.stack([(n_live > 0).sum(), n_live.max()]).tolist()
+        if k_live == 0:
+            write_back()
+            break
         # repack only when it shrinks the batch enough to pay for the copies
-        if k_live * m_live > FISTA_COMPACT_AT * frozen.numel() or k_live == 0:
-            step, thr, shrink, live = frozen_params(frozen)
+        if k_live * m_live > FISTA_COMPACT_AT * frozen.numel():
+            step, thr, neg_thr, shrink = frozen_params(frozen)
             continue
         write_back()
-        keep = torch.nonzero(n_live > 0).squeeze(1)
+        # live groups first (stable: in order), then the first k_live: no nonzero needed
+        keep = torch.argsort((n_live == 0).to(torch.int8), stable=True)[:k_live]
         pick = torch.argsort(frozen[keep].to(torch.int8), dim=1, stable=True)[:, :m_live]   # live first
         rows = keep[:, None]
         groups, slots = groups[keep], slots[rows, pick]
         h = h.select(keep, pick)
         cc, yy_, a_, b_, tgt, allow = cc[rows, pick], yy_[rows, pick], a_[rows, pick], b_[rows, pick], tgt[rows, pick], allow[rows, pick]
-        w, v, t, frozen, its, gap_active = w[rows, pick], v[rows, pick], t[rows, pick], frozen[rows, pick], its[rows, pick], gap_active[rows, pick]
+        w, v, since, frozen, its, gap_active = w[rows, pick], v[rows, pick], since[rows, pick], frozen[rows, pick], its[rows, pick], gap_active[rows, pick]
         step0, thr0, shrink0 = step0[rows, pick], thr0[rows, pick], shrink0[rows, pick]
-        step, thr, shrink, live = frozen_params(frozen)
+        step, thr, neg_thr, shrink = frozen_params(frozen)
     return FistaResult(coef, gap, n_iter, done)
+
+
+def _momentum_table(length: int, dtype, device) -> torch.Tensor:
+    """FISTA's momentum after ``k`` iterations without a restart, ``k = 0 .. length-1``:
+    entry 0 is 0 (a restart) and entry ``k`` is ``(t_{k-1} - 1) / t_k`` with ``t_0 = 1``,
+    ``t_{k+1} = (1 + sqrt(1 + 4 t_k^2)) / 2`` (computed in float64 on the host)."""
+    t, out = 1.0, [0.0]
+    for _ in range(length - 1):
+        t_new = 0.5 * (1.0 + (1.0 + 4.0 * t * t) ** 0.5)
+        out.append((t - 1.0) / t_new)
+        t = t_new
+    return torch.tensor(out, dtype=dtype, device=device)

@@ -33,6 +33,7 @@ held-out samples), even when it already meets the fold's tolerance.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -136,7 +137,7 @@ def _residuals(design, Y, folds, ws, coef, t_idx):
     return r * folds.train, yk
 
 
-def full_check(design, Y, folds, ws, coef, a, b, t_idx):
+def full_check(design, Y, folds, ws, coef, a, b, t_idx, any_ridge=None):
     """sklearn's duality gap of every problem over all features, and the KKT scores.
 
     Returns
@@ -156,7 +157,8 @@ def full_check(design, Y, folds, ws, coef, a, b, t_idx):
     xtr_ws = xtr.gather(2, idx)
     xta_ws = xtr_ws - b.to(coef.dtype)[..., None] * coef
     f64 = torch.float64
-    any_ridge = bool((a == 0).any())
+    if any_ridge is None:   # callers that check many rounds pass it (a host sync)
+        any_ridge = bool((a == 0).any())
     xtr_norm2 = xtr.to(f64).square().sum(-1) if any_ridge else None
     # in place from here: the (K, F, p+1) tensor is the largest in the check
     out_abs = xtr.abs_().scatter_(2, idx, 0.0)
@@ -173,13 +175,15 @@ def full_check(design, Y, folds, ws, coef, a, b, t_idx):
     return gap, out_abs, score_ws
 
 
-def _rebuild(ws, coef, member, p):
-    """New padded working sets from a membership mask (K, p+1); coefficients carried over."""
+def _rebuild(ws, coef, member, p, s=None):
+    """New padded working sets from a membership mask (K, p+1); coefficients carried over.
+    ``s``: the largest membership (less ``p``) when the caller knows it (saves a host sync)."""
     K, F, _ = coef.shape
     member = member.clone()
     member[:, p] = False
     counts = member.sum(1)
-    s = max(int(counts.max()) if K else 0, 1)
+    if s is None:
+        s = max(int(counts.max()) if K else 0, 1)
     order = torch.argsort((~member).to(torch.int8), dim=1, stable=True)[:, :s]
     new_ws = torch.where(torch.arange(s, device=ws.device)[None, :] < counts[:, None], order,
                          torch.full_like(order, p))
@@ -219,11 +223,13 @@ def _newton_pays(s, n, m, budget, lowrank=True):
 
 
 def _buckets(sizes, ratio=1.3):
-    """Group indices bucketed by working-set size so padding wastes at most ~30%."""
+    """Group indices bucketed by working-set size so padding wastes at most ~30%; groups with a
+    negative size are left out (one host sync)."""
     order = torch.argsort(sizes)
     sz = sizes[order].tolist()
-    out, lo = [], 0
-    for i in range(1, len(sz) + 1):
+    out = []
+    lo = next((i for i, v in enumerate(sz) if v >= 0), len(sz))
+    for i in range(lo + 1, len(sz) + 1):
         if i == len(sz) or sz[i] > max(ratio * max(sz[lo], 1), sz[lo] + 8):
             out.append((order[lo:i], max(int(sz[i - 1]), 1)))
             lo = i
@@ -252,11 +258,14 @@ def _inner(design, Y, folds, *, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, al
     cd_epochs = torch.zeros((K, F), dtype=torch.int64, device=coef.device)
     if open_all is None:
         open_all = allowance > 0
-    sizes = (ws != p).sum(1)
-    for g, sb in _buckets(sizes):
-        g = g[open_all[g].any(1)]
-        if not g.numel():
-            continue
+    if math.isinf(opts.bucket_ratio):
+        # one batch at the working sets' padded width: no host sync (groups without an open
+        # problem, if any, run with a zero allowance)
+        buckets = [(torch.arange(K, device=coef.device), max(s, 1))]
+    else:
+        # groups without an open problem get size -1: left out by _buckets
+        buckets = _buckets(torch.where(open_all.any(1), (ws != p).sum(1), -1), opts.bucket_ratio)
+    for g, sb in buckets:
         wsb, cb, open_ = ws[g, :sb], coef[g, :, :sb], open_all[g]
         xw = design.X[:n][:, wsb].permute(1, 0, 2)                           # (K', n, sb)
         yk = Y[:n, t_idx[g]].T
@@ -289,7 +298,7 @@ def _inner(design, Y, folds, *, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, al
         else:
             cb_f = cb
         res = fista(hess, c, yy[g], a[g], b[g], cb_f, target, allow, opts.check_every, lipschitz=lip,
-                    min_iter=newton_start)
+                    min_iter=newton_start, max_allow=opts.round_iter)
         cb = res.coef.to(dt)
         n_iter[g] = res.n_iter
         settled = torch.zeros_like(open_)
@@ -458,12 +467,13 @@ def solve(design, Y, folds, *, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, c
     final_coef = torch.zeros((K, F, p + 1), dtype=dt, device=dev)
     final_s = torch.zeros((K,), dtype=torch.int64, device=dev)
     active = torch.arange(K, device=dev)
+    any_ridge = bool((a == 0).any())   # ridge problems need ||X^T R||^2 in the check
     rounds = 0
     while active.numel():
         rounds += 1
         # 1) full check: float64 gap over all features and every feature's KKT score
         g_gap, g_score, g_score_ws = full_check(design, Y, folds, ws, coef, a[active], b[active],
-                                                t_idx[active])
+                                                t_idx[active], any_ridge=any_ridge)
         gap[active] = g_gap
         # 2) decide: converged (sklearn's rule), stopped (the engine's), out of budget
         conv = g_gap <= tol_abs[active]
@@ -480,27 +490,14 @@ def solve(design, Y, folds, *, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, c
         # max_iter bounds FISTA iterations and, separately, coordinate descent epochs (sklearn's
         # unit): a problem is out of budget when coordinate descent has spent its max_iter
         spent = (cd_epochs[active] >= max_iter) | (rounds >= MAX_ROUNDS)
-        finished = (stop | spent).all(1)
-        if bool(finished.any()):
-            # record every feature's score for finished groups (warm starts read them)
-            fs = g_score[finished].amax(1)
-            fs.scatter_reduce_(1, ws[finished], g_score_ws[finished].amax(1), reduce="amax")
-            score_out[active[finished]] = fs
-        g_score.masked_fill_((stop | spent)[..., None], 0.0)
+        done_p = stop | spent
+        finished = done_p.all(1)
+        # a finished group keeps every problem's score (warm starts read them); the others
+        # only their unfinished problems' (what decides the features they add)
+        g_score.masked_fill_((done_p & ~finished[:, None])[..., None], 0.0)
         group_score = g_score.amax(1)
-        # 3) retire groups whose problems are all stopped or spent
-        if bool(finished.any()):
-            fin = active[finished]
-            s = ws.shape[1]
-            final_ws[fin, :s] = ws[finished]
-            final_coef[fin, :, :s] = coef[finished]
-            final_s[fin] = s
-        keep = ~finished
-        if not bool(keep.any()):
-            break
-        active, ws, coef = active[keep], ws[keep], coef[keep]
-        group_score, g_gap = group_score[keep], g_gap[keep]
-        # 4) select features: add the strongest KKT violators (at least FIRST_SET, at most
+        # 4) select features (computed for every group, so that one host sync per round decides
+        #    retiring and sizes): add the strongest KKT violators (at least FIRST_SET, at most
         #    ``growth`` of the set's size)
         member = torch.zeros((active.numel(), p + 1), dtype=torch.bool, device=dev)
         member.scatter_(1, ws, True)
@@ -509,12 +506,32 @@ def solve(design, Y, folds, *, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, c
         viol[:, p] = False
         n_viol = viol.sum(1)
         n_add = torch.minimum(n_viol, torch.clamp((size * opts.growth).long(), min=FIRST_SET))
-        k_max = int(n_add.max())
+        n_add = n_add.masked_fill(finished, 0)
+        new_size = torch.where(finished, 0, size + n_add)
+        # the round's one host sync: groups retiring, most features added, largest new set
+        n_fin, k_max, s_new = torch.stack([finished.sum(), n_add.max(), new_size.max()]).tolist()
+        n_keep = active.numel() - n_fin
+        # 3) retire groups whose problems are all stopped or spent
+        if n_fin:
+            order = torch.argsort(finished.to(torch.int8), stable=True)   # kept first, in order
+            fin_i, keep = order[n_keep:], order[:n_keep]
+            fs = group_score[fin_i]
+            fs.scatter_reduce_(1, ws[fin_i], g_score_ws[fin_i].amax(1), reduce="amax")
+            fin = active[fin_i]
+            score_out[fin] = fs
+            s = ws.shape[1]
+            final_ws[fin, :s] = ws[fin_i]
+            final_coef[fin, :, :s] = coef[fin_i]
+            final_s[fin] = s
+            if not n_keep:
+                break
+            active, ws, coef = active[keep], ws[keep], coef[keep]
+            group_score, g_gap, member, n_add, viol = group_score[keep], g_gap[keep], member[keep], n_add[keep], viol[keep]
         if k_max:
             top = torch.topk(torch.where(viol, group_score, -1.0), k_max, dim=1).indices
             take = torch.arange(k_max, device=dev)[None, :] < n_add[:, None]
             member.scatter_(1, torch.where(take, top, torch.full_like(top, p)), True)
-        ws, coef = _rebuild(ws, coef, member, p)
+        ws, coef = _rebuild(ws, coef, member, p, s=max(s_new, 1))
         finished_p = stopped[active] | (cd_epochs[active] >= max_iter)
         # 5) budgets: FISTA gets a slice of the allowance per round, so the working set and the Newton
         # polish get another chance before the iterations run out
