@@ -204,12 +204,23 @@ def _rank_fit(fabric, X, Y, perms, shards, solver_kwargs):
     with warnings.catch_warnings():  # Lightning calls a torch collective torch calls deprecated
         warnings.filterwarnings("ignore", message=".*all_gather is deprecated")
         gathered = fabric.all_gather(pad_block(block, shards))             # each (world, ...)
+    _close_process_group(fabric)
     if rank != 0:
         return None
     blocks = [{k: v[r].cpu() for k, v in gathered.items()} for r in range(world)]
     res = assemble(blocks, shards, n_targets=Y.shape[1], perms=perms, template=block)
     # numpy, not tensors: torch would pass tensors through shared memory that dies with the rank
     return {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in vars(res).items()}
+
+
+def _close_process_group(fabric) -> None:
+    """Every rank past the gather, then the process group destroyed: a rank that exits with
+    gloo's threads still running aborts ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    fabric.barrier()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def solve_shard(X, Y, perms, shard: Shard, solver_kwargs: dict, *, device, fit) -> dict:
