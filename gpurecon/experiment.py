@@ -306,14 +306,6 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
-def _check_solver_settings(solver_cfg: DictConfig, device: torch.device) -> None:
-    """Reject a bad solver.alpha / l1_ratio / n_permutations at start-up (ConfigError)."""
-    from .config import n_permutations_for, solver_grid
-
-    solver_grid(solver_cfg)
-    n_permutations_for(solver_cfg.n_permutations, device.type)
-
-
 def fit_cross_validated(emb, Y: torch.Tensor, solver_cfg: DictConfig, device: torch.device,
                         seed: int, progress=None, devices: int = 1) -> CrossValidatedFit:
     """Held-out ElasticNet predictions for every trial, the mean-of-training baseline and,
@@ -533,7 +525,6 @@ def run(cfg: DictConfig, out_dir: str | os.PathLike) -> dict:
                      "skipping this run", out_dir)
             return finished
     device = resolve_device(cfg.device)
-    _check_solver_settings(cfg.solver, device)  # before any data is loaded or generated
     cache = Cache(cfg.cache_dir)
     dataset = resolve_dataset(cfg.data, cfg.subject, cache)
     generated = is_generated(dataset)

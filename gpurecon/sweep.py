@@ -33,7 +33,6 @@ FAILURES_FILE = "sweep_failures.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
 _MAX_DIRNAME = 100
 # Keys the running sweep varies (set by RecordFailures.on_multirun_start, read by job_dirname).
-_swept_keys: set[str] | None = None
 _SWEPT_ENV = "GPURECON_SWEPT_KEYS"
 
 
@@ -78,8 +77,9 @@ def job_dirname() -> str:
     from hydra.core.hydra_config import HydraConfig
 
     items = [str(o) for o in HydraConfig.get().overrides.task]
-    # the environment carries the keys into a parallel launcher's worker processes
-    keys = _swept_keys or set(filter(None, os.environ.get(_SWEPT_ENV, "").split(",")))
+    # set by RecordFailures in the launching process; the environment also carries the keys
+    # into a parallel launcher's worker processes
+    keys = set(filter(None, os.environ.get(_SWEPT_ENV, "").split(",")))
     if keys:
         items = [o for o in items if o.split("=", 1)[0] in keys]
     return dirname(",".join(items))
@@ -120,11 +120,9 @@ class RecordFailures(Callback):
         self.n_jobs = 0
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        global _swept_keys
         self.sweep_id = datetime.datetime.now(datetime.timezone.utc).isoformat()
         self.n_jobs = 0
-        _swept_keys = swept_keys(config.hydra.overrides.task)
-        os.environ[_SWEPT_ENV] = ",".join(sorted(_swept_keys))
+        os.environ[_SWEPT_ENV] = ",".join(sorted(swept_keys(config.hydra.overrides.task)))
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus

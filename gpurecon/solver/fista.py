@@ -46,7 +46,14 @@ class GramHessian:
         self.downdates = downdates
 
     def apply(self, v: torch.Tensor) -> torch.Tensor:
-        hv = torch.bmm(v, self.gram)
+        return self._downdate(torch.bmm(v, self.gram), v)
+
+    def grad(self, v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``H v - c`` (the gradient of the smooth part), with ``-c`` fused into the product."""
+        return self._downdate(torch.baddbmm(c, v, self.gram, beta=-1.0), v)
+
+    def _downdate(self, hv: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Subtract the folds' held-out rows from ``hv`` (in place): ``hv - U^T U v``."""
         u = self.downdates
         if u is None:
             return hv
@@ -55,18 +62,6 @@ class GramHessian:
             u0 = u[:, :, 0]
             return hv.addcmul_(u0, torch.linalg.vecdot(u0, v)[..., None], value=-1.0)
         coef = torch.matmul(u, v[..., None])                                  # (K, m, r, 1)
-        return hv.sub_(torch.matmul(u.transpose(-1, -2), coef)[..., 0])
-
-    def grad(self, v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """``H v - c`` (the gradient of the smooth part), with ``-c`` fused into the product."""
-        hv = torch.baddbmm(c, v, self.gram, beta=-1.0)
-        u = self.downdates
-        if u is None:
-            return hv
-        if u.shape[2] == 1:
-            u0 = u[:, :, 0]
-            return hv.addcmul_(u0, torch.linalg.vecdot(u0, v)[..., None], value=-1.0)
-        coef = torch.matmul(u, v[..., None])
         return hv.sub_(torch.matmul(u.transpose(-1, -2), coef)[..., 0])
 
     def to(self, dtype) -> "GramHessian":
