@@ -147,7 +147,7 @@ def restricted_gap(hess, c, yy, a, b, w):
 
 
 def fista(hess, c, yy, a, b, w0, target, max_iter, check_every=10, lipschitz=None,
-          min_iter=False, max_allow=None) -> FistaResult:
+          min_iter=False, max_allow=None, scale=None) -> FistaResult:
     """Run batched FISTA (adaptive restart) until each problem's restricted gap <= target.
 
     Parameters
@@ -176,6 +176,11 @@ def fista(hess, c, yy, a, b, w0, target, max_iter, check_every=10, lipschitz=Non
     max_allow : int or None
         An upper bound of ``max_iter`` known to the caller: saves the host sync that reads it
         (the loop then runs at least one block of checks, identity iterations if none is live).
+    scale : Tensor (K, s) or None
+        Diagonal preconditioning: feature ``j`` of group ``k`` steps ``1 / (L_k scale_kj)``, with
+        ``lipschitz`` then bounding ``lambda_max(S^-1/2 H S^-1/2)`` (``S = diag(scale)``, usually
+        the Gram's diagonal). Columns of widely different scales converge at the rate of the
+        rescaled problem; features with ``scale == 0`` keep their start.
     """
     K, m, s = w0.shape
     device, dtype = w0.device, w0.dtype
@@ -204,9 +209,14 @@ def fista(hess, c, yy, a, b, w0, target, max_iter, check_every=10, lipschitz=Non
     # per-problem step, threshold and shrink; a frozen problem gets (0, 0, 1) and v = w: its
     # update is then the identity (zero step, zero difference), so freezing costs no masking
     # inside the loop
-    step0 = (1.0 / lip).to(dtype)[:, None, None].expand(K, m, 1)
-    thr0 = (a / lip[:, None]).to(dtype)[..., None]
-    shrink0 = (1.0 / (1.0 + b / lip[:, None])).to(dtype)[..., None]
+    if scale is None:
+        step64 = (1.0 / lip)[:, None, None].expand(K, m, 1)
+    else:
+        sc = scale.to(torch.float64)
+        step64 = torch.where(sc > 0, 1.0 / (lip[:, None] * torch.where(sc > 0, sc, 1.0)), 0.0)[:, None, :]
+    step0 = step64.to(dtype).expand(K, m, step64.shape[-1])
+    thr0 = (a[..., None] * step64).to(dtype)
+    shrink0 = (1.0 / (1.0 + b[..., None] * step64)).to(dtype)
     its = torch.zeros((K, m), dtype=torch.int64, device=device)
 
     gap_active = restricted_gap(h, cc, yy_, a_, b_, w)

@@ -45,10 +45,13 @@ FISTA_COMPACT_AT = 0.6
 # problems freeze on the device at every check, so results do not depend on it; a larger
 # value trades host syncs for identity iterations after the last problem froze.
 FISTA_SYNC_EVERY = 2
-# Groups whose working-set Gram diagonal spans more than this ratio skip FISTA for coordinate
-# descent (GPT-2-like embeddings span ~1e2 over all 768 columns; iid columns with gamma
-# scales and a few x30 columns ~1e7).
-CD_DIAG_SPREAD = 1e3
+# Diagonal preconditioning (a FISTA step per feature): a group takes it when the condition
+# number of its rescaled Hessian is more than this factor below the plain one's (iid columns
+# with gamma scales and a few x30 columns: ~1e3 -> ~10; PCA-like orthogonal columns: ~30 -> 1;
+# GPT-2-like correlated columns of similar scale: about equal, plain kept).
+PRECONDITION_MARGIN = 4.0
+# Working sets too wide for a Gram (primal Hessian) decide by the diagonal's spread instead.
+PRECONDITION_SPREAD = 1e3
 # Coordinate descent: repack the batch when the live problems fill at most this fraction of it.
 CD_COMPACT_AT = 0.5
 # Anderson extrapolation (skglm's anderson_cd) from this many successive epochs' iterates.

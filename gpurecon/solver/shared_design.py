@@ -42,7 +42,7 @@ from .coordinate_descent import coordinate_descent
 from .fista import GramHessian, PrimalHessian, fista
 from .gap import enet_duality_gap
 from .newton import pdas
-from .options import (CD_DIAG_SPREAD, CD_GAP_FRACTION, FIRST_SET, INNER_FRACTION, MAX_CONSTRAINTS, MAX_ROUNDS,
+from .options import (PRECONDITION_MARGIN, PRECONDITION_SPREAD, CD_GAP_FRACTION, FIRST_SET, INNER_FRACTION, MAX_CONSTRAINTS, MAX_ROUNDS,
                       NEWTON_MAX_SET, STOP_AT_TOL_ROUND, WARM_SCORE, Options)
 
 F64 = torch.float64
@@ -277,15 +277,17 @@ def _inner(design, Y, folds, *, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, al
             hess = PrimalHessian(xw, folds.train[None], folds.n_train.to(dt)[None, :, None], folds.center)
         lip = torch.minimum(hess.lipschitz(), design.lam_max.to(coef.device).expand(g.numel()))
         allow = torch.where(open_, allowance[g], torch.zeros_like(allowance[g]))
+        scale = None
         if cd_allow is not None:
-            # FISTA's one step 1/L per group crawls when the working-set columns differ widely
-            # in scale (a step per feature would fit those but slows the others): such groups,
-            # and those coordinate descent already had to finish, go to coordinate descent
-            diag = torch.diagonal(hess.gram, dim1=1, dim2=2) if isinstance(hess, GramHessian) \
-                else xw.square().sum(1)
-            spread = diag.amax(1) / torch.where(diag > 0, diag, torch.inf).amin(1)
-            direct = (spread > CD_DIAG_SPREAD) | (cd_groups[g] if cd_groups is not None else False)
-            allow = torch.where(direct[:, None], torch.zeros_like(allow), allow)
+            # FISTA with one step 1/L per group crawls when the working-set columns differ widely
+            # in scale; a step per feature (diagonal preconditioning) fixes that but slows
+            # groups of correlated columns of similar scale: each group takes the metric in
+            # which its Hessian is better conditioned
+            pre, lip_pre, diag = _choose_metric(hess, xw, b[g][:, 0], sync=not math.isinf(opts.bucket_ratio))
+            lip = torch.where(pre, lip_pre, lip)
+            scale = torch.where(pre[:, None], diag, 1.0)
+            if cd_groups is not None:
+                allow = torch.where(cd_groups[g][:, None], torch.zeros_like(allow), allow)
         use_newton = sb <= NEWTON_MAX_SET and _newton_pays(sb, n, F, opts.newton_budget, opts.lowrank_newton)
         if newton_start and use_newton:
             cb = _newton_start(design, folds, wsb, cb, xw, yc, alpha[g], l1_ratio[g], a[g], b[g], open_, opts)
@@ -298,7 +300,7 @@ def _inner(design, Y, folds, *, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, al
         else:
             cb_f = cb
         res = fista(hess, c, yy[g], a[g], b[g], cb_f, target, allow, opts.check_every, lipschitz=lip,
-                    min_iter=newton_start, max_allow=opts.round_iter)
+                    min_iter=newton_start, max_allow=opts.round_iter, scale=scale)
         cb = res.coef.to(dt)
         n_iter[g] = res.n_iter
         settled = torch.zeros_like(open_)
@@ -321,6 +323,62 @@ def _inner(design, Y, folds, *, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, al
                 cd_epochs[g] = spent
         coef[g, :, :sb] = cb
     return coef, n_iter, cd_epochs
+
+
+def _choose_metric(hess, xw, b, sync=True):
+    """Per group: does diagonally preconditioned FISTA converge faster than plain FISTA?
+
+    Compares the condition numbers (float64 eigenvalues of the all-rows Gram, which every
+    fold's Hessian differs from by a low-rank term) of ``G + bI`` (plain) and of its rescaled
+    form ``D^-1/2 (G + bI) D^-1/2`` (``D = diag(G)``), over eigenvalues above ``1e-8`` of the
+    largest (a lasso's null space is not a direction FISTA needs to resolve). Rescaling
+    changes a condition number by at most the diagonal's spread ``max(D) / min(D)``, so groups
+    whose spread is below ``PRECONDITION_MARGIN`` keep the plain metric without a
+    factorisation (with ``sync``: one host sync to leave them out). Wide working sets (primal
+    Hessian, no Gram) decide by the spread alone (``PRECONDITION_SPREAD``).
+
+    Returns
+    -------
+    pre : Tensor (K,) bool
+    lip_pre : Tensor (K,) float64
+        ``lambda_max`` of the rescaled Hessian plus its largest rescaled ridge ``b / D_jj``
+        (a Lipschitz bound of the preconditioned step).
+    diag : Tensor (K, s) float64
+        The Gram's diagonal (the preconditioner; 0 for padding columns).
+    """
+    x64 = xw.to(F64)
+    gram = hess.gram.to(F64) if isinstance(hess, GramHessian) else None
+    diag = torch.diagonal(gram, dim1=1, dim2=2) if gram is not None else x64.square().sum(1)
+    K, s = diag.shape
+    pos = diag > 0
+    spread = diag.amax(1) / torch.where(pos, diag, torch.inf).amin(1)
+    inv_sqrt = torch.where(pos, torch.where(pos, diag, 1.0).rsqrt(), 0.0)
+    ridge = b.to(F64)[:, None] * inv_sqrt.square()
+    if gram is None:
+        # n x n side of the rescaled design: same non-zero eigenvalues, far smaller
+        xs = x64 * inv_sqrt[:, None, :]
+        lip_pre = torch.linalg.eigvalsh(torch.bmm(xs, xs.transpose(1, 2)))[:, -1] + ridge.amax(1)
+        return spread > PRECONDITION_SPREAD, lip_pre, diag
+    pre = torch.zeros(K, dtype=torch.bool, device=diag.device)
+    lip_pre = torch.ones(K, dtype=F64, device=diag.device)
+    idx = torch.nonzero(spread > PRECONDITION_MARGIN).squeeze(1) if sync else torch.arange(K, device=diag.device)
+    if idx.numel():
+        g, isq = gram[idx], inv_sqrt[idx]
+        eye = torch.eye(s, dtype=F64, device=g.device)
+        plain = torch.linalg.eigvalsh(g + b.to(F64)[idx, None, None] * eye)
+        # padding columns get a unit diagonal in the rescaled matrix: an eigenvalue 1, neutral there
+        scaled = g * isq[:, :, None] * isq[:, None, :] + torch.diag_embed(ridge[idx] + (~pos[idx]).to(F64))
+        rescaled = torch.linalg.eigvalsh(scaled)
+        pre[idx] = _condition(rescaled) * PRECONDITION_MARGIN < _condition(plain)
+        lip_pre[idx] = rescaled[:, -1]
+    return pre, lip_pre, diag
+
+
+def _condition(eig):
+    """``lambda_max / lambda_min`` over eigenvalues above 1e-8 of the largest (ascending rows)."""
+    top = eig[:, -1:]
+    low = torch.where(eig > 1e-8 * top, eig, torch.inf).amin(1)
+    return top[:, 0] / low
 
 
 def _cd(design, folds, ws, coef, xw, yc, hess, yy, a, b, target, allow, opts):
