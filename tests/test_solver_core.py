@@ -203,3 +203,18 @@ def test_bad_input_raises_value_error_naming_the_argument(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         enet_path_fit(args.pop("X"), args.pop("Y"), args.pop("alphas"), args.pop("l1_ratios"), device="cpu", **args)
+
+
+def test_public_solver_functions_take_options_by_keyword_only():
+    """Only (X, Y, alphas, l1_ratios) are positional: a positional fold mask or tolerance in the
+    wrong slot must fail loudly instead of silently meaning something else."""
+    from gpurecon.solver import cross_val_predict, kfold, nested_cross_val_predict
+
+    X, Y = np.ones((6, 2)), np.ones((6, 1))
+    masks = kfold(6, 3)
+    with pytest.raises(TypeError):
+        enet_path_fit(X, Y, 0.1, 0.5, masks)
+    with pytest.raises(TypeError):
+        cross_val_predict(X, Y, 0.1, 0.5, masks)
+    with pytest.raises(TypeError):
+        nested_cross_val_predict(X, Y, [0.1], [0.5], masks)

@@ -75,7 +75,8 @@ def test_fista_matches_sklearn_per_fold():
     X, y = _loo_problem()
     folds = [1, 2, 3, 4]
     gram, down, c, yy, a, b = _gram_form(X, y, 0.05, 0.5, folds)
-    res = fista(GramHessian(gram, down), c, yy, a, b, torch.zeros_like(c), 1e-13 * yy, 100_000)
+    res = fista(GramHessian(gram, down), c=c, yy=yy, a=a, b=b, w0=torch.zeros_like(c), target=1e-13 * yy,
+                max_iter=100_000)
     assert bool(res.done.all())
     ref = _sklearn_folds(X, y, 0.05, 0.5, folds)
     np.testing.assert_allclose(res.coef[0].numpy(), ref, atol=1e-5 * np.abs(ref).max())
@@ -86,7 +87,8 @@ def test_fista_empty_working_set_is_finite_and_done():
     K, m, s = 2, 3, 4
     zeros = torch.zeros((K, m, s), dtype=torch.float32)
     yy = torch.ones((K, m), dtype=F64)
-    res = fista(GramHessian(torch.zeros((K, s, s)), None), zeros, yy, yy, yy, zeros, 1e-4 * yy, 200)
+    res = fista(GramHessian(torch.zeros((K, s, s)), None), c=zeros, yy=yy, a=yy, b=yy, w0=zeros, target=1e-4 * yy,
+                max_iter=200)
     assert torch.isfinite(res.coef).all() and bool(res.done.all()) and int(res.n_iter.max()) == 0
 
 
@@ -116,9 +118,10 @@ def test_pdas_from_the_right_support_is_exact():
     gram, down, c, _, a, b = _gram_form(X, y, alpha, l1, folds)
     ref = _sklearn_folds(X, y, alpha, l1, folds)
     start = torch.from_numpy(ref)[None] * 0.9                          # right signs, wrong values
-    coef, stable = pdas(gram, down, torch.tensor([float(n - 1)], dtype=F64),
-                        torch.zeros((1, len(folds)), dtype=torch.long), torch.tensor([alpha * (1 - l1)], dtype=F64),
-                        c, a, b, start != 0, torch.sign(start), torch.zeros((1, X.shape[1]), dtype=torch.bool), 4)
+    coef, stable = pdas(gram, downdates=down, b_class=torch.tensor([float(n - 1)], dtype=F64),
+                        fold_class=torch.zeros((1, len(folds)), dtype=torch.long),
+                        ridge=torch.tensor([alpha * (1 - l1)], dtype=F64), c=c, a=a, b=b, active=start != 0,
+                        sign=torch.sign(start), fixed=torch.zeros((1, X.shape[1]), dtype=torch.bool), rounds=4)
     assert bool(stable.all())
     np.testing.assert_allclose(coef[0].numpy(), ref, atol=1e-9 * np.abs(ref).max())
 
@@ -174,8 +177,9 @@ def test_preconditioned_fista_matches_sklearn_and_needs_fewer_iterations_on_scal
     scaled_gram = gram / torch.sqrt(diag[:, :, None] * diag[:, None, :])
     lip_pre = torch.linalg.eigvalsh(scaled_gram)[:, -1]
     target = 1e-13 * yy
-    pre = fista(hess, c, yy, a, b, torch.zeros_like(c), target, 100_000, lipschitz=lip_pre, scale=diag)
-    plain = fista(hess, c, yy, a, b, torch.zeros_like(c), target, 100_000)
+    kw = dict(c=c, yy=yy, a=a, b=b, w0=torch.zeros_like(c), target=target, max_iter=100_000)
+    pre = fista(hess, lipschitz=lip_pre, scale=diag, **kw)
+    plain = fista(hess, **kw)
     assert bool(pre.done.all()) and bool(plain.done.all())
     ref = _sklearn_folds(X, y, 0.02, l1_ratio, folds)
     np.testing.assert_allclose(pre.coef[0].numpy(), ref, atol=1e-6 * np.abs(ref).max())

@@ -182,9 +182,9 @@ def _stats_tensors(F, G, T, dev):
             torch.zeros((F, G, T), dtype=torch.int32, device=dev))
 
 
-def cross_val_predict(X, Y, alphas=1.0, l1_ratios=0.5, folds=None, preprocess=None, permutations=None,
+def cross_val_predict(X, Y, alphas=1.0, l1_ratios=0.5, *, folds=None, preprocess=None, permutations=None,
                       fit_intercept=True, tol=1e-4, max_iter=1000, device=None, memory_budget=None,
-                      dtype=None, warm_start=True, *, progress=None) -> CVResult:
+                      dtype=None, warm_start=True, progress=None) -> CVResult:
     """Held-out predictions of ElasticNet for every grid point in one batched pass.
 
     Parameters
@@ -214,7 +214,8 @@ def cross_val_predict(X, Y, alphas=1.0, l1_ratios=0.5, folds=None, preprocess=No
     Yn = Y if isinstance(Y, torch.Tensor) else np.asarray(Y)
     n = Xn.shape[0] if getattr(Xn, "ndim", 0) >= 1 else 0
     masks = leave_one_out(n) if folds is None and n >= 2 else folds
-    problem, one_d = en.prepare(Xn, Yn, alphas, l1_ratios, masks, fit_intercept, tol, max_iter, device, dtype)
+    problem, one_d = en.prepare(Xn, Yn, alphas, l1_ratios, train_masks=masks, fit_intercept=fit_intercept, tol=tol,
+                                max_iter=max_iter, device=device, dtype=dtype)
     train = problem.folds.train > 0
     held = held_out_fold(train)
     n, T = problem.design.n, problem.Y.shape[1]
@@ -350,7 +351,7 @@ def _inner_splitter(inner) -> Callable[[int], np.ndarray]:
     raise ValueError(f"inner must be 'loo', 'kfold:<k>' or a callable n -> training masks, got {inner!r}")
 
 
-def nested_cross_val_predict(X, Y, alphas, l1_ratios, folds=None, inner="kfold:5", select="per_target",
+def nested_cross_val_predict(X, Y, alphas, l1_ratios, *, folds=None, inner="kfold:5", select="per_target",
                              preprocess=None, fit_intercept=True, tol=1e-4, max_iter=1000, device=None,
                              memory_budget=None, dtype=None) -> NestedCVResult:
     """Outer held-out predictions with the grid point chosen by inner CV within each outer fold.
@@ -395,8 +396,9 @@ def nested_cross_val_predict(X, Y, alphas, l1_ratios, folds=None, inner="kfold:5
     owner = torch.as_tensor(owner)
     loss = inner_losses(Xn, Y, alphas, l1_ratios, inner_masks, outer_masks, owner, preprocess, fit_intercept,
                         tol, max_iter, device, memory_budget, dtype)                  # (F_o, G, T)
-    outer = cross_val_predict(X, Y, alphas, l1_ratios, outer_masks, preprocess, None, fit_intercept, tol,
-                              max_iter, device, memory_budget, dtype)
+    outer = cross_val_predict(X, Y, alphas, l1_ratios, folds=outer_masks, preprocess=preprocess,
+                              fit_intercept=fit_intercept, tol=tol, max_iter=max_iter, device=device,
+                              memory_budget=memory_budget, dtype=dtype)
     preds = outer.predictions if outer.predictions.ndim == 3 else outer.predictions[..., None]
     dev = preds.device
     loss = loss.to(dev)
@@ -420,7 +422,8 @@ def inner_losses(X, Y, alphas, l1_ratios, inner_masks, outer_masks, owner, prepr
     """Mean squared error of each grid point over each outer fold's inner held-out samples,
     (outer folds, grid, targets)."""
     transform = make_preprocess(preprocess)
-    problem, _ = en.prepare(X, Y, alphas, l1_ratios, inner_masks, fit_intercept, tol, max_iter, device, dtype)
+    problem, _ = en.prepare(X, Y, alphas, l1_ratios, train_masks=inner_masks, fit_intercept=fit_intercept, tol=tol,
+                            max_iter=max_iter, device=device, dtype=dtype)
     dev, n, T, G = problem.Y.device, problem.design.n, problem.Y.shape[1], len(problem.grid)
     train = problem.folds.train > 0
     # a sample is scored by an inner fold when it is in the outer training set but not the inner one

@@ -201,7 +201,7 @@ class Problem:
     fit_intercept: bool
 
 
-def prepare(X, Y, alphas, l1_ratios, train_masks=None, fit_intercept=True, tol=1e-4, max_iter=1000,
+def prepare(X, Y, alphas, l1_ratios, *, train_masks=None, fit_intercept=True, tol=1e-4, max_iter=1000,
             device=None, dtype=None) -> tuple[Problem, bool]:
     """Validate and move everything to the device; returns the problem and whether Y was 1-D."""
     dev = resolve_device(device) if device is not None else (
@@ -341,7 +341,7 @@ def bytes_per_group(problem: Problem) -> int:
             + 8 * (6 * F * n + 2 * F * p1))
 
 
-def enet_path_fit(X, Y, alphas, l1_ratios, train_masks=None, fit_intercept=True, tol=1e-4,
+def enet_path_fit(X, Y, alphas, l1_ratios, *, train_masks=None, fit_intercept=True, tol=1e-4,
                   max_iter=1000, device=None, memory_budget=None, dtype=None,
                   warm_start=True) -> EnetResult:
     """Fit ElasticNet for every (training fold, alpha, l1_ratio, target) at once.
@@ -377,7 +377,8 @@ def enet_path_fit(X, Y, alphas, l1_ratios, train_masks=None, fit_intercept=True,
     -------
     EnetResult
     """
-    problem, _ = prepare(X, Y, alphas, l1_ratios, train_masks, fit_intercept, tol, max_iter, device, dtype)
+    problem, _ = prepare(X, Y, alphas, l1_ratios, train_masks=train_masks, fit_intercept=fit_intercept, tol=tol,
+                         max_iter=max_iter, device=device, dtype=dtype)
     F, G = problem.folds.train.shape[0], len(problem.grid)
     T, p = problem.Y.shape[1], problem.design.p
     dev, dt = problem.Y.device, problem.Y.dtype

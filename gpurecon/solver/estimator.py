@@ -88,9 +88,9 @@ class ElasticNet(MultiOutputMixin, RegressorMixin, BaseEstimator):
         else:
             X, y = validate_data(self, X, y, multi_output=True, y_numeric=True,
                                  dtype=[np.float64, np.float32], ensure_min_samples=2)
-        res = enet_path_fit(X, y, [float(self.alpha)], [float(self.l1_ratio)], None, self.fit_intercept,
-                            float(self.tol), int(self.max_iter), self.device, self.memory_budget,
-                            self._torch_dtype())
+        res = enet_path_fit(X, y, [float(self.alpha)], [float(self.l1_ratio)], fit_intercept=self.fit_intercept,
+                            tol=float(self.tol), max_iter=int(self.max_iter), device=self.device,
+                            memory_budget=self.memory_budget, dtype=self._torch_dtype())
         coef = res.coef[0, 0].cpu().numpy()                            # (T, p)
         intercept = res.intercept[0, 0].cpu().numpy().astype(coef.dtype)
         gaps = res.dual_gap[0, 0].cpu().numpy().astype(coef.dtype)

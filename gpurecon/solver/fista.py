@@ -146,7 +146,7 @@ def restricted_gap(hess, c, yy, a, b, w):
                             dual_norm, xtr_norm2, a, b)
 
 
-def fista(hess, c, yy, a, b, w0, target, max_iter, check_every=10, lipschitz=None,
+def fista(hess, *, c, yy, a, b, w0, target, max_iter, check_every=10, lipschitz=None,
           min_iter=False, max_allow=None, scale=None) -> FistaResult:
     """Run batched FISTA (adaptive restart) until each problem's restricted gap <= target.
 

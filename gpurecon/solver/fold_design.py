@@ -93,15 +93,16 @@ def solve_fold_designs(Xf, Y, train, *, alpha, l1_ratio, tol, max_iter, center, 
         if not bool(open_.any()):
             break
         allow = torch.where(open_, max_iter - n_iter, torch.zeros_like(n_iter))
-        res = fista(hess, c_k, yy_k, a, b, coef, tol_abs * frac, allow, check_every)
+        res = fista(hess, c=c_k, yy=yy_k, a=a, b=b, w0=coef, target=tol_abs * frac, max_iter=allow,
+                    check_every=check_every)
         coef, n_iter = res.coef, n_iter + res.n_iter
         if newton_rounds:
             lowrank = k > n and bool((ridge > 0).all())
             cols = rep(xc.to(F64)) if lowrank else gram_k.to(F64)
-            x, stable = pdas(cols, zero_down, torch.ones(1, dtype=F64, device=dev),
-                             torch.zeros((K, T), dtype=torch.int64, device=dev), ridge, c_k.to(F64), a, b,
-                             coef != 0, torch.sign(coef).to(F64), fixed, newton_rounds, done=~open_,
-                             lowrank=lowrank)
+            x, stable = pdas(cols, downdates=zero_down, b_class=torch.ones(1, dtype=F64, device=dev),
+                             fold_class=torch.zeros((K, T), dtype=torch.int64, device=dev), ridge=ridge,
+                             c=c_k.to(F64), a=a, b=b, active=coef != 0, sign=torch.sign(coef).to(F64),
+                             fixed=fixed, rounds=newton_rounds, done=~open_, lowrank=lowrank)
             coef = torch.where((stable & open_)[..., None], x.to(dt), coef)
         frac *= 0.25
     gap = _final_gap(xc, yc, coef, a, b, F, G)

@@ -161,7 +161,7 @@ def hessian_apply(cols, downdates, b, x, lowrank=False):
     return hx - torch.einsum("kfrs,kfr->kfs", downdates, coef) + b[..., None] * x
 
 
-def pdas(cols, downdates, b_class, fold_class, ridge, c, a, b, active, sign, fixed, rounds, done=None,
+def pdas(cols, *, downdates, b_class, fold_class, ridge, c, a, b, active, sign, fixed, rounds, done=None,
          lowrank=False):
     """Primal-dual active-set rounds on every problem; float64 throughout.
 

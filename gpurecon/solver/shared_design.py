@@ -299,7 +299,8 @@ def _inner(design, Y, folds, *, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, al
             hess, c, cb_f = hess.to(fdt), c.to(fdt), cb.to(fdt)
         else:
             cb_f = cb
-        res = fista(hess, c, yy[g], a[g], b[g], cb_f, target, allow, opts.check_every, lipschitz=lip,
+        res = fista(hess, c=c, yy=yy[g], a=a[g], b=b[g], w0=cb_f, target=target, max_iter=allow,
+                    check_every=opts.check_every, lipschitz=lip,
                     min_iter=newton_start, max_allow=opts.round_iter, scale=scale)
         cb = res.coef.to(dt)
         n_iter[g] = res.n_iter
@@ -437,9 +438,10 @@ def _polish(design, folds, ws, coef, xw, yc, alpha, l1_ratio, a, b, open_, opts,
         xw64 = xw[g].to(F64)
         start = coef[g][rows, pick]
         x, stable = pdas(_newton_cols(xw64, lowrank),
-                         _downdates(design, folds, ws[g], F64)[rows, pick], sizes, cls[pick], ridge[g],
-                         torch.bmm(yc[g][rows, pick].to(F64), xw64), a[g][rows, pick], b[g][rows, pick],
-                         start != 0, torch.sign(start).to(F64), ws[g] == design.p, opts.newton_rounds,
+                         downdates=_downdates(design, folds, ws[g], F64)[rows, pick], b_class=sizes,
+                         fold_class=cls[pick], ridge=ridge[g], c=torch.bmm(yc[g][rows, pick].to(F64), xw64),
+                         a=a[g][rows, pick], b=b[g][rows, pick], active=start != 0,
+                         sign=torch.sign(start).to(F64), fixed=ws[g] == design.p, rounds=opts.newton_rounds,
                          done=~open_[g][rows, pick], lowrank=lowrank)
         take = stable & open_[g][rows, pick]
         coef[g[:, None], pick] = torch.where(take[..., None], x.to(coef.dtype), start)
@@ -470,9 +472,10 @@ def _newton_start(design, folds, ws, coef, xw, yc, alpha, l1_ratio, a, b, open_,
         xw64 = xw[g].to(F64)
         start = coef[g]
         sign = torch.sign(start).to(F64)
-        x, _ = pdas(_newton_cols(xw64, lowrank), _downdates(design, folds, ws[g], F64),
-                    sizes, cls[None].expand(g.numel(), F), ridge[g], torch.bmm(yc[g].to(F64), xw64), a[g], b[g],
-                    start != 0, sign, ws[g] == design.p, 1, lowrank=lowrank)
+        x, _ = pdas(_newton_cols(xw64, lowrank), downdates=_downdates(design, folds, ws[g], F64),
+                    b_class=sizes, fold_class=cls[None].expand(g.numel(), F), ridge=ridge[g],
+                    c=torch.bmm(yc[g].to(F64), xw64), a=a[g], b=b[g], active=start != 0, sign=sign,
+                    fixed=ws[g] == design.p, rounds=1, lowrank=lowrank)
         x = torch.where(torch.sign(x) == sign, x, torch.zeros_like(x))
         coef[g] = torch.where(open_[g][..., None], x.to(coef.dtype), start)
     return coef
@@ -554,7 +557,7 @@ def solve(design, Y, folds, *, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, c
         # only their unfinished problems' (what decides the features they add)
         g_score.masked_fill_((done_p & ~finished[:, None])[..., None], 0.0)
         group_score = g_score.amax(1)
-        # 4) select features (computed for every group, so that one host sync per round decides
+        # 3) select features (computed for every group, so that one host sync per round decides
         #    retiring and sizes): add the strongest KKT violators (at least FIRST_SET, at most
         #    ``growth`` of the set's size)
         member = torch.zeros((active.numel(), p + 1), dtype=torch.bool, device=dev)
@@ -569,7 +572,7 @@ def solve(design, Y, folds, *, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, c
         # the round's one host sync: groups retiring, most features added, largest new set
         n_fin, k_max, s_new = torch.stack([finished.sum(), n_add.max(), new_size.max()]).tolist()
         n_keep = active.numel() - n_fin
-        # 3) retire groups whose problems are all stopped or spent
+        # 4) retire groups whose problems are all stopped or spent
         if n_fin:
             order = torch.argsort(finished.to(torch.int8), stable=True)   # kept first, in order
             fin_i, keep = order[n_keep:], order[:n_keep]
