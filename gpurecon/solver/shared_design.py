@@ -57,6 +57,9 @@ class Design:
     X: torch.Tensor
     lam_max: torch.Tensor   # float64 scalar: lambda_max(X^T X) over all rows (valid for every fold)
     center: bool
+    # float64 scalar: lambda_max of X^T X with unit diagonal (D^-1/2 X^T X D^-1/2); bounds every
+    # working set's rescaled Gram (a principal submatrix)
+    lam_max_scaled: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -98,7 +101,11 @@ def make_design(X: torch.Tensor, center: bool) -> Design:
     x64 = X.to(torch.float64)
     kernel = x64 @ x64.T if n <= p else x64.T @ x64
     lam = torch.linalg.eigvalsh(kernel)[-1] if n and p else torch.zeros((), dtype=torch.float64)
-    return Design(Xe, lam.to(torch.float64), center)
+    d = x64.square().sum(0)
+    xs = x64 * torch.where(d > 0, torch.where(d > 0, d, 1.0).rsqrt(), 0.0)
+    kernel = xs @ xs.T if n <= p else xs.T @ xs
+    lam_s = torch.linalg.eigvalsh(kernel)[-1] if n and p else torch.zeros((), dtype=torch.float64)
+    return Design(Xe, lam.to(torch.float64), center, lam_s.to(torch.float64))
 
 
 def make_folds(train_masks: torch.Tensor, center: bool, dtype: torch.dtype) -> Folds:
@@ -283,7 +290,8 @@ def _inner(design, Y, folds, *, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, al
             # in scale; a step per feature (diagonal preconditioning) fixes that but slows
             # groups of correlated columns of similar scale: each group takes the metric in
             # which its Hessian is better conditioned
-            pre, lip_pre, diag = _choose_metric(hess, xw, b[g][:, 0], sync=not math.isinf(opts.bucket_ratio))
+            pre, lip_pre, diag = _choose_metric(hess, xw, b[g][:, 0], one_batch=math.isinf(opts.bucket_ratio),
+                                                lam_scaled=design.lam_max_scaled)
             lip = torch.where(pre, lip_pre, lip)
             scale = torch.where(pre[:, None], diag, 1.0)
             if cd_groups is not None:
@@ -326,7 +334,7 @@ def _inner(design, Y, folds, *, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, al
     return coef, n_iter, cd_epochs
 
 
-def _choose_metric(hess, xw, b, sync=True):
+def _choose_metric(hess, xw, b, one_batch=False, lam_scaled=None):
     """Per group: does diagonally preconditioned FISTA converge faster than plain FISTA?
 
     Compares the condition numbers (float64 eigenvalues of the all-rows Gram, which every
@@ -335,8 +343,13 @@ def _choose_metric(hess, xw, b, sync=True):
     largest (a lasso's null space is not a direction FISTA needs to resolve). Rescaling
     changes a condition number by at most the diagonal's spread ``max(D) / min(D)``, so groups
     whose spread is below ``PRECONDITION_MARGIN`` keep the plain metric without a
-    factorisation (with ``sync``: one host sync to leave them out). Wide working sets (primal
-    Hessian, no Gram) decide by the spread alone (``PRECONDITION_SPREAD``).
+    factorisation (one host sync leaves them out).
+
+    Wide working sets (primal Hessian, no Gram) and the one-batch engine (``one_batch``: the
+    GPU path, where a batch of eigenvalue problems is a loop of solver calls and the subset a
+    host sync) decide by the spread alone (``PRECONDITION_SPREAD``) and bound the rescaled
+    ``lambda_max`` by the smaller of the rescaled Gram's Frobenius norm and ``lam_scaled``
+    (the whole design's, which bounds every principal submatrix).
 
     Returns
     -------
@@ -355,14 +368,17 @@ def _choose_metric(hess, xw, b, sync=True):
     spread = diag.amax(1) / torch.where(pos, diag, torch.inf).amin(1)
     inv_sqrt = torch.where(pos, torch.where(pos, diag, 1.0).rsqrt(), 0.0)
     ridge = b.to(F64)[:, None] * inv_sqrt.square()
-    if gram is None:
-        # n x n side of the rescaled design: same non-zero eigenvalues, far smaller
+    if gram is None or one_batch:
         xs = x64 * inv_sqrt[:, None, :]
-        lip_pre = torch.linalg.eigvalsh(torch.bmm(xs, xs.transpose(1, 2)))[:, -1] + ridge.amax(1)
-        return spread > PRECONDITION_SPREAD, lip_pre, diag
+        # Frobenius norm of the rescaled Gram from the n x n side (same non-zero eigenvalues)
+        small = torch.bmm(xs, xs.transpose(1, 2)) if gram is None else gram * inv_sqrt[:, :, None] * inv_sqrt[:, None, :]
+        bound = torch.linalg.matrix_norm(small, ord="fro")
+        if lam_scaled is not None:
+            bound = torch.minimum(bound, lam_scaled.to(bound.device) * (1 + 1e-9))
+        return spread > PRECONDITION_SPREAD, bound + ridge.amax(1), diag
     pre = torch.zeros(K, dtype=torch.bool, device=diag.device)
     lip_pre = torch.ones(K, dtype=F64, device=diag.device)
-    idx = torch.nonzero(spread > PRECONDITION_MARGIN).squeeze(1) if sync else torch.arange(K, device=diag.device)
+    idx = torch.nonzero(spread > PRECONDITION_MARGIN).squeeze(1)
     if idx.numel():
         g, isq = gram[idx], inv_sqrt[idx]
         eye = torch.eye(s, dtype=F64, device=g.device)
