@@ -13,7 +13,8 @@ downdate rows (``H = G - U^T U``), so the column ``H[:, j]`` costs one row of ``
 ``r`` rank-one terms. Coordinate descent converges on every convex ElasticNet problem,
 whatever the conditioning of ``H`` and whether or not the active set exceeds the number of
 samples, which is why the working-set engine hands it every problem that FISTA (fast when
-the working-set Hessian is well conditioned) leaves unfinished.
+the working-set Hessian, plain or rescaled to a unit diagonal, is well conditioned) leaves
+unfinished.
 
 Each problem stops when its duality gap restricted to the working set (float64, recomputed
 from ``H w`` at every check, which also removes the drift of the incremental ``q``) is at

@@ -13,12 +13,14 @@ so their supports nearly coincide). One outer round is
    most ``Options.growth`` of its size per round);
 3. the inner solve on the working sets, in buckets of similar size: FISTA with adaptive
    restart (Gram form with per-fold low-rank downdates when the set is small, primal form
-   otherwise; frozen/compacted per problem) to ``Options.inner_fraction`` of the tolerance,
+   otherwise; frozen/compacted per problem; a step per feature, i.e. diagonal
+   preconditioning, in groups whose Hessian rescaled to a unit diagonal is much better
+   conditioned, see ``_choose_metric``) to ``Options.inner_fraction`` of the tolerance,
    and an exact active-set Newton polish (``newton.pdas``) where it is cheap enough; then
    batched coordinate descent (``coordinate_descent``: sklearn's algorithm in Gram form, with
-   Anderson extrapolation) for every problem those leave above the target. Groups whose
-   working-set columns are widely scaled, or that coordinate descent already had to finish,
-   go to it directly. While a set still grows, coordinate descent only aims at
+   Anderson extrapolation) for every problem those leave above the target. Groups that
+   coordinate descent already had to finish go to it directly. While a set still grows,
+   coordinate descent only aims at
    ``CD_GAP_FRACTION`` of the current full gap.
 
 It ends when every problem's full gap meets ``Options.stop_fraction`` of sklearn's
@@ -250,8 +252,10 @@ def _inner(design, Y, folds, *, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, al
 
     Groups are processed in buckets of similar working-set size. FISTA runs each unfinished
     problem (``allowance`` iterations) until its restricted gap is below
-    ``opts.inner_fraction * tol_abs``, except in groups whose working-set columns are widely
-    scaled or listed in ``cd_groups``; with ``opts.newton_rounds`` the PDAS polish then tries to
+    ``opts.inner_fraction * tol_abs``, except in groups listed in ``cd_groups`` (coordinate
+    descent already had to finish them); a group whose rescaled Hessian is much better
+    conditioned takes a step per feature (:func:`_choose_metric`); with ``opts.newton_rounds``
+    the PDAS polish then tries to
     make the solution exact (kept only where the active set settles); problems still above
     the target (or ``cd_floor``, the looser target of sets that are still growing) get
     coordinate descent with ``cd_allow`` epochs.
