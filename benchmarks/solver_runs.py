@@ -254,7 +254,7 @@ def count_ops(X, Y, alphas, l1s, device, budget, perms=None):
 def n_chunks(X, n_targets, alphas, l1s, device, budget):
     """Target chunks the solver makes for ``n_targets`` targets at ``budget``."""
     Y = np.zeros((X.shape[0], 1), dtype=np.float32)
-    problem, _ = en.prepare(X, Y, list(alphas), list(l1s), leave_one_out(X.shape[0]), device=device)
+    problem, _ = en.prepare(X, Y, list(alphas), list(l1s), train_masks=leave_one_out(X.shape[0]), device=device)
     return len(en.target_chunks(problem, budget, n_targets))
 
 

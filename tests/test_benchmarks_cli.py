@@ -56,3 +56,18 @@ def test_pipeline_benchmark_agrees_with_the_studys_pipeline(tmp_path):
     assert "| **total** |" in text and "within the tolerance" in text
     for stage in ("load", "high gamma", "embeddings", "fit", "null", "report"):
         assert f"| {stage} |" in text
+
+
+def test_solver_benchmark_helpers_call_the_solver_api_as_it_is(monkeypatch):
+    """The counts section's helpers on a tiny problem (the full benchmark is too slow for CI):
+    a change of the solver's signatures must not first show up as a failed benchmark run."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import numpy as np
+    import solver_runs
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((12, 5)).astype(np.float32)
+    Y = (X[:, :2] @ np.ones((2, 3)) + 0.1 * rng.standard_normal((12, 3))).astype(np.float32)
+    assert solver_runs.n_chunks(X, 3, [0.1], [0.5], "cpu", 1 << 30) == 1
+    counter, res = solver_runs.count_ops(X, Y, [0.1], [0.5], "cpu", 1 << 30)
+    assert res.n_not_converged == 0 and counter.launches > 0
