@@ -19,6 +19,8 @@ WARM_SCORE = 0.9
 INNER_FRACTION = 0.5
 # Size of the first working set of a cold start (and the least a set grows by per round).
 FIRST_SET = 16
+# A cold start on a design with at most this many features uses all of them as its working set.
+WHOLE_SET = 64
 # While a working set still grows, coordinate descent solves it only to this fraction of the
 # problem's current full gap (celer / skglm's inner tolerance): exact solves of sets that are
 # about to change are wasted epochs.

@@ -44,7 +44,7 @@ from .coordinate_descent import coordinate_descent
 from .fista import GramHessian, PrimalHessian, fista
 from .gap import enet_duality_gap
 from .newton import pdas
-from .options import (PRECONDITION_MARGIN, PRECONDITION_SPREAD, CD_GAP_FRACTION, FIRST_SET, INNER_FRACTION, MAX_CONSTRAINTS, MAX_ROUNDS,
+from .options import (PRECONDITION_MARGIN, PRECONDITION_SPREAD, WHOLE_SET, CD_GAP_FRACTION, FIRST_SET, INNER_FRACTION, MAX_CONSTRAINTS, MAX_ROUNDS,
                       NEWTON_MAX_SET, STOP_AT_TOL_ROUND, WARM_SCORE, Options)
 
 F64 = torch.float64
@@ -282,7 +282,7 @@ def _inner(design, Y, folds, *, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, al
         yk = Y[:n, t_idx[g]].T
         yc = (yk[:, None, :] - ybar.T[t_idx[g]][:, :, None]) * folds.train   # (K', F, n)
         c = torch.bmm(yc, xw)
-        if sb <= 2 * n and F >= 4:
+        if sb <= 2 * n:
             hess = GramHessian(torch.bmm(xw.transpose(1, 2), xw), _downdates(design, folds, wsb, dt))
         else:
             hess = PrimalHessian(xw, folds.train[None], folds.n_train.to(dt)[None, :, None], folds.center)
@@ -533,7 +533,12 @@ def solve(design, Y, folds, *, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, c
     tol_abs = tol * yy
     a = alpha[:, None] * l1_ratio[:, None] * folds.n_train[None, :]         # (K, F)
     b = alpha[:, None] * (1.0 - l1_ratio[:, None]) * folds.n_train[None, :]
-    if ws is None:
+    if ws is None and p <= WHOLE_SET:
+        # a narrow design is its own working set: growing one costs rounds (full checks, inner
+        # calls) that a few dozen columns do not repay
+        ws = torch.arange(p, device=dev).expand(K, p).contiguous()
+        coef = torch.zeros((K, F, p), dtype=dt, device=dev)
+    elif ws is None:
         ws = torch.full((K, 1), p, dtype=torch.int64, device=dev)
         coef = torch.zeros((K, F, 1), dtype=dt, device=dev)
     gap = torch.full((K, F), float("inf"), dtype=torch.float64, device=dev)
