@@ -39,11 +39,15 @@ class GramHessian:
     downdates : Tensor (K, m, r, s) or None
         Rows whose outer products are subtracted per problem (held-out rows and the
         fold-centring term); None when every problem uses the plain Gram.
+    fused_dot : bool
+        Take the leave-one-out downdate's dot products as one batched matrix product (one kernel
+        instead of two: the launch-bound GPU path; slower on a CPU).
     """
 
-    def __init__(self, gram: torch.Tensor, downdates: torch.Tensor | None):
+    def __init__(self, gram: torch.Tensor, downdates: torch.Tensor | None, fused_dot: bool = False):
         self.gram = gram
         self.downdates = downdates
+        self.fused_dot = fused_dot
 
     def apply(self, v: torch.Tensor) -> torch.Tensor:
         return self._downdate(torch.bmm(v, self.gram), v)
@@ -60,17 +64,18 @@ class GramHessian:
         if u.shape[2] == 1:
             # leave-one-out: one row per problem, two fused passes
             u0 = u[:, :, 0]
-            return hv.addcmul_(u0, torch.linalg.vecdot(u0, v)[..., None], value=-1.0)
+            return hv.addcmul_(u0, _dot(u0, v, self.fused_dot)[..., None], value=-1.0)
         coef = torch.matmul(u, v[..., None])                                  # (K, m, r, 1)
         return hv.sub_(torch.matmul(u.transpose(-1, -2), coef)[..., 0])
 
     def to(self, dtype) -> "GramHessian":
-        return GramHessian(self.gram.to(dtype), None if self.downdates is None else self.downdates.to(dtype))
+        return GramHessian(self.gram.to(dtype), None if self.downdates is None else self.downdates.to(dtype),
+                           self.fused_dot)
 
     def select(self, groups: torch.Tensor, slots: torch.Tensor) -> "GramHessian":
         """Keep ``groups`` (K',) and, within them, the problems ``slots`` (K', m')."""
         down = None if self.downdates is None else self.downdates[groups[:, None], slots]
-        return GramHessian(self.gram[groups], down)
+        return GramHessian(self.gram[groups], down, self.fused_dot)
 
     def lipschitz(self) -> torch.Tensor:
         """Frobenius norm of each group's Gram: an upper bound of every fold's lambda_max."""
@@ -147,7 +152,7 @@ def restricted_gap(hess, c, yy, a, b, w):
 
 
 def fista(hess, *, c, yy, a, b, w0, target, max_iter, check_every=10, lipschitz=None,
-          min_iter=False, max_allow=None, scale=None) -> FistaResult:
+          min_iter=False, max_allow=None, scale=None, fused_dot=False) -> FistaResult:
     """Run batched FISTA (adaptive restart) until each problem's restricted gap <= target.
 
     Parameters
@@ -181,6 +186,8 @@ def fista(hess, *, c, yy, a, b, w0, target, max_iter, check_every=10, lipschitz=
         ``lipschitz`` then bounding ``lambda_max(S^-1/2 H S^-1/2)`` (``S = diag(scale)``, usually
         the Gram's diagonal). Columns of widely different scales converge at the rate of the
         rescaled problem; features with ``scale == 0`` keep their start.
+    fused_dot : bool
+        The restart test's dot products as one batched matrix product (see :class:`GramHessian`).
     """
     K, m, s = w0.shape
     device, dtype = w0.device, w0.dtype
@@ -251,7 +258,7 @@ def fista(hess, *, c, yy, a, b, w0, target, max_iter, check_every=10, lipschitz=
             w_new = (z - torch.clamp(z, min=neg_thr, max=thr)).mul_(shrink)   # prox: soft threshold, shrink
             diff = w_new - w
             # O'Donoghue-Candes gradient restart: drop momentum when it points uphill.
-            restart = torch.linalg.vecdot(v - w_new, diff) > 0
+            restart = _dot(v - w_new, diff, fused_dot) > 0
             since = (since + 1).masked_fill_(restart, 0)
             v = torch.addcmul(w_new, diff, momentum[since][..., None])
             w = w_new
@@ -287,6 +294,14 @@ def fista(hess, *, c, yy, a, b, w0, target, max_iter, check_every=10, lipschitz=
         step0, thr0, shrink0 = step0[rows, pick], thr0[rows, pick], shrink0[rows, pick]
         step, thr, neg_thr, shrink = frozen_params(frozen)
     return FistaResult(coef, gap, n_iter, done)
+
+
+def _dot(x: torch.Tensor, y: torch.Tensor, fused: bool) -> torch.Tensor:
+    """Last-axis dot products: with ``fused`` one batched matrix product (one kernel where
+    ``vecdot`` takes two, a multiply and a sum; 1.4-2.3x slower on a CPU for these shapes)."""
+    if fused:
+        return torch.matmul(x[..., None, :], y[..., :, None])[..., 0, 0]
+    return torch.linalg.vecdot(x, y)
 
 
 def _momentum_table(length: int, dtype, device) -> torch.Tensor:

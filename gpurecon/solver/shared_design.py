@@ -283,7 +283,8 @@ def _inner(design, Y, folds, *, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, al
         yc = (yk[:, None, :] - ybar.T[t_idx[g]][:, :, None]) * folds.train   # (K', F, n)
         c = torch.bmm(yc, xw)
         if sb <= 2 * n:
-            hess = GramHessian(torch.bmm(xw.transpose(1, 2), xw), _downdates(design, folds, wsb, dt))
+            hess = GramHessian(torch.bmm(xw.transpose(1, 2), xw), _downdates(design, folds, wsb, dt),
+                               fused_dot=math.isinf(opts.bucket_ratio))
         else:
             hess = PrimalHessian(xw, folds.train[None], folds.n_train.to(dt)[None, :, None], folds.center)
         lip = torch.minimum(hess.lipschitz(), design.lam_max.to(coef.device).expand(g.numel()))
@@ -313,7 +314,8 @@ def _inner(design, Y, folds, *, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, al
             cb_f = cb
         res = fista(hess, c=c, yy=yy[g], a=a[g], b=b[g], w0=cb_f, target=target, max_iter=allow,
                     check_every=opts.check_every, lipschitz=lip,
-                    min_iter=newton_start, max_allow=opts.round_iter, scale=scale)
+                    min_iter=newton_start, max_allow=opts.round_iter, scale=scale,
+                    fused_dot=math.isinf(opts.bucket_ratio))
         cb = res.coef.to(dt)
         n_iter[g] = res.n_iter
         settled = torch.zeros_like(open_)
