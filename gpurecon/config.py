@@ -49,6 +49,13 @@ class ModelDtype(StrEnum):
     bfloat16 = "bfloat16"
 
 
+class SolverStrategy(StrEnum):
+    """The solver engine's batch shape (gpurecon.solver.enet_path_fit's ``strategy``)."""
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
 class Pooling(StrEnum):
     flatten = "flatten"
     mean = "mean"
@@ -142,6 +149,9 @@ class SolverConfig:
     n_permutations: Any = "auto"
     memory_budget_gb: Optional[float] = None
     dtype: FloatDtype = FloatDtype.float64
+    # auto: the GPU path (one batch per round, fewer launches and host syncs) on CUDA or at a
+    # memory budget >= 16 GiB, else the CPU path (batches bucketed by working-set size)
+    strategy: SolverStrategy = SolverStrategy.auto
 
 
 @dataclass

@@ -338,7 +338,8 @@ def fit_cross_validated(emb, Y: torch.Tensor, solver_cfg: DictConfig, device: to
               else int(solver_cfg.memory_budget_gb * 2**30))
     common = dict(folds=folds, preprocess=preprocess, fit_intercept=solver_cfg.fit_intercept,
                   tol=solver_cfg.tol, max_iter=solver_cfg.max_iter, device=device,
-                  memory_budget=budget, dtype=getattr(torch, solver_cfg.dtype))
+                  memory_budget=budget, dtype=getattr(torch, solver_cfg.dtype),
+                  strategy=str(solver_cfg.get("strategy", "auto")))
     if n_perm:
         log.info("permutation null: %d permutations (solver.n_permutations=%s; 0 turns it off), "
                  "fitted as extra targets: %d x the problems of the fit itself",
@@ -371,7 +372,7 @@ def fit_cross_validated(emb, Y: torch.Tensor, solver_cfg: DictConfig, device: to
         "n_features_per_fold": (None if res.n_features is None
                                 else [int(v) for v in res.n_features.tolist()]),
         "n_not_converged": res.n_not_converged, "worst_gap_ratio": res.worst_gap_ratio,
-        "n_problems": int(res.converged.numel()), "dtype": solver_cfg.dtype,
+        "n_problems": int(res.converged.numel()), "dtype": solver_cfg.dtype, "strategy": common["strategy"],
         "tol": solver_cfg.tol, "max_iter": solver_cfg.max_iter,
         "n_permutations": n_perm, "n_permutations_setting": _plain(solver_cfg.n_permutations),
         "permutation_seed": seed if n_perm else None, "seconds": res.seconds,

@@ -129,7 +129,8 @@ def test_config_error_is_one_message_naming_the_key_before_anything_is_made(over
 
 @pytest.mark.parametrize("overrides,key", [
     (["data.kind=foo"], "data.kind"), (["solver.cv=loocv"], "solver.cv"),
-    (["solver.dtype=float16"], "solver.dtype"), (["model=gpt2", "model.layr=3"], "model.layr"),
+    (["solver.dtype=float16"], "solver.dtype"), (["solver.strategy=tpu"], "solver.strategy"),
+    (["model=gpt2", "model.layr=3"], "model.layr"),
     (["target.kind=frame"], "target.kind"), (["model=wav2vec2", "model.pooling=max"], "model.pooling"),
 ])
 def test_schema_errors_are_hydras_one_liner(overrides, key, tmp_path):

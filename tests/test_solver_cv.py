@@ -50,10 +50,14 @@ def test_fold_masks_match_sklearn_splitters():
     np.testing.assert_array_equal(kfold(9, 3, shuffle=True, seed=4), kfold(9, 3, shuffle=True, seed=4))
 
 
-@pytest.mark.parametrize("budget", [None, ONE_BATCH_BUDGET])   # CPU batches; one batch per round (GPU)
-def test_leave_one_out_grid_matches_sklearn_loop(budget):
+@pytest.mark.parametrize("budget, strategy", [(None, "auto"), (ONE_BATCH_BUDGET, "auto"), (None, "gpu"),
+                                              (ONE_BATCH_BUDGET, "cpu")])
+def test_leave_one_out_grid_matches_sklearn_loop(budget, strategy):
+    # "auto" at a GPU-sized budget and "gpu" take the GPU path (one batch per round); "cpu" keeps
+    # the CPU path whatever the budget
     X, Y = _data()
-    res = cross_val_predict(X, Y, [0.05, 0.5], [0.3, 1.0], tol=1e-10, device="cpu", memory_budget=budget)
+    res = cross_val_predict(X, Y, [0.05, 0.5], [0.3, 1.0], tol=1e-10, device="cpu", memory_budget=budget,
+                            strategy=strategy)
     assert res.predictions.shape == (4, 22, 3) and res.n_not_converged == 0
     for g, (alpha, l1) in enumerate(res.grid):
         ref = _sk_cv(X, Y, leave_one_out(22), alpha, l1)
@@ -214,3 +218,22 @@ def test_cuda_matches_cpu_and_is_deterministic():
     X32 = torch.tensor(X, dtype=torch.float32, device="cuda")
     res = cross_val_predict(X32, torch.tensor(Y, dtype=torch.float32, device="cuda"), 0.1, 0.5)
     assert res.predictions.dtype == torch.float32 and res.n_not_converged == 0
+
+
+def test_strategy_selects_the_gpu_path_on_a_cpu():
+    """strategy="gpu" is the path "auto" takes on CUDA: fewer launches and host syncs than the
+    CPU path on the same problem, the same predictions within the tolerance's reach."""
+    from gpurecon.profiling import OpCounter
+
+    X, Y = _data()
+    counts, preds = {}, {}
+    for strategy in ("cpu", "gpu"):
+        with OpCounter() as c:
+            res = cross_val_predict(X, Y, [0.05, 0.5], 0.5, tol=1e-10, device="cpu", strategy=strategy)
+        counts[strategy], preds[strategy] = c, res.predictions.numpy()
+        assert res.n_not_converged == 0
+    np.testing.assert_allclose(preds["gpu"], preds["cpu"], atol=1e-7 * np.abs(Y).max())
+    assert counts["gpu"].launches < counts["cpu"].launches
+    assert counts["gpu"].syncs < counts["cpu"].syncs
+    with pytest.raises(ValueError, match="strategy must be one of 'auto', 'cpu', 'gpu', got 'tpu'"):
+        cross_val_predict(X, Y, 0.1, 0.5, device="cpu", strategy="tpu")

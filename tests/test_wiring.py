@@ -178,3 +178,30 @@ def test_embedding_cache_key_follows_the_checkpoint(tmp_path):
     changed = compute_embeddings(rec, _cfg(["model=gpt2", f"model.checkpoint={copy}"]).model, CPU, cache)
     assert not base.meta["cache_hit"] and not changed.meta["cache_hit"]
     assert not torch.allclose(changed.X, base.X)
+
+
+def test_solver_strategy_reaches_the_solver_and_the_outputs(monkeypatch):
+    """solver.strategy is passed to cross_val_predict and recorded in the fit's metadata."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    import gpurecon.solver as solver
+    from gpurecon.config import SolverConfig
+    from gpurecon.experiment import fit_cross_validated
+
+    seen = []
+    real = solver.cross_val_predict
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("strategy"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(solver, "cross_val_predict", spy)
+    rng = np.random.default_rng(0)
+    X = torch.from_numpy(rng.standard_normal((12, 4)))
+    Y = X[:, :2] @ torch.ones((2, 3), dtype=torch.float64) + 0.1 * torch.from_numpy(rng.standard_normal((12, 3)))
+    cfg = OmegaConf.merge(OmegaConf.structured(SolverConfig),
+                          {"strategy": "gpu", "n_permutations": 0, "alpha": 0.1})
+    fit = fit_cross_validated(SimpleNamespace(X=X, meta={}), Y, cfg, torch.device("cpu"), seed=0)
+    assert seen == ["gpu"] and fit.meta["strategy"] == "gpu"

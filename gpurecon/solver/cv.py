@@ -184,7 +184,7 @@ def _stats_tensors(F, G, T, dev):
 
 def cross_val_predict(X, Y, alphas=1.0, l1_ratios=0.5, *, folds=None, preprocess=None, permutations=None,
                       fit_intercept=True, tol=1e-4, max_iter=1000, device=None, memory_budget=None,
-                      dtype=None, warm_start=True, progress=None) -> CVResult:
+                      dtype=None, warm_start=True, progress=None, strategy="auto") -> CVResult:
     """Held-out predictions of ElasticNet for every grid point in one batched pass.
 
     Parameters
@@ -199,7 +199,7 @@ def cross_val_predict(X, Y, alphas=1.0, l1_ratios=0.5, *, folds=None, preprocess
         Fitted inside each training fold (``"standardize"``, ``"pca:0.9"``, ``PCA(0.9)``...).
     permutations : int array (n_permutations, n_samples) or None
         Row permutations of Y fitted as extra targets (see :func:`permutations`).
-    fit_intercept, tol, max_iter, device, memory_budget, dtype, warm_start
+    fit_intercept, tol, max_iter, device, memory_budget, dtype, warm_start, strategy
         As in :func:`gpurecon.solver.enet_path_fit`.
     progress : callable, optional
         ``progress(done, total)`` in targets (permuted copies included), once per chunk.
@@ -215,7 +215,7 @@ def cross_val_predict(X, Y, alphas=1.0, l1_ratios=0.5, *, folds=None, preprocess
     n = Xn.shape[0] if getattr(Xn, "ndim", 0) >= 1 else 0
     masks = leave_one_out(n) if folds is None and n >= 2 else folds
     problem, one_d = en.prepare(Xn, Yn, alphas, l1_ratios, train_masks=masks, fit_intercept=fit_intercept, tol=tol,
-                                max_iter=max_iter, device=device, dtype=dtype)
+                                max_iter=max_iter, device=device, dtype=dtype, strategy=strategy)
     train = problem.folds.train > 0
     held = held_out_fold(train)
     n, T = problem.design.n, problem.Y.shape[1]
@@ -353,7 +353,7 @@ def _inner_splitter(inner) -> Callable[[int], np.ndarray]:
 
 def nested_cross_val_predict(X, Y, alphas, l1_ratios, *, folds=None, inner="kfold:5", select="per_target",
                              preprocess=None, fit_intercept=True, tol=1e-4, max_iter=1000, device=None,
-                             memory_budget=None, dtype=None) -> NestedCVResult:
+                             memory_budget=None, dtype=None, strategy="auto") -> NestedCVResult:
     """Outer held-out predictions with the grid point chosen by inner CV within each outer fold.
 
     All inner folds of all outer folds are one batch of training masks over the same X (a
@@ -363,7 +363,7 @@ def nested_cross_val_predict(X, Y, alphas, l1_ratios, *, folds=None, inner="kfol
     Parameters
     ----------
     X, Y, alphas, l1_ratios, folds, preprocess, fit_intercept, tol, max_iter, device,
-    memory_budget, dtype
+    memory_budget, dtype, strategy
         As in :func:`cross_val_predict` (``folds``: the outer folds, default leave-one-out).
     inner : str or callable
         Inner CV within each outer training set: ``"kfold:<k>"`` (default 5), ``"loo"``, or a
@@ -394,11 +394,12 @@ def nested_cross_val_predict(X, Y, alphas, l1_ratios, *, folds=None, inner="kfol
         owner += [o] * sub.shape[0]
     inner_masks = torch.cat(inner_masks)
     owner = torch.as_tensor(owner)
-    loss = inner_losses(Xn, Y, alphas, l1_ratios, inner_masks, outer_masks, owner, preprocess, fit_intercept,
-                        tol, max_iter, device, memory_budget, dtype)                  # (F_o, G, T)
+    loss = inner_losses(Xn, Y, alphas, l1_ratios, inner_masks=inner_masks, outer_masks=outer_masks, owner=owner,
+                        preprocess=preprocess, fit_intercept=fit_intercept, tol=tol, max_iter=max_iter,
+                        device=device, memory_budget=memory_budget, dtype=dtype, strategy=strategy)   # (F_o, G, T)
     outer = cross_val_predict(X, Y, alphas, l1_ratios, folds=outer_masks, preprocess=preprocess,
                               fit_intercept=fit_intercept, tol=tol, max_iter=max_iter, device=device,
-                              memory_budget=memory_budget, dtype=dtype)
+                              memory_budget=memory_budget, dtype=dtype, strategy=strategy)
     preds = outer.predictions if outer.predictions.ndim == 3 else outer.predictions[..., None]
     dev = preds.device
     loss = loss.to(dev)
@@ -417,13 +418,13 @@ def nested_cross_val_predict(X, Y, alphas, l1_ratios, *, folds=None, inner="kfol
     return NestedCVResult(predictions, choice, grid[choice, 0], grid[choice, 1], loss, outer.grid, outer)
 
 
-def inner_losses(X, Y, alphas, l1_ratios, inner_masks, outer_masks, owner, preprocess, fit_intercept, tol,
-                 max_iter, device, memory_budget, dtype) -> torch.Tensor:
+def inner_losses(X, Y, alphas, l1_ratios, *, inner_masks, outer_masks, owner, preprocess, fit_intercept, tol,
+                 max_iter, device, memory_budget, dtype, strategy="auto") -> torch.Tensor:
     """Mean squared error of each grid point over each outer fold's inner held-out samples,
     (outer folds, grid, targets)."""
     transform = make_preprocess(preprocess)
     problem, _ = en.prepare(X, Y, alphas, l1_ratios, train_masks=inner_masks, fit_intercept=fit_intercept, tol=tol,
-                            max_iter=max_iter, device=device, dtype=dtype)
+                            max_iter=max_iter, device=device, dtype=dtype, strategy=strategy)
     dev, n, T, G = problem.Y.device, problem.design.n, problem.Y.shape[1], len(problem.grid)
     train = problem.folds.train > 0
     # a sample is scored by an inner fold when it is in the outer training set but not the inner one
