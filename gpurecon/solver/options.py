@@ -90,7 +90,8 @@ class Options:
     inner_fraction: float = INNER_FRACTION
     newton_rounds: int = NEWTON_ROUNDS   # 0: no active-set Newton polish
     newton_start: bool = True       # warm starts: one shared-factorisation Newton step first
-    round_iter: int = 200           # FISTA iterations per outer round at most
+    round_iter: int = 500           # FISTA iterations per outer round at most (saturated sets, s > n,
+                                    # need 200-500 preconditioned; a lower cap hands them to the costlier polish)
     growth: float = 0.25            # a working set grows by at most this fraction per round
     fista_dtype: torch.dtype | None = None   # FISTA iterates (None: the design's); gaps stay float64
     polish_from_round: int = 1      # first outer round that tries the Newton polish
