@@ -202,6 +202,25 @@ def _rebuild(ws, coef, member, p, s=None):
     return new_ws, dense.gather(2, new_ws[:, None, :].expand(K, F, s))
 
 
+def _append(ws, coef, top, n_add, p, s):
+    """Working sets of width ``s`` with each group's first ``n_add`` features of ``top``
+    (K, k) appended after its current members; coefficients carried over in place, the new
+    features' start at 0. Unlike :func:`_rebuild` it never builds a (K, F, p) array, which
+    on many problems (a permutation null) cost as much as a check's elementwise passes."""
+    K, F, s_old = coef.shape
+    keep = min(s_old, s)
+    new_ws = torch.full((K, s + 1), p, dtype=ws.dtype, device=ws.device)   # last column: a sink
+    new_ws[:, :keep] = ws[:, :keep]
+    new_coef = coef.new_zeros((K, F, s))
+    new_coef[:, :, :keep] = coef[:, :, :keep]
+    if top is not None:
+        k = top.shape[1]
+        pos = (ws != p).sum(1, keepdim=True) + torch.arange(k, device=ws.device)[None, :]
+        valid = torch.arange(k, device=ws.device)[None, :] < n_add[:, None]
+        new_ws.scatter_(1, torch.where(valid, pos, s), torch.where(valid, top, p))
+    return new_ws[:, :s], new_coef
+
+
 def _downdates(design, folds, ws, dtype):
     """Rows U with fold Hessian = G - U^T U on the working sets: (K, F, r, s)."""
     xo = design.X[folds.held_out][:, :, ws].permute(2, 0, 1, 3).to(dtype)   # (K, F, h, s)
@@ -615,11 +634,10 @@ def solve(design, Y, folds, *, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, c
                 break
             active, ws, coef = active[keep], ws[keep], coef[keep]
             group_score, g_gap, member, n_add, viol = group_score[keep], g_gap[keep], member[keep], n_add[keep], viol[keep]
+        top = None
         if k_max:
             top = torch.topk(torch.where(viol, group_score, -1.0), k_max, dim=1).indices
-            take = torch.arange(k_max, device=dev)[None, :] < n_add[:, None]
-            member.scatter_(1, torch.where(take, top, torch.full_like(top, p)), True)
-        ws, coef = _rebuild(ws, coef, member, p, s=max(s_new, 1))
+        ws, coef = _append(ws, coef, top, n_add, p, max(s_new, 1))
         finished_p = stopped[active] | (cd_epochs[active] >= max_iter)
         # 5) budgets: FISTA gets a slice of the allowance per round, so the working set and the Newton
         # polish get another chance before the iterations run out
