@@ -65,9 +65,15 @@ def test_solver_benchmark_helpers_call_the_solver_api_as_it_is(monkeypatch):
     import numpy as np
     import solver_runs
 
+    import torch
+
     rng = np.random.default_rng(0)
     X = rng.standard_normal((12, 5)).astype(np.float32)
     Y = (X[:, :2] @ np.ones((2, 3)) + 0.1 * rng.standard_normal((12, 3))).astype(np.float32)
-    assert solver_runs.n_chunks(X, 3, [0.1], [0.5], "cpu", 1 << 30) == 1
-    counter, res = solver_runs.count_ops(X, Y, [0.1], [0.5], "cpu", 1 << 30)
+    threads = torch.get_num_threads()
+    try:
+        assert solver_runs.n_chunks(X, 3, [0.1], [0.5], "cpu", 1 << 30) == 1
+        counter, res = solver_runs.count_ops(X, Y, [0.1], [0.5], "cpu", 1 << 30)   # sets 1 thread
+    finally:
+        torch.set_num_threads(threads)
     assert res.n_not_converged == 0 and counter.launches > 0

@@ -126,6 +126,7 @@ def test_cached_hub_checkpoint_loads_offline_at_its_commit(tmp_path):
     (repo / "refs" / "main").write_text(commit)
     script = (
         "import sys, numpy as np, torch\n"
+        "torch.set_num_threads(%d)\n"   # the same reduction order as this process's forward pass
         "sys.path.insert(0, sys.argv[2])\n"
         "from _embeddings_helpers import make_recording\n"
         "from gpurecon.embeddings import get_embedder\n"
@@ -133,7 +134,7 @@ def test_cached_hub_checkpoint_loads_offline_at_its_commit(tmp_path):
         "    make_recording(%r), torch.device('cpu'), None)\n"
         "assert out.meta['revision'] == %r, out.meta\n"
         "assert out.meta['checkpoint_id'] == 'hub:gpurecon-tests/tiny-gpt2@' + %r\n"
-        "np.save(sys.argv[1], out.X.numpy())\n") % (WORDS, commit, commit)
+        "np.save(sys.argv[1], out.X.numpy())\n") % (torch.get_num_threads(), WORDS, commit, commit)
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "X.npy"), str(Path(__file__).parent)],
