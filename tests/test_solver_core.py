@@ -218,3 +218,29 @@ def test_public_solver_functions_take_options_by_keyword_only():
         cross_val_predict(X, Y, 0.1, 0.5, masks)
     with pytest.raises(TypeError):
         nested_cross_val_predict(X, Y, [0.1], [0.5], masks)
+
+
+def test_default_memory_budget_does_not_follow_the_free_memory(monkeypatch):
+    """Chunking follows the budget and rounding follows the chunking: the default must be the
+    same from run to run unless memory is short (then smaller, with a warning)."""
+    import logging
+
+    from gpurecon.solver import elasticnet as en
+
+    monkeypatch.setattr(en, "_meminfo_available", lambda: 20 * 2 ** 30)
+    monkeypatch.setitem(__import__("sys").modules, "psutil", None)   # the /proc/meminfo path
+    cpu = torch.device("cpu")
+    assert en.default_memory_budget(cpu) == en.CPU_BUDGET
+    monkeypatch.setattr(en, "_meminfo_available", lambda: 13 * 2 ** 30)
+    assert en.default_memory_budget(cpu) == en.CPU_BUDGET
+    monkeypatch.setattr(en, "_meminfo_available", lambda: 2 * 2 ** 30)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("gpurecon").addHandler(handler)
+    try:
+        assert en.default_memory_budget(cpu) == 2 ** 30
+    finally:
+        logging.getLogger("gpurecon").removeHandler(handler)
+    assert any("memory budget" in r.getMessage() for r in records)
+

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -46,6 +47,13 @@ from ..device import resolve_device
 from . import shared_design as sd
 from .options import (BUCKET_RATIO, FOLD_INNER_FRACTION, FOLD_STOP_FRACTION, FULL_INNER_FRACTION, MIXED_PRECISION_TOL,
                       ONE_BATCH_BUDGET, Options)
+
+
+log = logging.getLogger("gpurecon")
+
+# The CPU's default memory budget (bytes): fixed, so that chunking, and with it rounding, is the
+# same from run to run (see default_memory_budget).
+CPU_BUDGET = 4 * 2 ** 30
 
 
 class ConvergenceWarning(_BaseConvergenceWarning):
@@ -159,16 +167,32 @@ def check_train_masks(train_masks, n: int, device) -> torch.Tensor:
 
 
 def default_memory_budget(device: torch.device) -> int:
-    """Bytes the solver may use: half the free GPU memory, or a quarter of available RAM."""
+    """Bytes the solver may use when the caller sets none: a fixed amount per device kind.
+
+    The budget decides how targets are chunked and batched, and batches change rounding, so a
+    budget that followed the free memory of the moment would make two runs of the same inputs
+    on the same device differ (at ~1e-9). It is therefore fixed: ``CPU_BUDGET`` on a CPU, half
+    the GPU's total memory (rounded down to whole GiB) on CUDA; only when less than twice that
+    is free does it shrink, with a warning that this run's rounding may differ.
+    """
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * 0.5)
-    try:
-        import psutil  # optional
-        avail = psutil.virtual_memory().available
-    except ImportError:
-        avail = _meminfo_available()
-    return int(min(avail * 0.25, 8 * 2 ** 30))
+        free, total = torch.cuda.mem_get_info(device)
+        want = max(2 ** 30, int(total * 0.5) // 2 ** 30 * 2 ** 30)
+    else:
+        try:
+            import psutil  # optional
+            free = psutil.virtual_memory().available
+        except ImportError:
+            free = _meminfo_available()
+        want = CPU_BUDGET
+    if free * 0.5 >= want:
+        return want
+    got = max(int(free * 0.5), 2 ** 28)
+    log.warning("solver: only %.1f GiB free on %s, memory budget %.1f GiB instead of the default "
+                "%.1f GiB: targets are chunked differently, so results may differ from other runs "
+                "at rounding level (set solver.memory_budget_gb to fix it)",
+                free / 2 ** 30, device, got / 2 ** 30, want / 2 ** 30)
+    return got
 
 
 def _meminfo_available() -> int:
@@ -376,8 +400,9 @@ def enet_path_fit(X, Y, alphas, l1_ratios, *, train_masks=None, fit_intercept=Tr
     device : str or torch.device or None
         Where to compute; None uses X's device for a tensor, else ``"auto"``.
     memory_budget : int or None
-        Bytes the solver may use; targets are processed in chunks that fit. None: half the
-        free GPU memory on CUDA, a quarter of available RAM (at most 8 GiB) on CPU.
+        Bytes the solver may use; targets are processed in chunks that fit. None: a fixed
+        default per device kind (4 GiB on a CPU, half the GPU's memory on CUDA; see
+        :func:`default_memory_budget`), so that repeated runs chunk, and round, alike.
     dtype : torch.dtype or None
         Compute dtype (float32 or float64); None keeps float32 input in float32, else float64.
         Duality gaps and stopping decisions are always float64.
