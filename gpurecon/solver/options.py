@@ -34,7 +34,7 @@ STOP_AT_TOL_ROUND = 6
 # Groups whose working sets are within this size ratio (or 8 features) share one inner-solver
 # batch, padded to the largest: on a CPU padding costs flops.
 BUCKET_RATIO = 1.3
-# From this memory budget on (GPU-sized; the CPU default is at most 8 GiB), and on CUDA, every
+# From this memory budget on (GPU-sized; the CPU default is 4 GiB), and on CUDA, every
 # round solves all its groups in one batch: each batch costs its iterations' kernel launches
 # and host syncs, while the padding's flops are nearly free on a GPU (P1: 920 -> 340 FISTA
 # iterations launched; on a CPU the padding costs ~40% more time).
