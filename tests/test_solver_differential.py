@@ -93,7 +93,7 @@ def test_default_tolerance_loo_stays_close_to_the_exact_fit():
     assert drift.max() <= 1e-3, drift
 
 
-def test_fold_design_engine_stops_at_the_real_tolerance():
+def test_full_set_engine_stops_at_the_real_tolerance():
     """The per-fold (PCA) engine's reported gap is the true gap and meets tol itself."""
     rng = np.random.default_rng(0)
     X = rng.standard_normal((40, 12)) * rng.gamma(2.0, 0.5, 12)
@@ -119,7 +119,7 @@ def test_fold_design_engine_stops_at_the_real_tolerance():
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_fold_design_engine_matches_sklearn_on_hard_problems(seed):
+def test_full_set_engine_matches_sklearn_on_hard_problems(seed):
     """Per-fold standardisation, p > n near-collinear columns, lasso at 1e-2 alpha_max, tol 1e-10:
     every fold problem sklearn solves must converge here too, with the same held-out predictions."""
     rng = np.random.default_rng(seed)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.linear_model import ElasticNet as SkElasticNet
 
-from gpurecon.solver import shared_design as sd
+from gpurecon.solver import working_set
 from gpurecon.solver.coordinate_descent import coordinate_descent
 from gpurecon.solver.fista import GramHessian, fista
 from gpurecon.solver.newton import SharedInverse, pdas
@@ -144,17 +144,17 @@ def test_full_check_is_sklearns_gap_on_every_centred_fold():
     Y = rng.standard_normal((n, T)) + 1.0
     masks = np.ones((3, n), dtype=bool)
     masks[0, 0] = masks[1, [3, 4]] = masks[2, 14] = False
-    design = sd.make_design(torch.from_numpy(X), True)
+    design = working_set.make_design(torch.from_numpy(X), True)
     Ye = torch.zeros((n + 1, T), dtype=F64)
     Ye[:n] = torch.from_numpy(Y - Y.mean(0))
-    folds = sd.make_folds(torch.from_numpy(masks), True, F64)
+    folds = working_set.make_folds(torch.from_numpy(masks), True, F64)
     ws = torch.tensor([[0, 2, 5, p], [1, 2, 3, 8]])                       # padded with p
     coef = torch.from_numpy(rng.standard_normal((2, 3, 4)) * 0.2)
     coef[0, :, 3] = 0
     n_f = torch.from_numpy(masks.sum(1).astype(float))
     a = (0.1 * 0.5 * n_f)[None].expand(2, 3)
     b = (0.1 * 0.5 * n_f)[None].expand(2, 3)
-    gap, _, _ = sd.full_check(design, Ye, folds, ws, coef, a, b, torch.tensor([0, 1]))
+    gap, _, _ = working_set.full_check(design, Ye, folds, ws, coef, a, b, torch.tensor([0, 1]))
     for k in range(2):
         for f in range(3):
             tr = masks[f]
@@ -198,7 +198,7 @@ def test_preconditioning_is_chosen_where_it_conditions_the_hessian():
     xw = torch.from_numpy(np.stack([ortho, corr]))
     hess = GramHessian(torch.bmm(xw.transpose(1, 2), xw), None)
     b = torch.tensor([1e-3, 1e-3], dtype=F64)
-    pre, lip_pre, diag = sd._choose_metric(hess, xw, b)
+    pre, lip_pre, diag = working_set._choose_metric(hess, xw, b)
     assert pre.tolist() == [True, False]
     # lip_pre bounds the rescaled Hessian (ridge included) of group 0, as numpy computes it
     d = np.diag(ortho.T @ ortho)
@@ -207,7 +207,7 @@ def test_preconditioning_is_chosen_where_it_conditions_the_hessian():
     np.testing.assert_allclose(diag[0].numpy(), d)
     # the one-batch engine (no eigenvalue problems): by the diagonal's spread (1e4 and 1),
     # with a Lipschitz bound that still bounds the rescaled Hessian
-    pre_1, lip_1, _ = sd._choose_metric(hess, xw, b, one_batch=True)
+    pre_1, lip_1, _ = working_set._choose_metric(hess, xw, b, one_batch=True)
     assert pre_1.tolist() == [True, False]
     assert float(lip_1[0]) >= np.linalg.eigvalsh(rescaled)[-1] * (1 - 1e-12)
 

@@ -8,8 +8,9 @@
 - :mod:`.preprocessing`: fold-wise transforms (:class:`Standardize`, :class:`PCA`).
 - :class:`ElasticNet` (:mod:`.estimator`): a scikit-learn compatible estimator.
 
-Engine modules: :mod:`.shared_design` (one X shared by every fold: working sets, full checks,
-warm starts), :mod:`.fold_design` (a different X per fold, e.g. PCA fitted per fold),
+Engine modules: :mod:`.working_set` (the working-set engine for one X shared by every fold:
+KKT checks over all features, growing working sets, warm starts from the full-data fit),
+:mod:`.full_set` (every feature always in: small per-fold designs, e.g. PCA fitted per fold),
 :mod:`.fista`, :mod:`.coordinate_descent` and :mod:`.newton` (inner solvers on working sets),
 :mod:`.gap` (sklearn's duality gap), :mod:`.options` (the tuning policy).
 

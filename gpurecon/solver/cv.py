@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from . import elasticnet as en
-from . import shared_design as sd
-from .fold_design import solve_fold_designs
+from . import working_set
+from .full_set import solve_full_sets
 from .preprocessing import make_preprocess
 
 F64 = torch.float64
@@ -153,7 +153,7 @@ def _with_permutations(Y: torch.Tensor, perms) -> tuple[torch.Tensor, int]:
     return torch.cat([Y, permuted], 1), p.shape[0]
 
 
-def fold_predictions(problem: en.Problem, sol: sd.Solution, targets: torch.Tensor) -> torch.Tensor:
+def fold_predictions(problem: en.Problem, sol: working_set.Solution, targets: torch.Tensor) -> torch.Tensor:
     """Predictions of every fold's model for every sample, (K, F, n), original units."""
     n = problem.design.n
     xw = problem.design.X[:n][:, sol.ws].permute(1, 0, 2)                  # (K, n, s)
@@ -246,7 +246,7 @@ def cross_val_predict(X, Y, alphas=1.0, l1_ratios=0.5, *, folds=None, preprocess
         with en.full_precision_matmul(dev):
             Xf = transform.fit_transform_folds(problem.design.X[:n], train)
             n_features = getattr(transform, "n_features_", None)
-            _run_fold_designs(problem, Xf, Y_all, train, memory_budget, pred, conv, ratio, iters, held,
+            _run_full_sets(problem, Xf, Y_all, train, memory_budget, pred, conv, ratio, iters, held,
                               progress=progress)
     predictions = pred[:, :, :T].to(problem.Y.dtype)
     null = pred[:, :, T:].reshape(G, n, P, T).permute(2, 0, 1, 3).to(problem.Y.dtype) if P else None
@@ -281,8 +281,8 @@ def _store_stats(conv, ratio, iters, sol, targets, G):
     put(iters, sol.n_iter)
 
 
-def _run_fold_designs(problem, Xf, Y_all, train, memory_budget, pred, conv, ratio, iters, held, progress=None):
-    """Per-fold designs (fold-wise preprocessing): chunks of targets through fold_design."""
+def _run_full_sets(problem, Xf, Y_all, train, memory_budget, pred, conv, ratio, iters, held, progress=None):
+    """Per-fold designs (fold-wise preprocessing): chunks of targets through full_set."""
     F, n, k = Xf.shape
     G, T_all, dev = len(problem.grid), Y_all.shape[1], Y_all.device
     alpha = torch.tensor([g[0] for g in problem.grid], dtype=F64, device=dev)
@@ -293,7 +293,7 @@ def _run_fold_designs(problem, Xf, Y_all, train, memory_budget, pred, conv, rati
     rows = torch.arange(n, device=dev)
     for lo in range(0, T_all, size):
         targets = torch.arange(lo, min(T_all, lo + size), device=dev)
-        sol = solve_fold_designs(Xf, Y_all[:, targets], train, alpha=alpha, l1_ratio=l1, tol=problem.tol,
+        sol = solve_full_sets(Xf, Y_all[:, targets], train, alpha=alpha, l1_ratio=l1, tol=problem.tol,
                                  max_iter=problem.max_iter, center=problem.fit_intercept)
         # (F, G, Tc, n) predictions of every fold's model for every sample
         z = torch.einsum("fgtk,fnk->fgtn", sol.coef.to(F64), (Xf - sol.x_mean[:, None, :]).to(F64))
@@ -454,7 +454,7 @@ def inner_losses(X, Y, alphas, l1_ratios, *, inner_masks, outer_masks, owner, pr
         alpha = torch.tensor([g[0] for g in problem.grid], dtype=F64, device=dev)
         l1 = torch.tensor([g[1] for g in problem.grid], dtype=F64, device=dev)
         Y_orig = Y64.to(problem.Y.dtype)
-        sol = solve_fold_designs(Xf, Y_orig, train, alpha=alpha, l1_ratio=l1, tol=problem.tol,
+        sol = solve_full_sets(Xf, Y_orig, train, alpha=alpha, l1_ratio=l1, tol=problem.tol,
                                  max_iter=problem.max_iter, center=problem.fit_intercept)
         z = torch.einsum("fgtk,fnk->fgtn", sol.coef.to(F64), (Xf - sol.x_mean[:, None, :]).to(F64))
         z = z + sol.y_mean.to(F64)[:, None, :, None]

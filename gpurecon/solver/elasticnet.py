@@ -10,7 +10,7 @@ and stops each problem with scikit-learn's rule: duality gap (sklearn's formula,
 training masks over the rows of one shared X: fold centring is done with per-problem means
 (rank-one corrections), never with per-fold copies of X.
 
-How it does less work than coordinate descent on every problem (see ``shared_design``):
+How it does less work than coordinate descent on every problem (see ``working_set``):
 the full-data fit of each (grid point, target) is solved first and warm-starts its folds
 (one Newton step per fold on the full-data support, through a factorisation shared by all
 folds); each (grid point, target) keeps a working set of features (support plus KKT
@@ -44,7 +44,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning as _BaseConvergenceWarning
 
 from ..device import resolve_device
-from . import shared_design as sd
+from . import working_set
 from .options import (BUCKET_RATIO, FOLD_INNER_FRACTION, FOLD_STOP_FRACTION, FULL_INNER_FRACTION, MIXED_PRECISION_TOL,
                       ONE_BATCH_BUDGET, Options)
 
@@ -213,12 +213,12 @@ def _meminfo_available() -> int:
 class Problem:
     """Validated inputs of one batched fit, on the device (internal)."""
 
-    design: sd.Design
+    design: working_set.Design
     Y: torch.Tensor            # (n+1, T) centred (when fitting intercepts), zero last row
     y_mean: torch.Tensor       # (T,) float64 global means (0 without intercept)
     x_mean: torch.Tensor       # (p,) float64 global means
-    folds: sd.Folds
-    full: sd.Folds             # the all-rows fold (warm starts)
+    folds: working_set.Folds
+    full: working_set.Folds    # the all-rows fold (warm starts)
     grid: list
     tol: float
     max_iter: int
@@ -264,11 +264,11 @@ def prepare(X, Y, alphas, l1_ratios, *, train_masks=None, fit_intercept=True, to
     masks = check_train_masks(train_masks, n, dev)
     x_mean = Xt.to(torch.float64).mean(0) if fit_intercept else torch.zeros(p, dtype=torch.float64, device=dev)
     y_mean = Yt.to(torch.float64).mean(0) if fit_intercept else torch.zeros(Yt.shape[1], dtype=torch.float64, device=dev)
-    design = sd.make_design(Xt, fit_intercept)
+    design = working_set.make_design(Xt, fit_intercept)
     Ye = torch.zeros((n + 1, Yt.shape[1]), dtype=dt, device=dev)
     Ye[:n] = (Yt.to(torch.float64) - y_mean).to(dt)
-    folds = sd.make_folds(masks, fit_intercept, dt)
-    full = sd.make_folds(torch.ones((1, n), dtype=torch.bool, device=dev), fit_intercept, dt)
+    folds = working_set.make_folds(masks, fit_intercept, dt)
+    full = working_set.make_folds(torch.ones((1, n), dtype=torch.bool, device=dev), fit_intercept, dt)
     return Problem(design, Ye, y_mean, x_mean, folds, full, grid, float(tol), int(max_iter),
                    bool(fit_intercept), strategy), one_d
 
@@ -284,7 +284,7 @@ def _group_params(problem: Problem, targets: torch.Tensor):
 
 def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
                 opts_full: Options | None = None, opts_folds: Options | None = None,
-                memory_budget: int | None = None) -> sd.Solution:
+                memory_budget: int | None = None) -> working_set.Solution:
     """Solve every (grid point, target in ``targets``, fold) problem (working-set form).
 
     Groups are ordered grid-major: group ``g * len(targets) + i`` is grid point ``g`` and
@@ -318,21 +318,21 @@ def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
     if all_rows:
         # a single fit (the estimator): always finish with the exact polish
         single = dataclasses.replace(opts_full, newton_budget=math.inf)
-        return sd.solve(problem.design, problem.Y, problem.folds, alpha=alpha, l1_ratio=l1, t_idx=t_idx,
+        return working_set.solve(problem.design, problem.Y, problem.folds, alpha=alpha, l1_ratio=l1, t_idx=t_idx,
                         tol=problem.tol, max_iter=problem.max_iter, opts=single)
     if not warm_start:
-        return sd.solve(problem.design, problem.Y, problem.folds, alpha=alpha, l1_ratio=l1, t_idx=t_idx,
+        return working_set.solve(problem.design, problem.Y, problem.folds, alpha=alpha, l1_ratio=l1, t_idx=t_idx,
                         tol=problem.tol, max_iter=problem.max_iter, opts=opts_folds)
-    full = sd.solve(problem.design, problem.Y, problem.full, alpha=alpha, l1_ratio=l1, t_idx=t_idx,
+    full = working_set.solve(problem.design, problem.Y, problem.full, alpha=alpha, l1_ratio=l1, t_idx=t_idx,
                     tol=problem.tol, max_iter=problem.max_iter, opts=opts_full)
-    ws, coef = sd.warm_start_from_full(full, problem.folds.train.shape[0], problem.design.p)
-    return sd.solve(problem.design, problem.Y, problem.folds, alpha=alpha, l1_ratio=l1, t_idx=t_idx,
+    ws, coef = working_set.warm_start_from_full(full, problem.folds.train.shape[0], problem.design.p)
+    return working_set.solve(problem.design, problem.Y, problem.folds, alpha=alpha, l1_ratio=l1, t_idx=t_idx,
                     tol=problem.tol, max_iter=problem.max_iter, ws=ws, coef=coef, opts=opts_folds)
 
 
 
 
-def dense_coef(sol: sd.Solution, p: int) -> torch.Tensor:
+def dense_coef(sol: working_set.Solution, p: int) -> torch.Tensor:
     """(K, F, p) coefficients from working-set form."""
     K, F, s = sol.coef.shape
     out = torch.zeros((K, F, p + 1), dtype=sol.coef.dtype, device=sol.coef.device)
@@ -340,7 +340,7 @@ def dense_coef(sol: sd.Solution, p: int) -> torch.Tensor:
     return out[:, :, :p]
 
 
-def intercepts(problem: Problem, sol: sd.Solution, targets: torch.Tensor) -> torch.Tensor:
+def intercepts(problem: Problem, sol: working_set.Solution, targets: torch.Tensor) -> torch.Tensor:
     """(K, F) intercepts in the original units: mean(y_f) - mean(X_f) . w."""
     K, F, s = sol.coef.shape
     if not problem.fit_intercept:

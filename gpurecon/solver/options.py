@@ -1,5 +1,5 @@
 """The solver's tuning policy in one place: every constant that trades speed against work,
-and :class:`Options`, the per-call knobs of the working-set engine (:mod:`.shared_design`).
+and :class:`Options`, the per-call knobs of the working-set engine (:mod:`.working_set`).
 
 None of these changes what a converged answer is (that is sklearn's stopping rule, decided in
 float64 by the full duality gap); they decide how fast the engine gets there.

@@ -1,4 +1,5 @@
-"""The engine for one design X shared by every fold: working sets checked by KKT, warm starts.
+"""The working-set engine, for one design X shared by every fold: working sets grown by KKT
+checks over all features, warm starts from the full-data fit.
 
 Problems are grouped by (grid point, target): a group holds that pair's problems for every
 fold and one working set of features shared by them (leave-one-out folds differ by one row,

@@ -1,4 +1,5 @@
-"""The engine for a different X per fold (fold-wise preprocessing, e.g. PCA fitted per fold).
+"""The full-set engine: every feature is always in, for small designs that differ per fold
+(fold-wise preprocessing, e.g. PCA fitted per fold).
 
 Each fold brings its own transformed design ``X_f`` (n, k), zero-padded to a common ``k``
 (padding columns are zero, so their coefficients stay zero). A fold's (grid point) pair is a
@@ -25,7 +26,7 @@ F64 = torch.float64
 
 
 @dataclass
-class FoldDesignSolution:
+class FullSetSolution:
     coef: torch.Tensor       # (F, G, T, k)
     gap: torch.Tensor        # (F, G, T) float64, sklearn-unscaled
     tol: torch.Tensor        # (F, G, T) float64
@@ -35,8 +36,8 @@ class FoldDesignSolution:
     y_mean: torch.Tensor     # (F, T) training means of Y (0 without intercept)
 
 
-def solve_fold_designs(Xf, Y, train, *, alpha, l1_ratio, tol, max_iter, center, inner_fraction=0.5,
-                       newton_rounds=8, check_every=10) -> FoldDesignSolution:
+def solve_full_sets(Xf, Y, train, *, alpha, l1_ratio, tol, max_iter, center, inner_fraction=0.5,
+                       newton_rounds=8, check_every=10) -> FullSetSolution:
     """Fit every (fold, grid point, target) with fold-specific designs.
 
     Parameters
@@ -117,7 +118,7 @@ def solve_fold_designs(Xf, Y, train, *, alpha, l1_ratio, tol, max_iter, center, 
         n_iter = n_iter + res.n_epochs
         gap = _final_gap(xc, yc, coef, a, b, F, G)
     shape = (F, G, T)
-    return FoldDesignSolution(coef.reshape(F, G, T, k), gap.reshape(shape), tol_abs.reshape(shape),
+    return FullSetSolution(coef.reshape(F, G, T, k), gap.reshape(shape), tol_abs.reshape(shape),
                               n_iter.reshape(shape), (gap <= tol_abs).reshape(shape), x_mean, y_mean)
 
 
