@@ -395,10 +395,13 @@ def _choose_metric(hess, xw, b, one_batch=False, lam_scaled=None):
     inv_sqrt = torch.where(pos, torch.where(pos, diag, 1.0).rsqrt(), 0.0)
     ridge = b.to(F64)[:, None] * inv_sqrt.square()
     if gram is None or one_batch:
-        xs = x64 * inv_sqrt[:, None, :]
-        # Frobenius norm of the rescaled Gram from the n x n side (same non-zero eigenvalues)
-        small = torch.bmm(xs, xs.transpose(1, 2)) if gram is None else gram * inv_sqrt[:, :, None] * inv_sqrt[:, None, :]
-        bound = torch.linalg.matrix_norm(small, ord="fro")
+        if gram is None:
+            # the n x n side of the rescaled design: the same non-zero eigenvalues
+            xs = x64 * inv_sqrt[:, None, :]
+            rescaled = torch.bmm(xs, xs.transpose(1, 2))
+        else:
+            rescaled = gram * inv_sqrt[:, :, None] * inv_sqrt[:, None, :]
+        bound = torch.linalg.matrix_norm(rescaled, ord="fro")
         if lam_scaled is not None:
             bound = torch.minimum(bound, lam_scaled.to(bound.device) * (1 + 1e-9))
         return spread > PRECONDITION_SPREAD, bound + ridge.amax(1), diag
