@@ -315,21 +315,16 @@ def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
                                        bucket_ratio=ratio,
                                        stop_fraction=FOLD_STOP_FRACTION,
                                        fista_dtype=fista_dtype, newton_budget=budget, lowrank_newton=not tight)
+    common = dict(alpha=alpha, l1_ratio=l1, t_idx=t_idx, tol=problem.tol, max_iter=problem.max_iter)
     if all_rows:
         # a single fit (the estimator): always finish with the exact polish
         single = dataclasses.replace(opts_full, newton_budget=math.inf)
-        return working_set.solve(problem.design, problem.Y, problem.folds, alpha=alpha, l1_ratio=l1, t_idx=t_idx,
-                        tol=problem.tol, max_iter=problem.max_iter, opts=single)
+        return working_set.solve(problem.design, problem.Y, problem.folds, opts=single, **common)
     if not warm_start:
-        return working_set.solve(problem.design, problem.Y, problem.folds, alpha=alpha, l1_ratio=l1, t_idx=t_idx,
-                        tol=problem.tol, max_iter=problem.max_iter, opts=opts_folds)
-    full = working_set.solve(problem.design, problem.Y, problem.full, alpha=alpha, l1_ratio=l1, t_idx=t_idx,
-                    tol=problem.tol, max_iter=problem.max_iter, opts=opts_full)
+        return working_set.solve(problem.design, problem.Y, problem.folds, opts=opts_folds, **common)
+    full = working_set.solve(problem.design, problem.Y, problem.full, opts=opts_full, **common)
     ws, coef = working_set.warm_start_from_full(full, problem.folds.train.shape[0], problem.design.p)
-    return working_set.solve(problem.design, problem.Y, problem.folds, alpha=alpha, l1_ratio=l1, t_idx=t_idx,
-                    tol=problem.tol, max_iter=problem.max_iter, ws=ws, coef=coef, opts=opts_folds)
-
-
+    return working_set.solve(problem.design, problem.Y, problem.folds, ws=ws, coef=coef, opts=opts_folds, **common)
 
 
 def dense_coef(sol: working_set.Solution, p: int) -> torch.Tensor:

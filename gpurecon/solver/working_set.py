@@ -45,8 +45,8 @@ from .coordinate_descent import coordinate_descent
 from .fista import GramHessian, PrimalHessian, fista
 from .gap import enet_duality_gap
 from .newton import pdas
-from .options import (PRECONDITION_MARGIN, PRECONDITION_SPREAD, WHOLE_SET, CD_GAP_FRACTION, FIRST_SET, INNER_FRACTION, MAX_CONSTRAINTS, MAX_ROUNDS,
-                      NEWTON_MAX_SET, STOP_AT_TOL_ROUND, WARM_SCORE, Options)
+from .options import (CD_GAP_FRACTION, FIRST_SET, INNER_FRACTION, MAX_CONSTRAINTS, MAX_ROUNDS, NEWTON_MAX_SET,
+                      PRECONDITION_MARGIN, PRECONDITION_SPREAD, STOP_AT_TOL_ROUND, WARM_SCORE, WHOLE_SET, Options)
 
 F64 = torch.float64
 
@@ -102,13 +102,22 @@ def make_design(X: torch.Tensor, center: bool) -> Design:
     Xe = torch.zeros((n + 1, p + 1), dtype=X.dtype, device=X.device)
     Xe[:n, :p] = X
     x64 = X.to(torch.float64)
-    kernel = x64 @ x64.T if n <= p else x64.T @ x64
-    lam = torch.linalg.eigvalsh(kernel)[-1] if n and p else torch.zeros((), dtype=torch.float64)
-    d = x64.square().sum(0)
-    xs = x64 * torch.where(d > 0, torch.where(d > 0, d, 1.0).rsqrt(), 0.0)
-    kernel = xs @ xs.T if n <= p else xs.T @ xs
-    lam_s = torch.linalg.eigvalsh(kernel)[-1] if n and p else torch.zeros((), dtype=torch.float64)
-    return Design(Xe, lam.to(torch.float64), center, lam_s.to(torch.float64))
+    unit = x64 * _inv_sqrt(x64.square().sum(0))               # columns of unit norm
+    return Design(Xe, _lambda_max(x64), center, _lambda_max(unit))
+
+
+def _lambda_max(x: torch.Tensor) -> torch.Tensor:
+    """``lambda_max(x^T x)`` in float64, through the smaller of the two Grams."""
+    n, p = x.shape
+    if not (n and p):
+        return torch.zeros((), dtype=torch.float64, device=x.device)
+    return torch.linalg.eigvalsh(x @ x.T if n <= p else x.T @ x)[-1].to(torch.float64)
+
+
+def _inv_sqrt(d: torch.Tensor) -> torch.Tensor:
+    """``d^-1/2`` where ``d > 0``, 0 elsewhere (zero columns, padding)."""
+    pos = d > 0
+    return torch.where(pos, torch.where(pos, d, 1.0).rsqrt(), 0.0)
 
 
 def make_folds(train_masks: torch.Tensor, center: bool, dtype: torch.dtype) -> Folds:
@@ -185,15 +194,13 @@ def full_check(design, Y, folds, ws, coef, a, b, t_idx, any_ridge=None):
     return gap, out_abs, score_ws
 
 
-def _rebuild(ws, coef, member, p, s=None):
-    """New padded working sets from a membership mask (K, p+1); coefficients carried over.
-    ``s``: the largest membership (less ``p``) when the caller knows it (saves a host sync)."""
+def _rebuild(ws, coef, member, p):
+    """New padded working sets from a membership mask (K, p+1); coefficients carried over."""
     K, F, _ = coef.shape
     member = member.clone()
     member[:, p] = False
     counts = member.sum(1)
-    if s is None:
-        s = max(int(counts.max()) if K else 0, 1)
+    s = max(int(counts.max()) if K else 0, 1)
     order = torch.argsort((~member).to(torch.int8), dim=1, stable=True)[:, :s]
     new_ws = torch.where(torch.arange(s, device=ws.device)[None, :] < counts[:, None], order,
                          torch.full_like(order, p))
@@ -289,7 +296,8 @@ def _inner(design, Y, folds, *, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, al
     cd_epochs = torch.zeros((K, F), dtype=torch.int64, device=coef.device)
     if open_all is None:
         open_all = allowance > 0
-    if math.isinf(opts.bucket_ratio):
+    one_batch = math.isinf(opts.bucket_ratio)   # the GPU path (strategy "gpu")
+    if one_batch:
         # one batch at the working sets' padded width: no host sync (groups without an open
         # problem, if any, run with a zero allowance)
         buckets = [(torch.arange(K, device=coef.device), max(s, 1))]
@@ -304,7 +312,7 @@ def _inner(design, Y, folds, *, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, al
         c = torch.bmm(yc, xw)
         if sb <= 2 * n:
             hess = GramHessian(torch.bmm(xw.transpose(1, 2), xw), _downdates(design, folds, wsb, dt),
-                               fused_dot=math.isinf(opts.bucket_ratio))
+                               fused_dot=one_batch)
         else:
             hess = PrimalHessian(xw, folds.train[None], folds.n_train.to(dt)[None, :, None], folds.center)
         lip = torch.minimum(hess.lipschitz(), design.lam_max.to(coef.device).expand(g.numel()))
@@ -315,7 +323,7 @@ def _inner(design, Y, folds, *, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, al
             # in scale; a step per feature (diagonal preconditioning) fixes that but slows
             # groups of correlated columns of similar scale: each group takes the metric in
             # which its Hessian is better conditioned
-            pre, lip_pre, diag = _choose_metric(hess, xw, b[g][:, 0], one_batch=math.isinf(opts.bucket_ratio),
+            pre, lip_pre, diag = _choose_metric(hess, xw, b[g][:, 0], one_batch=one_batch,
                                                 lam_scaled=design.lam_max_scaled)
             lip = torch.where(pre, lip_pre, lip)
             scale = torch.where(pre[:, None], diag, 1.0)
@@ -335,7 +343,7 @@ def _inner(design, Y, folds, *, ws, coef, alpha, l1_ratio, a, b, yy, tol_abs, al
         res = fista(hess, c=c, yy=yy[g], a=a[g], b=b[g], w0=cb_f, target=target, max_iter=allow,
                     check_every=opts.check_every, lipschitz=lip,
                     min_iter=newton_start, max_allow=opts.round_iter, scale=scale,
-                    fused_dot=math.isinf(opts.bucket_ratio))
+                    fused_dot=one_batch)
         cb = res.coef.to(dt)
         n_iter[g] = res.n_iter
         settled = torch.zeros_like(open_)
@@ -386,13 +394,13 @@ def _choose_metric(hess, xw, b, one_batch=False, lam_scaled=None):
     diag : Tensor (K, s) float64
         The Gram's diagonal (the preconditioner; 0 for padding columns).
     """
-    x64 = xw.to(F64)
     gram = hess.gram.to(F64) if isinstance(hess, GramHessian) else None
+    x64 = xw.to(F64) if gram is None else None
     diag = torch.diagonal(gram, dim1=1, dim2=2) if gram is not None else x64.square().sum(1)
     K, s = diag.shape
     pos = diag > 0
     spread = diag.amax(1) / torch.where(pos, diag, torch.inf).amin(1)
-    inv_sqrt = torch.where(pos, torch.where(pos, diag, 1.0).rsqrt(), 0.0)
+    inv_sqrt = _inv_sqrt(diag)
     ridge = b.to(F64)[:, None] * inv_sqrt.square()
     if gram is None or one_batch:
         if gram is None:
@@ -637,7 +645,7 @@ def solve(design, Y, folds, *, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, c
             if not n_keep:
                 break
             active, ws, coef = active[keep], ws[keep], coef[keep]
-            group_score, g_gap, member, n_add, viol = group_score[keep], g_gap[keep], member[keep], n_add[keep], viol[keep]
+            group_score, g_gap, n_add, viol = group_score[keep], g_gap[keep], n_add[keep], viol[keep]
         top = None
         if k_max:
             top = torch.topk(torch.where(viol, group_score, -1.0), k_max, dim=1).indices
