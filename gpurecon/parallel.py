@@ -1,19 +1,21 @@
-"""Several devices for one run: Lightning Fabric ranks share the solver's problems.
+"""Several devices for one run: Lightning Fabric ranks share the solver's chunks of work.
 
 ``devices=N`` (N > 1) launches N ranks with :class:`lightning.fabric.Fabric` (strategy
-``ddp_spawn``: one process per GPU with NCCL, or N CPU processes with gloo). The problems of a
-cross-validated fit are split across the ranks by target column (each rank fits its targets,
-every fold and grid point, and the permuted copies of its targets), or by permutation when there
-are fewer targets than ranks. Every rank solves its shard with
-:func:`gpurecon.solver.cross_val_predict`; rank 0 gathers the shards (``fabric.all_gather``) and
-returns one :class:`~gpurecon.solver.CVResult` to the calling process, which alone writes
-outputs. Ranks other than 0 return nothing and write nothing (they only emit warnings).
+``ddp_spawn``: one process per GPU with NCCL, or N CPU processes with gloo). A one-process
+:func:`gpurecon.solver.cross_val_predict` solves its columns (the targets, then every permuted
+copy) in chunks sized to the memory budget, each chunk on its own; here every rank prepares the
+same whole problem, plans the same chunks and solves its contiguous run of them
+(``cross_val_predict(..., part=(rank, N))``). Rank 0 gathers the parts (``fabric.all_gather``)
+and returns one :class:`~gpurecon.solver.CVResult`, each column copied from the rank that solved
+it, to the calling process, which alone writes outputs. Ranks other than 0 return nothing and
+write nothing (they only emit warnings).
 
-A shard is the same problem as in a one-process fit (same X, same folds and grid, the same
-target columns and permutations), but the batched solver makes some choices per batch (working
-set sizes, when a Newton polish pays off), so predictions agree with a one-process fit to the
-solver's tolerance, not bit for bit; the same shards give bit-identical results run in one
-process or on N ranks (see tests/test_parallel.py).
+Bit for bit the one-process result: the same chunks go through the same code. Two conditions
+keep it so: one device type and memory budget (the budget decides the chunks: fixed on CPUs,
+half the memory on GPUs, or ``memory_budget``), and on CPUs the same threads per process
+(LAPACK and BLAS sum in thread-dependent order): ranks run :func:`rank_threads` threads each,
+so a one-process run with ``OMP_NUM_THREADS`` set to that matches. A fit that is one chunk
+keeps the other ranks idle (a warning says so).
 
 Usable without Hydra: ``sharded_cross_val_predict(X, Y, devices=2, device="cpu", alphas=...)``.
 """
@@ -24,7 +26,6 @@ import logging
 import os
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,39 +47,6 @@ def _quiet_lightning() -> None:
 _quiet_lightning()
 
 F64 = torch.float64
-
-
-# --------------------------------------------------------------------------- the plan
-
-
-@dataclass
-class Shard:
-    """The problems of one rank: target columns and (optionally) permutation rows."""
-
-    targets: np.ndarray          # indices into Y's columns
-    permutations: np.ndarray     # indices into the permutation rows (empty: none)
-
-
-def plan_shards(*, n_targets: int, n_permutations: int, n_ranks: int) -> list[Shard]:
-    """Split the (target, permutation) problems into ``n_ranks`` contiguous shards.
-
-    By target columns when there are at least as many targets as ranks (each rank also fits
-    every permuted copy of its targets); otherwise by permutations (each rank fits every target
-    once more, a small cost beside many permutations). A rank may get an empty shard when
-    there is less work than ranks.
-    """
-    if n_ranks < 1:
-        raise ValueError(f"devices must be >= 1, got {n_ranks}")
-    all_t, all_p = np.arange(n_targets), np.arange(n_permutations)
-    if n_targets >= n_ranks or n_permutations < n_ranks:
-        return [Shard(t, all_p) for t in np.array_split(all_t, n_ranks)]
-    return [Shard(all_t, p) for p in np.array_split(all_p, n_ranks)]
-
-
-def by_permutation(shards: list[Shard]) -> bool:
-    """True when the shards split the permutations (every shard holds every target)."""
-    return len(shards) > 1 and all(len(s.targets) == len(shards[0].targets) for s in shards) \
-        and all(np.array_equal(s.targets, shards[0].targets) for s in shards)
 
 
 # --------------------------------------------------------------------------- launching
@@ -128,7 +96,29 @@ def launch(*, devices: int, device: str, fn: Callable[..., Any], args: tuple = (
     # environment Lightning would otherwise read as ranks launched by srun)
     fabric = Fabric(accelerator=accelerator, devices=int(devices), strategy="ddp_spawn",
                     num_nodes=1, plugins=[LightningEnvironment()])
-    return fabric.launch(fn, *args)
+    # Each rank runs rank_threads(devices) CPU threads, set through OMP_NUM_THREADS for the spawn
+    # (else Lightning sets it, and this process's torch threads, to cpu_count // devices); this
+    # process keeps its own threads for what runs after.
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(rank_threads(devices))
+    try:
+        return fabric.launch(fn, *args)
+    finally:
+        torch.set_num_threads(threads)
+        if omp is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = omp
+
+
+def rank_threads(devices: int) -> int:
+    """CPU threads of each rank: ``OMP_NUM_THREADS`` when set, else this process's torch threads
+    shared out (at least 1). CPU results are bit-identical to a one-process run with as many
+    threads (LAPACK and BLAS split their sums by thread count)."""
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) >= 1:
+        return int(omp)
+    return max(1, torch.get_num_threads() // int(devices))
 
 
 # --------------------------------------------------------------------------- the sharded fit
@@ -136,7 +126,7 @@ def launch(*, devices: int, device: str, fn: Callable[..., Any], args: tuple = (
 
 def sharded_cross_val_predict(X, Y, *, devices: int, device: str = "auto", permutations=None,
                               **solver_kwargs):
-    """:func:`gpurecon.solver.cross_val_predict` with its problems split over Fabric ranks.
+    """:func:`gpurecon.solver.cross_val_predict` with its chunks of work split over Fabric ranks.
 
     Parameters
     ----------
@@ -151,40 +141,41 @@ def sharded_cross_val_predict(X, Y, *, devices: int, device: str = "auto", permu
         Row permutations of Y fitted as extra targets.
     **solver_kwargs
         Every other argument of :func:`~gpurecon.solver.cross_val_predict` (``alphas``,
-        ``l1_ratios``, ``folds``, ``preprocess``, ``tol``, ...; not ``device``).
+        ``l1_ratios``, ``folds``, ``preprocess``, ``tol``, ``memory_budget``, ...; not
+        ``device`` or ``part``).
 
     Returns
     -------
     CVResult
-        Assembled in the column order of a one-process fit.
+        The one-process result, bit for bit (same device type, same threads per process).
     """
     from .solver import cross_val_predict
 
     if "device" in solver_kwargs:
         raise ValueError("pass the ranks' accelerator as device=, not inside solver_kwargs")
+    if "part" in solver_kwargs:
+        raise ValueError("part= is set per rank by sharded_cross_val_predict; do not pass it")
     if devices == 1:
         return cross_val_predict(X, Y, permutations=permutations, device=device, **solver_kwargs)
-    Xc = _cpu(X)
-    Yc = _cpu(Y)
+    Xc, Yc = _cpu(X), _cpu(Y)
     if Yc.ndim != 2:
         raise ValueError(f"Y must be 2-D (samples x targets) for a sharded fit, got shape {tuple(Yc.shape)}")
     perms = None if permutations is None else np.asarray(_cpu(permutations)).astype(np.int64)
-    shards = plan_shards(n_targets=Yc.shape[1], n_permutations=0 if perms is None else perms.shape[0],
-                         n_ranks=int(devices))
-    if any(len(s.targets) == 0 for s in shards):
-        raise ValueError(f"devices={devices} is more ranks than the work can be split into "
-                         f"({Yc.shape[1]} targets, {0 if perms is None else perms.shape[0]} permutations)")
     t0 = time.perf_counter()
     accelerator = rank_device_kind(device)
-    log.info("solver: %d ranks (Lightning Fabric ddp_spawn, %s, %s backend) share %d targets x %d "
-             "permutations, split by %s", devices, accelerator, "gloo" if accelerator == "cpu" else "nccl",
-             Yc.shape[1], 0 if perms is None else perms.shape[0],
-             "permutation" if by_permutation(shards) else "target")
+    log.info("solver: %d ranks (Lightning Fabric ddp_spawn, %s, %s backend, %d CPU thread(s) each) share "
+             "the chunks of %d targets x %d permutations", devices, accelerator,
+             "gloo" if accelerator == "cpu" else "nccl", rank_threads(devices), Yc.shape[1],
+             0 if perms is None else perms.shape[0])
     out = launch(devices=int(devices), device=accelerator, fn=_rank_fit,
-                 args=(Xc, Yc, perms, shards, solver_kwargs))
+                 args=(Xc, Yc, perms, solver_kwargs))
+    if out["idle_ranks"]:
+        log.warning("solver: the work was fewer chunks than ranks at this memory budget, so %d of %d "
+                    "ranks had nothing to solve (a smaller solver.memory_budget_gb splits it finer; it "
+                    "changes rounding for one-process runs alike)", out["idle_ranks"], devices)
     parent = torch.device(str(device)) if str(device).startswith("cuda:") else torch.device(
         "cuda:0" if accelerator == "cuda" else "cpu")
-    return _to_device(out, parent, seconds=time.perf_counter() - t0)
+    return _to_device(out["result"], parent, seconds=time.perf_counter() - t0)
 
 
 def _cpu(a):
@@ -193,24 +184,27 @@ def _cpu(a):
     return torch.as_tensor(np.ascontiguousarray(a))
 
 
-def _rank_fit(fabric, X, Y, perms, shards, solver_kwargs):
-    """One rank: fit its shard, gather every shard on rank 0, assemble there."""
+def _rank_fit(fabric, X, Y, perms, solver_kwargs):
+    """One rank: solve its part of the chunks, gather every part on rank 0, assemble there."""
     from .solver import cross_val_predict
 
     rank, world = fabric.global_rank, fabric.world_size
-    shard = shards[rank]
-    block = solve_shard(X, Y, perms, shard, solver_kwargs, device=fabric.device,
-                        fit=cross_val_predict)
+    res = cross_val_predict(X, Y, permutations=perms, device=fabric.device, part=(rank, world),
+                            **solver_kwargs)
+    lo, hi = column_range(res.solved_columns)
     with warnings.catch_warnings():  # Lightning calls a torch collective torch calls deprecated
         warnings.filterwarnings("ignore", message=".*all_gather is deprecated")
-        gathered = fabric.all_gather(pad_block(block, shards))             # each (world, ...)
+        ranges = fabric.all_gather(torch.tensor([lo, hi], dtype=torch.int64)).cpu()   # (world, 2)
+        width = int((ranges[:, 1] - ranges[:, 0]).max())
+        gathered = fabric.all_gather(part_block(res, lo, hi, width))                 # each (world, ...)
     _close_process_group(fabric)
     if rank != 0:
         return None
-    blocks = [{k: v[r].cpu() for k, v in gathered.items()} for r in range(world)]
-    res = assemble(blocks, shards, n_targets=Y.shape[1], perms=perms, template=block)
+    parts = [({k: v[r].cpu() for k, v in gathered.items()}, *ranges[r].tolist()) for r in range(world)]
+    merged = merge_parts(res, parts)
     # numpy, not tensors: torch would pass tensors through shared memory that dies with the rank
-    return {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in vars(res).items()}
+    fields = {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in vars(merged).items()}
+    return {"result": fields, "idle_ranks": int((ranges[:, 1] == ranges[:, 0]).sum())}
 
 
 def _close_process_group(fabric) -> None:
@@ -223,92 +217,65 @@ def _close_process_group(fabric) -> None:
         dist.destroy_process_group()
 
 
-def solve_shard(X, Y, perms, shard: Shard, solver_kwargs: dict, *, device, fit) -> dict:
-    """Fit one shard; returns its block: predictions (G, n, S), null (Q, G, n, S) and the
-    per-problem statistics (F, G, 1 + Q, S), plus what every rank shares (grid, masks)."""
-    Ys = Y[:, torch.as_tensor(shard.targets, dtype=torch.long)].contiguous()
-    Q = len(shard.permutations)
-    p = None if perms is None or Q == 0 else perms[shard.permutations]
-    res = fit(X, Ys, permutations=p, device=device, **solver_kwargs)
-    G, n, S = res.predictions.shape
-    F = res.train_masks.shape[0]
-
-    def stats(t):  # (F, G, S + Q*S) -> (F, G, 1 + Q, S)
-        return t.reshape(F, G, 1 + Q, S)
-
-    null = res.null_predictions if Q else torch.zeros((0, G, n, S), dtype=res.predictions.dtype)
-    return {"pred": res.predictions.cpu(), "null": null.cpu(),
-            "converged": stats(res.converged).to(torch.uint8).cpu(),   # gloo has no bool
-            "gap_ratio": stats(res.gap_ratio).cpu(), "n_iter": stats(res.n_iter).cpu(),
-            "train_masks": res.train_masks.to(torch.uint8).cpu(),
-            "n_features": (torch.zeros(0, dtype=torch.int64) if res.n_features is None
-                           else torch.as_tensor(res.n_features).to(torch.int64).cpu()),
-            "seconds": torch.tensor([res.seconds], dtype=F64), "grid": res.grid}
+def column_range(solved: torch.Tensor) -> tuple[int, int]:
+    """[lo, hi) of the columns a part solved (a part is a contiguous run of chunks; (0, 0): none)."""
+    idx = torch.nonzero(solved.cpu()).squeeze(1)
+    if idx.numel() == 0:
+        return 0, 0
+    lo, hi = int(idx[0]), int(idx[-1]) + 1
+    if idx.numel() != hi - lo:
+        raise RuntimeError("a part's solved columns are not contiguous: a bug, please report it")
+    return lo, hi
 
 
-_GATHERED = ("pred", "null", "converged", "gap_ratio", "n_iter", "train_masks", "n_features", "seconds")
+def all_columns(res) -> torch.Tensor:
+    """Held-out predictions of every column, (grid, samples, targets [+ permutations*targets]),
+    in the solver's column order (targets, then permutation j's copy of target t at T + j*T + t)."""
+    pred = res.predictions
+    if res.null_predictions is None:
+        return pred
+    P, G, n, T = res.null_predictions.shape
+    return torch.cat([pred, res.null_predictions.permute(1, 2, 0, 3).reshape(G, n, P * T)], -1)
 
 
-def pad_block(block: dict, shards: list[Shard]) -> dict:
-    """Zero-pad a block to the largest shard so every rank gathers tensors of one shape."""
-    S = max(len(s.targets) for s in shards)
-    Q = max(len(s.permutations) for s in shards)
-    out = {}
-    for key in _GATHERED:
-        t = block[key]
-        if key in ("pred",):
-            t = _pad(t, {2: S})
-        elif key == "null":
-            t = _pad(t, {0: Q, 3: S})
-        elif key in ("converged", "gap_ratio", "n_iter"):
-            t = _pad(t, {2: 1 + Q, 3: S})
-        out[key] = t.contiguous()
-    return out
+def part_block(res, lo: int, hi: int, width: int) -> dict:
+    """Columns [lo, hi) of a part's result, zero-padded to ``width`` columns so that every rank
+    gathers tensors of one shape (CPU tensors; gloo has no bool)."""
+    def cols(t):
+        t = t[..., lo:hi].cpu()
+        pad = torch.zeros((*t.shape[:-1], width - t.shape[-1]), dtype=t.dtype)
+        return torch.cat([t, pad], -1)
+
+    return {"pred": cols(all_columns(res)), "converged": cols(res.converged.to(torch.uint8)),
+            "gap_ratio": cols(res.gap_ratio), "n_iter": cols(res.n_iter),
+            "seconds": torch.tensor([res.seconds], dtype=F64)}
 
 
-def _pad(t: torch.Tensor, sizes: dict[int, int]) -> torch.Tensor:
-    shape = list(t.shape)
-    for dim, size in sizes.items():
-        shape[dim] = size
-    if list(t.shape) == shape:
-        return t
-    out = torch.zeros(shape, dtype=t.dtype, device=t.device)
-    out[tuple(slice(0, s) for s in t.shape)] = t
-    return out
-
-
-def assemble(blocks: list[dict], shards: list[Shard], *, n_targets: int, perms, template: dict):
-    """One CVResult from every rank's (padded) block, in a one-process fit's column order."""
+def merge_parts(template, parts: list[tuple[dict, int, int]]):
+    """One CVResult from every part ``(block, lo, hi)``: columns copied, no arithmetic."""
     from .solver import CVResult
 
-    G, n = blocks[0]["pred"].shape[:2]
-    F = blocks[0]["train_masks"].shape[0]
-    T, P = n_targets, (0 if perms is None else perms.shape[0])
-    pred = torch.zeros((G, n, T), dtype=blocks[0]["pred"].dtype)
-    null = torch.zeros((P, G, n, T), dtype=blocks[0]["null"].dtype) if P else None
-    stats = {k: torch.zeros((F, G, 1 + P, T), dtype=blocks[0][k].dtype)
+    T = template.predictions.shape[-1]
+    P = 0 if template.null_predictions is None else template.null_predictions.shape[0]
+    pred = torch.zeros(all_columns(template).shape, dtype=template.predictions.dtype)
+    stats = {k: torch.zeros(getattr(template, k).shape, dtype=parts[0][0][k].dtype)
              for k in ("converged", "gap_ratio", "n_iter")}
-    split_perms = by_permutation(shards)
-    for r, (block, shard) in enumerate(zip(blocks, shards)):
-        t = torch.as_tensor(shard.targets, dtype=torch.long)
-        q = torch.as_tensor(shard.permutations, dtype=torch.long)
-        S, Q = len(t), len(q)
-        if S == 0:
-            continue
-        if not split_perms or r == 0:          # the real targets: from their rank (or rank 0)
-            pred[:, :, t] = block["pred"][:, :, :S]
-            for k in stats:
-                stats[k][:, :, 0, t] = block[k][:, :, 0, :S]
-        if Q:
-            null[q[:, None], :, :, t[None, :]] = block["null"][:Q, :, :, :S].permute(0, 3, 1, 2)
-            for k in stats:
-                stats[k][:, :, (1 + q)[:, None], t[None, :]] = block[k][:, :, 1:1 + Q, :S]
-    flat = {k: v.reshape(F, G, (1 + P) * T) for k, v in stats.items()}
-    n_features = blocks[0]["n_features"]
-    return CVResult(pred, template["grid"], null, perms, flat["converged"].bool(), flat["gap_ratio"],
-                    flat["n_iter"], blocks[0]["train_masks"].bool(),
-                    n_features if n_features.numel() else None,
-                    float(max(float(b["seconds"][0]) for b in blocks)))
+    covered = torch.zeros(T * (1 + P), dtype=torch.int64)
+    for block, lo, hi in parts:
+        covered[lo:hi] += 1
+        pred[..., lo:hi] = block["pred"][..., :hi - lo]
+        for k in stats:
+            stats[k][..., lo:hi] = block[k][..., :hi - lo]
+    if not bool((covered == 1).all()):
+        raise RuntimeError(f"the ranks' parts do not cover every column once (coverage "
+                           f"{covered.min().item()}..{covered.max().item()}): a bug, please report it")
+    G, n = pred.shape[:2]
+    null = pred[..., T:].reshape(G, n, P, T).permute(2, 0, 1, 3).contiguous() if P else None
+    return CVResult(pred[..., :T].contiguous(), template.grid, null, template.permutations,
+                    stats["converged"].bool(), stats["gap_ratio"], stats["n_iter"],
+                    template.train_masks.cpu(),
+                    None if template.n_features is None else template.n_features.cpu(),
+                    float(max(float(block["seconds"][0]) for block, _, _ in parts)))
 
 
 def _to_device(fields: dict, device: torch.device, *, seconds: float):

@@ -114,6 +114,9 @@ class CVResult:
     train_masks : Tensor (folds, samples) bool
     n_features : Tensor (folds,) or None: each fold's kept dimension after preprocessing
     seconds : float
+    solved_columns : Tensor (targets [+ permutations*targets],) bool or None
+        With ``part=``: which columns (the targets, then permutation j's copy of target t at
+        ``T + j*T + t``) this call solved; the others hold zeros. None: every column.
     """
 
     predictions: torch.Tensor
@@ -126,6 +129,7 @@ class CVResult:
     train_masks: torch.Tensor
     n_features: torch.Tensor | None
     seconds: float
+    solved_columns: torch.Tensor | None = None
 
     @property
     def n_not_converged(self) -> int:
@@ -168,11 +172,27 @@ def fold_predictions(problem: en.Problem, sol: working_set.Solution, targets: to
     return z.to(F64) + problem.y_mean[t_idx][:, None, None]
 
 
-def _run_shared(problem, T_all, memory_budget, warm_start, consume):
+def part_of(chunks: list, part) -> list:
+    """The chunks of ``part=(k, n_parts)``: the k-th of n contiguous, near-equal runs of chunks
+    (all of them for ``part=None``).
+
+    The chunks are planned from the whole problem (its columns and the memory budget), never
+    from the part, and each chunk is solved on its own: a column's result is the same bits
+    whichever part solves it (on one device type with the same threads per process)."""
+    if part is None:
+        return chunks
+    k, n_parts = part
+    if isinstance(n_parts, bool) or not isinstance(n_parts, (int, np.integer)) or n_parts < 1 \
+            or isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < n_parts:
+        raise ValueError(f"part must be (k, n_parts) with 0 <= k < n_parts, got {part!r}")
+    return [chunks[i] for i in np.array_split(np.arange(len(chunks)), int(n_parts))[int(k)]]
+
+
+def _run_shared(problem, T_all, memory_budget, warm_start, consume, part=None):
     """Solve chunk by chunk; ``consume(sol, targets)`` receives each chunk's solution."""
     budget = memory_budget or en.default_memory_budget(problem.Y.device)
     with en.full_precision_matmul(problem.Y.device):
-        for targets in en.target_chunks(problem, budget, T_all):
+        for targets in part_of(en.target_chunks(problem, budget, T_all), part):
             consume(en.solve_chunk(problem, targets, warm_start, memory_budget=budget), targets)
 
 
@@ -184,7 +204,7 @@ def _stats_tensors(F, G, T, dev):
 
 def cross_val_predict(X, Y, alphas=1.0, l1_ratios=0.5, *, folds=None, preprocess=None, permutations=None,
                       fit_intercept=True, tol=1e-4, max_iter=1000, device=None, memory_budget=None,
-                      dtype=None, warm_start=True, progress=None, strategy="auto") -> CVResult:
+                      dtype=None, warm_start=True, progress=None, strategy="auto", part=None) -> CVResult:
     """Held-out predictions of ElasticNet for every grid point in one batched pass.
 
     Parameters
@@ -203,12 +223,16 @@ def cross_val_predict(X, Y, alphas=1.0, l1_ratios=0.5, *, folds=None, preprocess
         As in :func:`gpurecon.solver.enet_path_fit`.
     progress : callable, optional
         ``progress(done, total)`` in targets (permuted copies included), once per chunk.
+    part : (k, n_parts) or None
+        Solve only part k of n_parts of the work (see :func:`part_of`): how ranks share one
+        fit (:mod:`gpurecon.parallel`). ``result.solved_columns`` says which columns it holds.
 
     Returns
     -------
     CVResult
     """
     t0 = time.perf_counter()
+    part_of([], part)  # a bad part fails before any work
     transform = make_preprocess(preprocess)
     Xn = X if isinstance(X, torch.Tensor) else np.asarray(X)
     Yn = Y if isinstance(Y, torch.Tensor) else np.asarray(Y)
@@ -225,6 +249,7 @@ def cross_val_predict(X, Y, alphas=1.0, l1_ratios=0.5, *, folds=None, preprocess
     T_all = Y_all.shape[1]
     pred = torch.zeros((G, n, T_all), dtype=F64, device=dev)
     conv, ratio, iters = _stats_tensors(F, G, T_all, dev)
+    solved = torch.zeros(T_all, dtype=torch.bool, device=dev)
     n_features = None
     done = [0]
     if transform is None:
@@ -237,26 +262,29 @@ def cross_val_predict(X, Y, alphas=1.0, l1_ratios=0.5, *, folds=None, preprocess
             heldout = z[:, held, rows].reshape(G, targets.numel(), n)                    # (G, Tc, n)
             pred[:, :, targets] = heldout.transpose(1, 2)
             _store_stats(conv, ratio, iters, sol, targets, G)
+            solved[targets] = True
             if progress is not None:
                 done[0] += targets.numel()
                 progress(done[0], T_all)
 
-        _run_shared(problem, T_all, memory_budget, warm_start, consume)
+        _run_shared(problem, T_all, memory_budget, warm_start, consume, part)
     else:
         with en.full_precision_matmul(dev):
             Xf = transform.fit_transform_folds(problem.design.X[:n], train)
             n_features = getattr(transform, "n_features_", None)
-            _run_full_sets(problem, Xf, Y_all, train, memory_budget, pred, conv, ratio, iters, held,
-                              progress=progress)
+            _run_full_sets(problem, Xf, Y_all, train, memory_budget, pred, conv, ratio, iters, held, solved,
+                           progress=progress, part=part)
     predictions = pred[:, :, :T].to(problem.Y.dtype)
     null = pred[:, :, T:].reshape(G, n, P, T).permute(2, 0, 1, 3).to(problem.Y.dtype) if P else None
     if one_d:
         predictions = predictions[..., 0]
         null = null[..., 0] if null is not None else None
-    en.warn_not_converged(int((~conv).sum()), float(ratio.max()) if ratio.numel() else 0.0, conv.numel())
+    mine = conv[:, :, solved]
+    en.warn_not_converged(int((~mine).sum()), float(ratio[:, :, solved].max()) if mine.numel() else 0.0,
+                          mine.numel())
     perms = None if permutations is None else np.asarray(torch.as_tensor(permutations).cpu())
     return CVResult(predictions, problem.grid, null, perms, conv, ratio, iters, train, n_features,
-                    time.perf_counter() - t0)
+                    time.perf_counter() - t0, None if part is None else solved)
 
 
 def _replace_targets(problem: en.Problem, Y_all: torch.Tensor) -> en.Problem:
@@ -281,7 +309,8 @@ def _store_stats(conv, ratio, iters, sol, targets, G):
     put(iters, sol.n_iter)
 
 
-def _run_full_sets(problem, Xf, Y_all, train, memory_budget, pred, conv, ratio, iters, held, progress=None):
+def _run_full_sets(problem, Xf, Y_all, train, memory_budget, pred, conv, ratio, iters, held, solved,
+                   progress=None, part=None):
     """Per-fold designs (fold-wise preprocessing): chunks of targets through full_set."""
     F, n, k = Xf.shape
     G, T_all, dev = len(problem.grid), Y_all.shape[1], Y_all.device
@@ -291,8 +320,8 @@ def _run_full_sets(problem, Xf, Y_all, train, memory_budget, pred, conv, ratio, 
     per_target = Xf.element_size() * F * G * (16 * k + 4 * n) + 8 * F * G * (6 * k + 2 * n)
     size = max(1, min(T_all, int(budget // max(per_target, 1))))
     rows = torch.arange(n, device=dev)
-    for lo in range(0, T_all, size):
-        targets = torch.arange(lo, min(T_all, lo + size), device=dev)
+    chunks = [torch.arange(lo, min(T_all, lo + size), device=dev) for lo in range(0, T_all, size)]
+    for targets in part_of(chunks, part):
         sol = solve_full_sets(Xf, Y_all[:, targets], train, alpha=alpha, l1_ratio=l1, tol=problem.tol,
                                  max_iter=problem.max_iter, center=problem.fit_intercept)
         # (F, G, Tc, n) predictions of every fold's model for every sample
@@ -302,6 +331,7 @@ def _run_full_sets(problem, Xf, Y_all, train, memory_budget, pred, conv, ratio, 
         conv[:, :, targets] = sol.converged
         ratio[:, :, targets] = (sol.gap / torch.clamp(sol.tol, min=torch.finfo(F64).tiny)).float()
         iters[:, :, targets] = sol.n_iter.to(torch.int32)
+        solved[targets] = True
         if progress is not None:
             progress(int(targets[-1]) + 1, T_all)
 
