@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -167,15 +169,22 @@ def sharded_cross_val_predict(X, Y, *, devices: int, device: str = "auto", permu
              "the chunks of %d targets x %d permutations", devices, accelerator,
              "gloo" if accelerator == "cpu" else "nccl", rank_threads(devices), Yc.shape[1],
              0 if perms is None else perms.shape[0])
-    out = launch(devices=int(devices), device=accelerator, fn=_rank_fit,
-                 args=(Xc, Yc, perms, solver_kwargs))
+    # Rank 0 hands the result over in a file: Lightning returns rank 0's value through a pipe
+    # that it reads only after every rank has exited, so a result larger than the pipe's buffer
+    # (a permutation null) would block rank 0 for ever.
+    with tempfile.TemporaryDirectory(prefix="gpurecon-ranks-") as tmp:
+        handover = Path(tmp) / "result.pkl"
+        out = launch(devices=int(devices), device=accelerator, fn=_rank_fit,
+                     args=(Xc, Yc, perms, solver_kwargs, str(handover)))
+        with open(handover, "rb") as fh:
+            fields = pickle.load(fh)   # written by this call's own rank 0, in its own folder
     if out["idle_ranks"]:
         log.warning("solver: the work was fewer chunks than ranks at this memory budget, so %d of %d "
                     "ranks had nothing to solve (a smaller solver.memory_budget_gb splits it finer; it "
                     "changes rounding for one-process runs alike)", out["idle_ranks"], devices)
     parent = torch.device(str(device)) if str(device).startswith("cuda:") else torch.device(
         "cuda:0" if accelerator == "cuda" else "cpu")
-    return _to_device(out["result"], parent, seconds=time.perf_counter() - t0)
+    return _to_device(fields, parent, seconds=time.perf_counter() - t0)
 
 
 def _cpu(a):
@@ -184,8 +193,9 @@ def _cpu(a):
     return torch.as_tensor(np.ascontiguousarray(a))
 
 
-def _rank_fit(fabric, X, Y, perms, solver_kwargs):
-    """One rank: solve its part of the chunks, gather every part on rank 0, assemble there."""
+def _rank_fit(fabric, X, Y, perms, solver_kwargs, handover):
+    """One rank: solve its part of the chunks, gather every part on rank 0, assemble there and
+    write the result to ``handover``."""
     from .solver import cross_val_predict
 
     rank, world = fabric.global_rank, fabric.world_size
@@ -202,9 +212,10 @@ def _rank_fit(fabric, X, Y, perms, solver_kwargs):
         return None
     parts = [({k: v[r].cpu() for k, v in gathered.items()}, *ranges[r].tolist()) for r in range(world)]
     merged = merge_parts(res, parts)
-    # numpy, not tensors: torch would pass tensors through shared memory that dies with the rank
     fields = {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in vars(merged).items()}
-    return {"result": fields, "idle_ranks": int((ranges[:, 1] == ranges[:, 0]).sum())}
+    with open(handover, "wb") as fh:
+        pickle.dump(fields, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    return {"idle_ranks": int((ranges[:, 1] == ranges[:, 0]).sum())}
 
 
 def _close_process_group(fabric) -> None:

@@ -159,3 +159,42 @@ def test_rank_threads_follow_omp_num_threads_or_share_this_process(monkeypatch):
         assert parallel.rank_threads(2) == 2 and parallel.rank_threads(8) == 1
     finally:
         torch.set_num_threads(saved)
+
+
+LARGE_RESULT_SCRIPT = '''
+import sys, numpy as np, torch
+from gpurecon.parallel import sharded_cross_val_predict
+from gpurecon.solver import cross_val_predict, permutations
+
+def main():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((24, 12))
+    Y = X[:, :3] @ rng.standard_normal((3, 5)) + 0.5 * rng.standard_normal((24, 5))
+    perms = permutations(24, 300, 1)
+    kw = dict(alphas=[0.3], l1_ratios=[0.5], memory_budget=2**22)
+    two = sharded_cross_val_predict(X, Y, devices=2, device="cpu", permutations=perms, **kw)
+    one = cross_val_predict(X, Y, device="cpu", permutations=perms, **kw)
+    assert two.null_predictions.numel() * 8 > 2**16   # larger than a pipe's buffer
+    for key in ("predictions", "null_predictions", "converged", "gap_ratio", "n_iter"):
+        assert torch.equal(getattr(two, key), getattr(one, key)), key
+    print("IDENTICAL", tuple(two.null_predictions.shape))
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def test_sharded_fit_hands_over_a_result_larger_than_a_pipe(tmp_path):
+    """A 300-permutation null is ~300 kB: Lightning's return pipe would block rank 0 for ever
+    (it is read only after every rank exits); the result comes through a file, bit for bit the
+    one-process fit (one thread per process)."""
+    script = tmp_path / "large.py"
+    script.write_text(LARGE_RESULT_SCRIPT)
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path / "tmp")}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "IDENTICAL (300, 1, 24, 5)" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["large.py", "tmp"]
+    assert not any((tmp_path / "tmp").glob("gpurecon-ranks-*"))   # the handover folder is gone
