@@ -12,7 +12,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
-OWN_SCRIPTS = ["bench_signal.py", "bench_embeddings.py", "bench_pipeline.py", "bench_solver.py", "run_all.py"]
+OWN_SCRIPTS = ["bench_signal.py", "bench_embeddings.py", "bench_pipeline.py", "bench_solver.py", "bench_ranks.py",
+               "run_all.py"]
 
 
 def run(args, timeout=300, **kw):
