@@ -316,7 +316,7 @@ def fit_cross_validated(emb, Y: torch.Tensor, solver_cfg: DictConfig, device: to
     the run's predictions."""
     from .config import n_permutations_for, solver_grid
     from .evaluation import training_mean_predictions
-    from .solver import cross_val_predict, kfold, leave_one_out, nested_cross_val_predict, permutations
+    from .solver import kfold, leave_one_out, permutations
 
     alphas, l1_ratios, is_grid = solver_grid(solver_cfg)
     n = Y.shape[0]
@@ -344,20 +344,20 @@ def fit_cross_validated(emb, Y: torch.Tensor, solver_cfg: DictConfig, device: to
         log.info("permutation null: %d permutations (solver.n_permutations=%s; 0 turns it off), "
                  "fitted as extra targets: %d x the problems of the fit itself",
                  n_perm, solver_cfg.n_permutations, n_perm + 1)
+    extra = {"progress": progress} if devices == 1 else {}
     try:
         nested = None
         if is_grid:
             log.info("grid of %d alpha x %d l1_ratio: nested selection (inner %s in each outer fold)",
                      len(alphas), len(l1_ratios), NESTED_INNER_CV)
-            nested = nested_cross_val_predict(emb.X, Y, alphas, l1_ratios, inner=NESTED_INNER_CV,
-                                              select="per_target", **common)
-        # Without a null the nested call's outer fits are the grid's: no second pass. The grid
-        # and its null (the bulk of the work) are sharded over `devices` ranks.
-        if nested is not None and perms is None:
+            # the outer fits of every grid point carry the null (permuted copies as extra
+            # targets); the inner search, the outer fits and the null are sharded over `devices`
+            nested = _nested_cross_val_predict(devices, device)(
+                emb.X, Y, alphas, l1_ratios, inner=NESTED_INNER_CV, select="per_target", permutations=perms,
+                **{k: v for k, v in common.items() if k != "device"}, **extra)
             res = nested.outer
         else:
             solve = _cross_val_predict(devices, device)
-            extra = {"progress": progress} if devices == 1 else {}
             res = solve(emb.X, Y, alphas=alphas, l1_ratios=l1_ratios, permutations=perms,
                         **{k: v for k, v in common.items() if k != "device"}, **extra)
     except ValueError as err:  # bad solver settings: one message naming the argument
@@ -395,6 +395,17 @@ def fit_cross_validated(emb, Y: torch.Tensor, solver_cfg: DictConfig, device: to
         n_not_converged=[int(v) for v in not_conv],
         nested=None if nested is None else NestedSelection(NESTED_INNER_CV, nested.choice),
         meta=meta)
+
+
+def _nested_cross_val_predict(devices: int, device: torch.device):
+    """The nested grid search on ``device``, or its twin sharded over ``devices`` Fabric ranks."""
+    from functools import partial
+
+    if devices == 1:
+        from .solver import nested_cross_val_predict
+        return partial(nested_cross_val_predict, device=device)
+    from .parallel import sharded_nested_cross_val_predict
+    return partial(sharded_nested_cross_val_predict, devices=devices, device=device)
 
 
 def _cross_val_predict(devices: int, device: torch.device):

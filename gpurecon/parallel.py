@@ -153,29 +153,66 @@ def sharded_cross_val_predict(X, Y, *, devices: int, device: str = "auto", permu
     """
     from .solver import cross_val_predict
 
+    _check_kwargs(solver_kwargs)
+    if devices == 1:
+        return cross_val_predict(X, Y, permutations=permutations, device=device, **solver_kwargs)
+    t0 = time.perf_counter()
+    fields, parent = _sharded(X, Y, permutations, solver_kwargs, devices=devices, device=device, nested=None)
+    return _to_device(fields, parent, seconds=time.perf_counter() - t0)
+
+
+def sharded_nested_cross_val_predict(X, Y, alphas, l1_ratios, *, devices: int, device: str = "auto",
+                                     inner="kfold:5", select="per_target", permutations=None, **solver_kwargs):
+    """:func:`gpurecon.solver.nested_cross_val_predict` (with its ``permutations``) with the chunks of
+    both solves, the inner search and the outer fits, split over Fabric ranks; arguments as there
+    and in :func:`sharded_cross_val_predict`. Returns the one-process NestedCVResult, bit for bit
+    (same conditions)."""
+    from .solver import nested_cross_val_predict
+
+    _check_kwargs(solver_kwargs)
+    if devices == 1:
+        return nested_cross_val_predict(X, Y, alphas, l1_ratios, inner=inner, select=select,
+                                        permutations=permutations, device=device, **solver_kwargs)
+    if callable(inner):
+        raise ValueError("a sharded nested fit needs inner as a string ('loo', 'kfold:<k>'): ranks are "
+                         "separate processes")
+    t0 = time.perf_counter()
+    kw = dict(solver_kwargs, alphas=alphas, l1_ratios=l1_ratios)
+    fields, parent = _sharded(X, Y, permutations, kw, devices=devices, device=device,
+                              nested={"inner": inner, "select": select})
+    from .solver import NestedCVResult
+
+    outer = _to_device(fields, parent, seconds=time.perf_counter() - t0)
+    nest = {k: torch.from_numpy(v).to(parent) for k, v in fields["nested"].items()}
+    return NestedCVResult(nest["predictions"], nest["choice"], nest["alpha"], nest["l1_ratio"],
+                          nest["inner_loss"], outer.grid, outer)
+
+
+def _check_kwargs(solver_kwargs: dict) -> None:
     if "device" in solver_kwargs:
         raise ValueError("pass the ranks' accelerator as device=, not inside solver_kwargs")
     if "part" in solver_kwargs:
         raise ValueError("part= is set per rank by sharded_cross_val_predict; do not pass it")
-    if devices == 1:
-        return cross_val_predict(X, Y, permutations=permutations, device=device, **solver_kwargs)
+
+
+def _sharded(X, Y, permutations, solver_kwargs, *, devices, device, nested):
+    """Launch the ranks; rank 0's assembled fields and the device the result goes to."""
     Xc, Yc = _cpu(X), _cpu(Y)
     if Yc.ndim != 2:
         raise ValueError(f"Y must be 2-D (samples x targets) for a sharded fit, got shape {tuple(Yc.shape)}")
     perms = None if permutations is None else np.asarray(_cpu(permutations)).astype(np.int64)
-    t0 = time.perf_counter()
     accelerator = rank_device_kind(device)
     log.info("solver: %d ranks (Lightning Fabric ddp_spawn, %s, %s backend, %d CPU thread(s) each) share "
-             "the chunks of %d targets x %d permutations", devices, accelerator,
+             "the chunks of %d targets x %d permutations%s", devices, accelerator,
              "gloo" if accelerator == "cpu" else "nccl", rank_threads(devices), Yc.shape[1],
-             0 if perms is None else perms.shape[0])
+             0 if perms is None else perms.shape[0], "" if nested is None else " and the inner search")
     # Rank 0 hands the result over in a file: Lightning returns rank 0's value through a pipe
     # that it reads only after every rank has exited, so a result larger than the pipe's buffer
     # (a permutation null) would block rank 0 for ever.
     with tempfile.TemporaryDirectory(prefix="gpurecon-ranks-") as tmp:
         handover = Path(tmp) / "result.pkl"
         out = launch(devices=int(devices), device=accelerator, fn=_rank_fit,
-                     args=(Xc, Yc, perms, solver_kwargs, str(handover)))
+                     args=(Xc, Yc, perms, solver_kwargs, str(handover), nested))
         with open(handover, "rb") as fh:
             fields = pickle.load(fh)   # written by this call's own rank 0, in its own folder
     if out["idle_ranks"]:
@@ -184,7 +221,7 @@ def sharded_cross_val_predict(X, Y, *, devices: int, device: str = "auto", permu
                     "changes rounding for one-process runs alike)", out["idle_ranks"], devices)
     parent = torch.device(str(device)) if str(device).startswith("cuda:") else torch.device(
         "cuda:0" if accelerator == "cuda" else "cpu")
-    return _to_device(fields, parent, seconds=time.perf_counter() - t0)
+    return fields, parent
 
 
 def _cpu(a):
@@ -193,26 +230,42 @@ def _cpu(a):
     return torch.as_tensor(np.ascontiguousarray(a))
 
 
-def _rank_fit(fabric, X, Y, perms, solver_kwargs, handover):
+def _rank_fit(fabric, X, Y, perms, solver_kwargs, handover, nested=None):
     """One rank: solve its part of the chunks, gather every part on rank 0, assemble there and
     write the result to ``handover``."""
     from .solver import cross_val_predict
+    from .solver.cv import nested_parts, select_grid_points
 
     rank, world = fabric.global_rank, fabric.world_size
-    res = cross_val_predict(X, Y, permutations=perms, device=fabric.device, part=(rank, world),
-                            **solver_kwargs)
+    if nested is None:
+        res = cross_val_predict(X, Y, permutations=perms, device=fabric.device, part=(rank, world),
+                                **solver_kwargs)
+    else:
+        loss, solved_targets, res = nested_parts(X, Y, permutations=perms, device=fabric.device,
+                                                 part=(rank, world), **nested, **solver_kwargs)
     lo, hi = column_range(res.solved_columns)
     with warnings.catch_warnings():  # Lightning calls a torch collective torch calls deprecated
         warnings.filterwarnings("ignore", message=".*all_gather is deprecated")
         ranges = fabric.all_gather(torch.tensor([lo, hi], dtype=torch.int64)).cpu()   # (world, 2)
         width = int((ranges[:, 1] - ranges[:, 0]).max())
         gathered = fabric.all_gather(part_block(res, lo, hi, width))                 # each (world, ...)
+        if nested is not None:
+            t_lo, t_hi = column_range(solved_targets)
+            t_ranges = fabric.all_gather(torch.tensor([t_lo, t_hi], dtype=torch.int64)).cpu()
+            t_width = int((t_ranges[:, 1] - t_ranges[:, 0]).max())
+            losses = fabric.all_gather(column_block(loss, t_lo, t_hi, t_width)).cpu()   # (world, F_o, G, w)
     _close_process_group(fabric)
     if rank != 0:
         return None
     parts = [({k: v[r].cpu() for k, v in gathered.items()}, *ranges[r].tolist()) for r in range(world)]
     merged = merge_parts(res, parts)
     fields = {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in vars(merged).items()}
+    if nested is not None:
+        full = merge_columns(torch.zeros(loss.shape, dtype=loss.dtype),
+                              [(losses[r], *t_ranges[r].tolist()) for r in range(world)])
+        chosen = select_grid_points(full, merged, Y, nested["select"])
+        fields["nested"] = {k: getattr(chosen, k).cpu().numpy()
+                            for k in ("predictions", "choice", "alpha", "l1_ratio", "inner_loss")}
     with open(handover, "wb") as fh:
         pickle.dump(fields, fh, protocol=pickle.HIGHEST_PROTOCOL)
     return {"idle_ranks": int((ranges[:, 1] == ranges[:, 0]).sum())}
@@ -249,13 +302,31 @@ def all_columns(res) -> torch.Tensor:
     return torch.cat([pred, res.null_predictions.permute(1, 2, 0, 3).reshape(G, n, P * T)], -1)
 
 
+def column_block(t: torch.Tensor, lo: int, hi: int, width: int) -> torch.Tensor:
+    """Last-axis columns [lo, hi) of ``t`` on the CPU, zero-padded to ``width``."""
+    t = t[..., lo:hi].cpu()
+    pad = torch.zeros((*t.shape[:-1], width - t.shape[-1]), dtype=t.dtype)
+    return torch.cat([t, pad], -1)
+
+
+def merge_columns(out: torch.Tensor, parts) -> torch.Tensor:
+    """Copy each part's padded columns ``(block, lo, hi)`` into ``out[..., lo:hi]``; every column
+    exactly once (a RuntimeError otherwise)."""
+    covered = torch.zeros(out.shape[-1], dtype=torch.int64)
+    for block, lo, hi in parts:
+        covered[lo:hi] += 1
+        out[..., lo:hi] = block[..., :hi - lo]
+    if not bool((covered == 1).all()):
+        raise RuntimeError(f"the ranks' parts do not cover every column once (coverage "
+                           f"{covered.min().item()}..{covered.max().item()}): a bug, please report it")
+    return out
+
+
 def part_block(res, lo: int, hi: int, width: int) -> dict:
     """Columns [lo, hi) of a part's result, zero-padded to ``width`` columns so that every rank
     gathers tensors of one shape (CPU tensors; gloo has no bool)."""
     def cols(t):
-        t = t[..., lo:hi].cpu()
-        pad = torch.zeros((*t.shape[:-1], width - t.shape[-1]), dtype=t.dtype)
-        return torch.cat([t, pad], -1)
+        return column_block(t, lo, hi, width)
 
     return {"pred": cols(all_columns(res)), "converged": cols(res.converged.to(torch.uint8)),
             "gap_ratio": cols(res.gap_ratio), "n_iter": cols(res.n_iter),
@@ -268,18 +339,11 @@ def merge_parts(template, parts: list[tuple[dict, int, int]]):
 
     T = template.predictions.shape[-1]
     P = 0 if template.null_predictions is None else template.null_predictions.shape[0]
-    pred = torch.zeros(all_columns(template).shape, dtype=template.predictions.dtype)
-    stats = {k: torch.zeros(getattr(template, k).shape, dtype=parts[0][0][k].dtype)
+    pred = merge_columns(torch.zeros(all_columns(template).shape, dtype=template.predictions.dtype),
+                          [(block["pred"], lo, hi) for block, lo, hi in parts])
+    stats = {k: merge_columns(torch.zeros(getattr(template, k).shape, dtype=parts[0][0][k].dtype),
+                               [(block[k], lo, hi) for block, lo, hi in parts])
              for k in ("converged", "gap_ratio", "n_iter")}
-    covered = torch.zeros(T * (1 + P), dtype=torch.int64)
-    for block, lo, hi in parts:
-        covered[lo:hi] += 1
-        pred[..., lo:hi] = block["pred"][..., :hi - lo]
-        for k in stats:
-            stats[k][..., lo:hi] = block[k][..., :hi - lo]
-    if not bool((covered == 1).all()):
-        raise RuntimeError(f"the ranks' parts do not cover every column once (coverage "
-                           f"{covered.min().item()}..{covered.max().item()}): a bug, please report it")
     G, n = pred.shape[:2]
     null = pred[..., T:].reshape(G, n, P, T).permute(2, 0, 1, 3).contiguous() if P else None
     return CVResult(pred[..., :T].contiguous(), template.grid, null, template.permutations,

@@ -16,7 +16,8 @@ from sklearn.linear_model import ElasticNet as SkElasticNet
 
 from gpurecon import parallel
 from gpurecon.solver import cross_val_predict, leave_one_out, permutations
-from gpurecon.solver.cv import part_of
+from gpurecon.solver import nested_cross_val_predict
+from gpurecon.solver.cv import nested_parts, part_of, select_grid_points
 
 TOL = 1e-8
 # a budget that splits these small fits into several chunks (about 4 columns each)
@@ -101,6 +102,44 @@ def test_parts_merged_equal_one_process_fit_bit_for_bit(T, n_ranks, preprocess, 
             np.testing.assert_allclose(got.numpy(), ref, atol=1e-3 * np.abs(y).max())
 
 
+@pytest.mark.parametrize("n_ranks,preprocess", [(2, None), (3, None), (2, "standardize")])
+def test_nested_parts_merged_equal_one_process_nested_fit_bit_for_bit(n_ranks, preprocess, one_torch_thread):
+    """The grid's inner search and its outer fits (with a null) split in parts, merged as rank 0
+    merges them, then the same selection: bit for bit the one-process nested fit."""
+    X, Y = make_problem(T=5)
+    perms = permutations(X.shape[0], 3, seed=2)
+    kw = dict(alphas=[0.1, 0.5], l1_ratios=[0.2, 0.8], inner="kfold:3", select="per_target", tol=TOL,
+              memory_budget=SMALL_BUDGET, preprocess=preprocess, permutations=perms)
+    whole = nested_cross_val_predict(X, Y, device="cpu", **kw)
+    parts = [nested_parts(X, Y, device="cpu", part=(k, n_ranks), **kw) for k in range(n_ranks)]
+    t_ranges = [parallel.column_range(solved) for _, solved, _ in parts]
+    assert sum(hi > lo for lo, hi in t_ranges) >= (1 if preprocess else 2)   # the inner search split too
+    t_width = max(hi - lo for lo, hi in t_ranges)
+    loss = parallel.merge_columns(torch.zeros(parts[0][0].shape, dtype=parts[0][0].dtype),
+                                  [(parallel.column_block(l, lo, hi, t_width), lo, hi)
+                                   for (l, _, _), (lo, hi) in zip(parts, t_ranges)])
+    ranges = [parallel.column_range(o.solved_columns) for _, _, o in parts]
+    width = max(hi - lo for lo, hi in ranges)
+    outer = parallel.merge_parts(parts[0][2], [(parallel.part_block(o, lo, hi, width), lo, hi)
+                                               for (_, _, o), (lo, hi) in zip(parts, ranges)])
+    merged = select_grid_points(loss, outer, torch.as_tensor(Y), "per_target")
+    for key in ("predictions", "choice", "alpha", "l1_ratio", "inner_loss"):
+        np.testing.assert_array_equal(getattr(merged, key).numpy(), getattr(whole, key).numpy(), err_msg=key)
+    assert_same_bits(merged.outer, whole.outer)
+
+
+def test_nested_null_is_the_plain_fits_null(one_torch_thread):
+    """nested_cross_val_predict(permutations=) fits the null in its outer pass: the same numbers
+    as cross_val_predict(permutations=) (what runs without a grid search), and no second pass."""
+    X, Y = make_problem(T=3)
+    perms = permutations(X.shape[0], 4, seed=3)
+    kw = dict(alphas=[0.1, 0.5], l1_ratios=[0.5], tol=TOL, permutations=perms, device="cpu")
+    nested = nested_cross_val_predict(X, Y, inner="kfold:3", **kw)
+    plain = cross_val_predict(X, Y, **kw)
+    assert_same_bits(nested.outer, plain)
+    assert nested.outer.null_predictions.shape == (4, 2, X.shape[0], 3)
+
+
 def test_a_part_holds_only_its_columns(one_torch_thread):
     X, Y = make_problem(T=5)
     perms = permutations(X.shape[0], 2, seed=1)
@@ -112,7 +151,9 @@ def test_a_part_holds_only_its_columns(one_torch_thread):
     assert bool((cols[..., :lo] == 0).all()) and bool((cols[..., lo:] != 0).all())
 
 
-def test_devices_2_on_cpu_writes_what_one_process_writes(tmp_path):
+@pytest.mark.parametrize("grid", [[], ["solver.alpha=[0.5,1.0]", "solver.l1_ratio=[0.2,0.8]"]],
+                         ids=["one-point", "grid"])
+def test_devices_2_on_cpu_writes_what_one_process_writes(tmp_path, grid):
     """`devices=2 device=cpu`: two gloo ranks, each solving half the chunks; with one thread per
     process in both runs, every output array and score is bit for bit the one-process run's,
     and the run folder holds exactly the files of a one-process run."""
@@ -121,7 +162,7 @@ def test_devices_2_on_cpu_writes_what_one_process_writes(tmp_path):
     env.pop("GPURECON_DATA_ROOT", None)
     # solver.memory_budget_gb: small enough that the 5 targets x 4 columns are several chunks
     args = ["data.n_channels=5", "data.n_words=16", "device=cpu", "solver.n_permutations=3",
-            f"solver.tol={TOL}", "solver.memory_budget_gb=0.0005"]
+            f"solver.tol={TOL}", "solver.memory_budget_gb=0.0005", *grid]
     runs = {}
     for devices in (1, 2):
         out = tmp_path / f"devices{devices}"

@@ -383,7 +383,8 @@ def _inner_splitter(inner) -> Callable[[int], np.ndarray]:
 
 def nested_cross_val_predict(X, Y, alphas, l1_ratios, *, folds=None, inner="kfold:5", select="per_target",
                              preprocess=None, fit_intercept=True, tol=1e-4, max_iter=1000, device=None,
-                             memory_budget=None, dtype=None, strategy="auto") -> NestedCVResult:
+                             memory_budget=None, dtype=None, strategy="auto", permutations=None,
+                             progress=None) -> NestedCVResult:
     """Outer held-out predictions with the grid point chosen by inner CV within each outer fold.
 
     All inner folds of all outer folds are one batch of training masks over the same X (a
@@ -401,9 +402,30 @@ def nested_cross_val_predict(X, Y, alphas, l1_ratios, *, folds=None, inner="kfol
     select : {"per_target", "shared"}
         Choose per target (lowest inner MSE), or one grid point for all targets (lowest mean
         over targets of inner MSE divided by the target's variance, i.e. highest mean R2).
+    permutations : int array (n_permutations, n_samples) or None
+        Row permutations of Y: their held-out predictions at every grid point come with
+        ``result.outer`` (``null_predictions``), fitted in the outer pass (a permutation null
+        of the grid; the inner search is the real targets').
+    progress : callable, optional
+        As in :func:`cross_val_predict`, for the outer pass.
     """
+    loss, outer = nested_parts(X, Y, alphas, l1_ratios, folds=folds, inner=inner, select=select,
+                               preprocess=preprocess, fit_intercept=fit_intercept, tol=tol, max_iter=max_iter,
+                               device=device, memory_budget=memory_budget, dtype=dtype, strategy=strategy,
+                               permutations=permutations, progress=progress)
+    return select_grid_points(loss, outer, Y, select)
+
+
+def nested_parts(X, Y, alphas, l1_ratios, *, folds=None, inner="kfold:5", select="per_target", preprocess=None,
+                 fit_intercept=True, tol=1e-4, max_iter=1000, device=None, memory_budget=None, dtype=None,
+                 strategy="auto", permutations=None, part=None, progress=None):
+    """The two solves of :func:`nested_cross_val_predict`: inner losses (outer folds, grid,
+    targets) and the outer :class:`CVResult`. With ``part=(k, n)`` each solves only its part's
+    chunks (see :func:`part_of`); the loss's ``solved`` targets are then returned too:
+    ``(loss, solved, outer)``."""
     if select not in ("per_target", "shared"):
         raise ValueError(f"select must be 'per_target' or 'shared', got {select!r}")
+    part_of([], part)
     split = _inner_splitter(inner)
     Xn = X if isinstance(X, torch.Tensor) else np.asarray(X)
     n = Xn.shape[0]
@@ -424,12 +446,21 @@ def nested_cross_val_predict(X, Y, alphas, l1_ratios, *, folds=None, inner="kfol
         owner += [o] * sub.shape[0]
     inner_masks = torch.cat(inner_masks)
     owner = torch.as_tensor(owner)
-    loss = inner_losses(Xn, Y, alphas, l1_ratios, inner_masks=inner_masks, outer_masks=outer_masks, owner=owner,
-                        preprocess=preprocess, fit_intercept=fit_intercept, tol=tol, max_iter=max_iter,
-                        device=device, memory_budget=memory_budget, dtype=dtype, strategy=strategy)   # (F_o, G, T)
+    loss, solved = _inner_losses(Xn, Y, alphas, l1_ratios, inner_masks=inner_masks, outer_masks=outer_masks,
+                                 owner=owner, preprocess=preprocess, fit_intercept=fit_intercept, tol=tol,
+                                 max_iter=max_iter, device=device, memory_budget=memory_budget, dtype=dtype,
+                                 strategy=strategy, part=part)                            # (F_o, G, T)
     outer = cross_val_predict(X, Y, alphas, l1_ratios, folds=outer_masks, preprocess=preprocess,
                               fit_intercept=fit_intercept, tol=tol, max_iter=max_iter, device=device,
-                              memory_budget=memory_budget, dtype=dtype, strategy=strategy)
+                              memory_budget=memory_budget, dtype=dtype, strategy=strategy,
+                              permutations=permutations, part=part, progress=progress)
+    return (loss, outer) if part is None else (loss, solved, outer)
+
+
+def select_grid_points(loss: torch.Tensor, outer: CVResult, Y, select: str) -> NestedCVResult:
+    """Each outer fold's grid point (per target or shared) from the inner losses, and the held-out
+    predictions it gives (the last step of :func:`nested_cross_val_predict`)."""
+    outer_masks = outer.train_masks
     preds = outer.predictions if outer.predictions.ndim == 3 else outer.predictions[..., None]
     dev = preds.device
     loss = loss.to(dev)
@@ -452,6 +483,14 @@ def inner_losses(X, Y, alphas, l1_ratios, *, inner_masks, outer_masks, owner, pr
                  max_iter, device, memory_budget, dtype, strategy="auto") -> torch.Tensor:
     """Mean squared error of each grid point over each outer fold's inner held-out samples,
     (outer folds, grid, targets)."""
+    return _inner_losses(X, Y, alphas, l1_ratios, inner_masks=inner_masks, outer_masks=outer_masks, owner=owner,
+                         preprocess=preprocess, fit_intercept=fit_intercept, tol=tol, max_iter=max_iter,
+                         device=device, memory_budget=memory_budget, dtype=dtype, strategy=strategy)[0]
+
+
+def _inner_losses(X, Y, alphas, l1_ratios, *, inner_masks, outer_masks, owner, preprocess, fit_intercept, tol,
+                  max_iter, device, memory_budget, dtype, strategy="auto", part=None):
+    """:func:`inner_losses` of ``part``'s chunks (all: None) and the targets they hold, (T,) bool."""
     transform = make_preprocess(preprocess)
     problem, _ = en.prepare(X, Y, alphas, l1_ratios, train_masks=inner_masks, fit_intercept=fit_intercept, tol=tol,
                             max_iter=max_iter, device=device, dtype=dtype, strategy=strategy)
@@ -465,6 +504,7 @@ def inner_losses(X, Y, alphas, l1_ratios, *, inner_masks, outer_masks, owner, pr
     Y64 = problem.Y[:n].to(F64) + problem.y_mean
     # one-hot sums instead of index_add_: atomics would make CUDA results order-dependent
     onehot = torch.nn.functional.one_hot(owner, F_o).to(F64)                          # (F_i, F_o)
+    solved = torch.zeros(T, dtype=torch.bool, device=dev)
     missed = [0, 0.0, 0]
     if transform is None:
         def consume(sol, targets):
@@ -476,10 +516,12 @@ def inner_losses(X, Y, alphas, l1_ratios, *, inner_masks, outer_masks, owner, pr
             err = ((z - Y64.T[t_idx][:, None, :]) ** 2 * scored).sum(-1)                # (K, F_i)
             per_outer = err @ onehot                                                     # (K, F_o)
             sse[:, :, targets] = per_outer.reshape(G, targets.numel(), F_o).permute(2, 0, 1)
+            solved[targets] = True
 
-        _run_shared(problem, T, memory_budget, True, consume)
+        _run_shared(problem, T, memory_budget, True, consume, part)
         en.warn_not_converged(missed[0], missed[1], missed[2])
-    else:
+    elif part_of([0], part):   # every target in one solve: one chunk, the first part's
+        solved[:] = True
         Xf = transform.fit_transform_folds(problem.design.X[:n], train)
         alpha = torch.tensor([g[0] for g in problem.grid], dtype=F64, device=dev)
         l1 = torch.tensor([g[1] for g in problem.grid], dtype=F64, device=dev)
@@ -492,4 +534,4 @@ def inner_losses(X, Y, alphas, l1_ratios, *, inner_masks, outer_masks, owner, pr
         sse += torch.einsum("igt,io->ogt", err, onehot)
         en.warn_not_converged(int((~sol.converged).sum()), 0.0, sol.converged.numel())
     counts = scored.sum(1).to(F64) @ onehot
-    return sse / counts.clamp_min(1.0)[:, None, None]
+    return sse / counts.clamp_min(1.0)[:, None, None], solved
