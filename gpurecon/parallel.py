@@ -246,18 +246,18 @@ def _rank_fit(fabric, X, Y, perms, solver_kwargs, handover, nested=None):
     lo, hi = column_range(res.solved_columns)
     with warnings.catch_warnings():  # Lightning calls a torch collective torch calls deprecated
         warnings.filterwarnings("ignore", message=".*all_gather is deprecated")
-        ranges = fabric.all_gather(torch.tensor([lo, hi], dtype=torch.int64)).cpu()   # (world, 2)
+        ranges = _gather(fabric, torch.tensor([lo, hi], dtype=torch.int64))          # (world, 2)
         width = int((ranges[:, 1] - ranges[:, 0]).max())
-        gathered = fabric.all_gather(part_block(res, lo, hi, width))                 # each (world, ...)
+        gathered = _gather(fabric, part_block(res, lo, hi, width))                   # each (world, ...)
         if nested is not None:
             t_lo, t_hi = column_range(solved_targets)
-            t_ranges = fabric.all_gather(torch.tensor([t_lo, t_hi], dtype=torch.int64)).cpu()
+            t_ranges = _gather(fabric, torch.tensor([t_lo, t_hi], dtype=torch.int64))
             t_width = int((t_ranges[:, 1] - t_ranges[:, 0]).max())
-            losses = fabric.all_gather(column_block(loss, t_lo, t_hi, t_width)).cpu()   # (world, F_o, G, w)
+            losses = _gather(fabric, column_block(loss, t_lo, t_hi, t_width))           # (world, F_o, G, w)
     _close_process_group(fabric)
     if rank != 0:
         return None
-    parts = [({k: v[r].cpu() for k, v in gathered.items()}, *ranges[r].tolist()) for r in range(world)]
+    parts = [({k: v[r] for k, v in gathered.items()}, *ranges[r].tolist()) for r in range(world)]
     merged = merge_parts(res, parts)
     fields = {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in vars(merged).items()}
     if nested is not None:
@@ -269,6 +269,15 @@ def _rank_fit(fabric, X, Y, perms, solver_kwargs, handover, nested=None):
     with open(handover, "wb") as fh:
         pickle.dump(fields, fh, protocol=pickle.HIGHEST_PROTOCOL)
     return {"idle_ranks": int((ranges[:, 1] == ranges[:, 0]).sum())}
+
+
+def _gather(fabric, data):
+    """``fabric.all_gather`` of a tensor or a dict of tensors, sent from the rank's device (NCCL
+    takes CUDA tensors only; gloo CPU ones) and returned on the CPU."""
+    if isinstance(data, dict):
+        out = fabric.all_gather({k: v.to(fabric.device) for k, v in data.items()})
+        return {k: v.cpu() for k, v in out.items()}
+    return fabric.all_gather(data.to(fabric.device)).cpu()
 
 
 def _close_process_group(fabric) -> None:

@@ -239,3 +239,27 @@ def test_sharded_fit_hands_over_a_result_larger_than_a_pipe(tmp_path):
     assert "IDENTICAL (300, 1, 24, 5)" in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["large.py", "tmp"]
     assert not any((tmp_path / "tmp").glob("gpurecon-ranks-*"))   # the handover folder is gone
+
+
+def test_gather_sends_from_the_ranks_device_and_returns_cpu_tensors():
+    """NCCL gathers CUDA tensors only: every tensor leaves from fabric.device (here 'meta', a
+    stand-in without CUDA) and comes back on the CPU."""
+    class FakeFabric:
+        device = torch.device("meta")
+        sent = []
+
+        def all_gather(self, data):
+            items = data.values() if isinstance(data, dict) else [data]
+            self.sent += [t.device.type for t in items]
+
+            def stack(t):
+                return torch.zeros((2, *t.shape), dtype=t.dtype)
+            return {k: stack(v) for k, v in data.items()} if isinstance(data, dict) else stack(data)
+
+    fabric = FakeFabric()
+    one = parallel._gather(fabric, torch.tensor([1, 2]))
+    block = parallel._gather(fabric, {"pred": torch.ones(3, 4), "n_iter": torch.ones(2, dtype=torch.int32)})
+    assert fabric.sent == ["meta", "meta", "meta"]
+    assert one.device.type == "cpu" and one.shape == (2, 2)
+    assert block["pred"].shape == (2, 3, 4) and block["n_iter"].dtype == torch.int32
+    assert all(v.device.type == "cpu" for v in block.values())
