@@ -60,12 +60,11 @@ from solver_data import family  # noqa: E402
 FIELDS = ("predictions", "null_predictions", "converged", "gap_ratio", "n_iter")
 
 
-def fit(X, Y, perms, **kw):
+def fit(solve, X, Y, perms, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t0 = time.perf_counter()
-        res = kw.pop("solve", cross_val_predict)(X, Y, alphas=1.0, l1_ratios=0.5, folds=leave_one_out(X.shape[0]),
-                                                 permutations=perms, **kw)
+        res = solve(X, Y, alphas=1.0, l1_ratios=0.5, folds=leave_one_out(X.shape[0]), permutations=perms, **kw)
         if str(kw.get("device", "cpu")).startswith("cuda"):
             torch.cuda.synchronize()
         return res, time.perf_counter() - t0
@@ -81,15 +80,14 @@ def main(args) -> int:
     all_threads = torch.get_num_threads()
     per_rank = rank_threads(args.devices) if args.device == "cpu" else all_threads
     dev = args.device if args.device == "cpu" else "cuda:0"
-    base, t_base = fit(X, Y, perms, device=dev)
+    base, t_base = fit(cross_val_predict, X, Y, perms, device=dev)
     torch.set_num_threads(per_rank)
-    ref, t_ref = fit(X, Y, perms, device=dev)
+    ref, t_ref = fit(cross_val_predict, X, Y, perms, device=dev)
     torch.set_num_threads(all_threads)
     saved = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = str(per_rank)   # the ranks' threads, said explicitly
     try:
-        ranks, t_ranks = fit(X, Y, perms, device=args.device, devices=args.devices,
-                             solve=sharded_cross_val_predict)
+        ranks, t_ranks = fit(sharded_cross_val_predict, X, Y, perms, device=args.device, devices=args.devices)
     finally:
         if saved is None:
             os.environ.pop("OMP_NUM_THREADS", None)

@@ -352,12 +352,12 @@ def fit_cross_validated(emb, Y: torch.Tensor, solver_cfg: DictConfig, device: to
                      len(alphas), len(l1_ratios), NESTED_INNER_CV)
             # the outer fits of every grid point carry the null (permuted copies as extra
             # targets); the inner search, the outer fits and the null are sharded over `devices`
-            nested = _nested_cross_val_predict(devices, device)(
+            nested = _solver("nested_cross_val_predict", devices, device)(
                 emb.X, Y, alphas, l1_ratios, inner=NESTED_INNER_CV, select="per_target", permutations=perms,
                 **{k: v for k, v in common.items() if k != "device"}, **extra)
             res = nested.outer
         else:
-            solve = _cross_val_predict(devices, device)
+            solve = _solver("cross_val_predict", devices, device)
             res = solve(emb.X, Y, alphas=alphas, l1_ratios=l1_ratios, permutations=perms,
                         **{k: v for k, v in common.items() if k != "device"}, **extra)
     except ValueError as err:  # bad solver settings: one message naming the argument
@@ -397,26 +397,16 @@ def fit_cross_validated(emb, Y: torch.Tensor, solver_cfg: DictConfig, device: to
         meta=meta)
 
 
-def _nested_cross_val_predict(devices: int, device: torch.device):
-    """The nested grid search on ``device``, or its twin sharded over ``devices`` Fabric ranks."""
+def _solver(name: str, devices: int, device: torch.device):
+    """``cross_val_predict`` or ``nested_cross_val_predict`` on ``device``, or its twin in
+    :mod:`gpurecon.parallel` sharded over ``devices`` Fabric ranks."""
     from functools import partial
 
     if devices == 1:
-        from .solver import nested_cross_val_predict
-        return partial(nested_cross_val_predict, device=device)
-    from .parallel import sharded_nested_cross_val_predict
-    return partial(sharded_nested_cross_val_predict, devices=devices, device=device)
-
-
-def _cross_val_predict(devices: int, device: torch.device):
-    """The solver on ``device``, or its twin sharded over ``devices`` Fabric ranks."""
-    from functools import partial
-
-    if devices == 1:
-        from .solver import cross_val_predict
-        return partial(cross_val_predict, device=device)
-    from .parallel import sharded_cross_val_predict
-    return partial(sharded_cross_val_predict, devices=devices, device=device)
+        from . import solver
+        return partial(getattr(solver, name), device=device)
+    from . import parallel
+    return partial(getattr(parallel, f"sharded_{name}"), devices=devices, device=device)
 
 
 def provenance_for(cfg: DictConfig, device: torch.device, dataset: Dataset) -> Provenance:

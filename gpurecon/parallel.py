@@ -167,7 +167,7 @@ def sharded_nested_cross_val_predict(X, Y, alphas, l1_ratios, *, devices: int, d
     both solves, the inner search and the outer fits, split over Fabric ranks; arguments as there
     and in :func:`sharded_cross_val_predict`. Returns the one-process NestedCVResult, bit for bit
     (same conditions)."""
-    from .solver import nested_cross_val_predict
+    from .solver import NestedCVResult, nested_cross_val_predict
 
     _check_kwargs(solver_kwargs)
     if devices == 1:
@@ -180,8 +180,6 @@ def sharded_nested_cross_val_predict(X, Y, alphas, l1_ratios, *, devices: int, d
     kw = dict(solver_kwargs, alphas=alphas, l1_ratios=l1_ratios)
     fields, parent = _sharded(X, Y, permutations, kw, devices=devices, device=device,
                               nested={"inner": inner, "select": select})
-    from .solver import NestedCVResult
-
     outer = _to_device(fields, parent, seconds=time.perf_counter() - t0)
     nest = {k: torch.from_numpy(v).to(parent) for k, v in fields["nested"].items()}
     return NestedCVResult(nest["predictions"], nest["choice"], nest["alpha"], nest["l1_ratio"],
@@ -192,7 +190,7 @@ def _check_kwargs(solver_kwargs: dict) -> None:
     if "device" in solver_kwargs:
         raise ValueError("pass the ranks' accelerator as device=, not inside solver_kwargs")
     if "part" in solver_kwargs:
-        raise ValueError("part= is set per rank by sharded_cross_val_predict; do not pass it")
+        raise ValueError("part= is set per rank by the sharded fit; do not pass it")
 
 
 def _sharded(X, Y, permutations, solver_kwargs, *, devices, device, nested):
@@ -243,17 +241,11 @@ def _rank_fit(fabric, X, Y, perms, solver_kwargs, handover, nested=None):
     else:
         loss, solved_targets, res = nested_parts(X, Y, permutations=perms, device=fabric.device,
                                                  part=(rank, world), **nested, **solver_kwargs)
-    lo, hi = column_range(res.solved_columns)
     with warnings.catch_warnings():  # Lightning calls a torch collective torch calls deprecated
         warnings.filterwarnings("ignore", message=".*all_gather is deprecated")
-        ranges = _gather(fabric, torch.tensor([lo, hi], dtype=torch.int64))          # (world, 2)
-        width = int((ranges[:, 1] - ranges[:, 0]).max())
-        gathered = _gather(fabric, part_block(res, lo, hi, width))                   # each (world, ...)
+        gathered, ranges = _gather_columns(fabric, res.solved_columns, lambda *c: part_block(res, *c))
         if nested is not None:
-            t_lo, t_hi = column_range(solved_targets)
-            t_ranges = _gather(fabric, torch.tensor([t_lo, t_hi], dtype=torch.int64))
-            t_width = int((t_ranges[:, 1] - t_ranges[:, 0]).max())
-            losses = _gather(fabric, column_block(loss, t_lo, t_hi, t_width))           # (world, F_o, G, w)
+            losses, t_ranges = _gather_columns(fabric, solved_targets, lambda *c: column_block(loss, *c))
     _close_process_group(fabric)
     if rank != 0:
         return None
@@ -269,6 +261,15 @@ def _rank_fit(fabric, X, Y, perms, solver_kwargs, handover, nested=None):
     with open(handover, "wb") as fh:
         pickle.dump(fields, fh, protocol=pickle.HIGHEST_PROTOCOL)
     return {"idle_ranks": int((ranges[:, 1] == ranges[:, 0]).sum())}
+
+
+def _gather_columns(fabric, solved: torch.Tensor, block: Callable):
+    """Every rank's solved column range [lo, hi) (world, 2) and its ``block(lo, hi, width)``
+    padded to the widest range, gathered from all ranks."""
+    lo, hi = column_range(solved)
+    ranges = _gather(fabric, torch.tensor([lo, hi], dtype=torch.int64))
+    width = int((ranges[:, 1] - ranges[:, 0]).max())
+    return _gather(fabric, block(lo, hi, width)), ranges
 
 
 def _gather(fabric, data):
