@@ -92,6 +92,7 @@ class Solution:
     n_iter: torch.Tensor    # (K, F) int64
     converged: torch.Tensor  # (K, F) bool
     score: torch.Tensor     # (K, p+1) max over folds of |X_j^T R| / a at the last check
+    certified: torch.Tensor | None = None   # (K, F) bool: exact optimum by KKT (see certify)
 
 
 def make_design(X: torch.Tensor, center: bool) -> Design:
@@ -675,6 +676,29 @@ def solve(design, Y, folds, *, alpha, l1_ratio, t_idx, tol, max_iter, ws=None, c
     s_max = max(int(final_s.max()) if K else 0, 1)
     return Solution(final_ws[:, :s_max], final_coef[:, :, :s_max], gap, tol_abs, n_iter + cd_epochs, converged,
                     score_out)
+
+
+def merge_groups(base: Solution, sub: Solution, groups: torch.Tensor, p: int) -> Solution:
+    """``base`` with groups ``groups`` replaced by ``sub``'s (working sets padded to one width)."""
+    s = max(base.ws.shape[1], sub.ws.shape[1])
+
+    def pad(sol):
+        K, F, w = sol.coef.shape
+        ws = torch.full((K, s), p, dtype=sol.ws.dtype, device=sol.ws.device)
+        ws[:, :w] = sol.ws
+        coef = sol.coef.new_zeros((K, F, s))
+        coef[:, :, :w] = sol.coef
+        return ws, coef
+
+    ws, coef = pad(base)
+    ws_s, coef_s = pad(sub)
+    ws[groups], coef[groups] = ws_s, coef_s
+    out = {"ws": ws, "coef": coef}
+    for name in ("gap", "tol", "n_iter", "converged", "score", "certified"):
+        t = getattr(base, name).clone()
+        t[groups] = getattr(sub, name)
+        out[name] = t
+    return Solution(**out)
 
 
 def warm_start_from_full(full: Solution, n_folds: int, p: int):
