@@ -94,7 +94,7 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
     dev = sol.coef.device
     # float64 copies; re-centring in float64 changes no fold-centred quantity (a constant per
     # column cancels) and makes the all-rows mean exactly zero, which the downdate identity uses
-    X64 = design.X.to(F64)
+    X64 = design.X.to(F64, copy=True)   # never in place: design.X is shared by every chunk
     if folds.center:
         X64[:n] -= X64[:n].mean(0)
     d64 = Design(X64, design.lam_max, design.center)
@@ -293,3 +293,63 @@ def _carry(ws_from, coef, ws_to, p):
     dense.scatter_(2, ws_from[:, None, :].expand(K, F, s), coef)
     dense[:, :, p] = 0
     return dense.gather(2, ws_to[:, None, :].expand(K, F, ws_to.shape[1]))
+
+
+def certify_dense(xc, yc, coef, a, b, max_rounds: int = MAX_ROUNDS):
+    """The same certificate for small explicit designs (the full-set engine: every feature in).
+
+    Parameters
+    ----------
+    xc : Tensor (K, n, k)
+        Each group's centred training design (held-out rows zero).
+    yc : Tensor (K, T, n)
+        Centred training targets (held-out rows zero).
+    coef : Tensor (K, T, k)
+        The engine's answer.
+    a, b : Tensor (K, T) float64
+
+    Returns
+    -------
+    coef : Tensor (K, T, k), the exact optimum where certified, else ``coef``
+    certified : Tensor (K, T) bool
+    """
+    x64, y64, w = xc.to(F64), yc.to(F64), coef.to(F64)
+    K, T, k = w.shape
+    gram = torch.bmm(x64.transpose(1, 2), x64)                                    # (K, k, k)
+    c = torch.bmm(y64, x64)                                                       # (K, T, k)
+    col_norm = x64.square().sum(1).sqrt()[:, None, :]                             # (K, 1, k)
+    eye = torch.eye(k, dtype=F64, device=w.device)
+    live = (col_norm > 0).expand(K, T, k)                                         # padding columns never enter
+    active, sign = (w != 0) & live, torch.sign(w)
+    certified = torch.zeros((K, T), dtype=torch.bool, device=w.device)
+    x = w
+    open_ = a > 0
+    for _ in range(max_rounds):
+        for _drop in range(MAX_DROPS):
+            both = active[..., :, None] & active[..., None, :]
+            m = torch.where(both, gram[:, None] + b[..., None, None] * eye, eye)
+            rhs = torch.where(active, c - a[..., None] * sign, 0.0)
+            chol, info = torch.linalg.cholesky_ex(m)
+            sol = torch.cholesky_solve(rhs[..., None], chol)[..., 0]
+            ok = (info == 0) & torch.isfinite(sol).all(-1)
+            sol = torch.where(active & ok[..., None], sol, 0.0)
+            flip = active & (torch.sign(sol) != sign)
+            if not bool((flip & open_[..., None]).any()):
+                break
+            active = active & ~flip
+        solved = ok & ~flip.any(-1)
+        x = torch.where((open_ & ~certified)[..., None], sol, x)
+        g = c - torch.einsum("ktj,kij->kti", x, gram)                             # X^T r
+        r_norm = (y64.square().sum(-1) - 2 * (x * c).sum(-1) + (x * torch.einsum("kti,kij->ktj", x, gram)).sum(-1))
+        slack = a[..., None] * KKT_RTOL + KKT_ATOL * r_norm.clamp_min(0).sqrt()[..., None] * col_norm
+        viol = live & ~active & (g.abs() > a[..., None] + slack)
+        stat = (g - b[..., None] * x - a[..., None] * sign).abs()
+        stat_ok = ~(active & (stat > slack)).any(-1)
+        certified = certified | (open_ & solved & stat_ok & ~viol.any(-1))
+        still = open_ & ~certified
+        if not bool(still.any()):
+            break
+        viol = _strongest(viol & still[..., None], g, active.sum(-1))
+        active = torch.where(still[..., None], active | viol, active)
+        sign = torch.where(viol, torch.sign(g), torch.where(active, torch.sign(x), sign))
+    return torch.where(certified[..., None], x, w).to(coef.dtype), certified

@@ -117,6 +117,9 @@ class CVResult:
     solved_columns : Tensor (targets [+ permutations*targets],) bool or None
         With ``part=``: which columns (the targets, then permutation j's copy of target t at
         ``T + j*T + t``) this call solved; the others hold zeros. None: every column.
+    certified : Tensor like ``converged``, bool, or None
+        The fold's coefficients are the exact optimum (KKT verified on every feature in
+        float64; see :mod:`gpurecon.solver.certify`).
     """
 
     predictions: torch.Tensor
@@ -130,6 +133,7 @@ class CVResult:
     n_features: torch.Tensor | None
     seconds: float
     solved_columns: torch.Tensor | None = None
+    certified: torch.Tensor | None = None
 
     @property
     def n_not_converged(self) -> int:
@@ -197,7 +201,7 @@ def _run_shared(problem, T_all, memory_budget, warm_start, consume, part=None):
 
 
 def _stats_tensors(F, G, T, dev):
-    return (torch.zeros((F, G, T), dtype=torch.bool, device=dev),
+    return (torch.zeros((F, G, T), dtype=torch.bool, device=dev), torch.zeros((F, G, T), dtype=torch.bool, device=dev),
             torch.zeros((F, G, T), dtype=torch.float32, device=dev),
             torch.zeros((F, G, T), dtype=torch.int32, device=dev))
 
@@ -248,7 +252,7 @@ def cross_val_predict(X, Y, alphas=1.0, l1_ratios=0.5, *, folds=None, preprocess
     G, F, dev = len(problem.grid), train.shape[0], problem.Y.device
     T_all = Y_all.shape[1]
     pred = torch.zeros((G, n, T_all), dtype=F64, device=dev)
-    conv, ratio, iters = _stats_tensors(F, G, T_all, dev)
+    conv, cert, ratio, iters = _stats_tensors(F, G, T_all, dev)
     solved = torch.zeros(T_all, dtype=torch.bool, device=dev)
     n_features = None
     done = [0]
@@ -261,7 +265,7 @@ def cross_val_predict(X, Y, alphas=1.0, l1_ratios=0.5, *, folds=None, preprocess
             rows = torch.arange(n, device=dev)
             heldout = z[:, held, rows].reshape(G, targets.numel(), n)                    # (G, Tc, n)
             pred[:, :, targets] = heldout.transpose(1, 2)
-            _store_stats(conv, ratio, iters, sol, targets, G)
+            _store_stats(conv, ratio, iters, sol, targets, G, cert)
             solved[targets] = True
             if progress is not None:
                 done[0] += targets.numel()
@@ -273,7 +277,7 @@ def cross_val_predict(X, Y, alphas=1.0, l1_ratios=0.5, *, folds=None, preprocess
             Xf = transform.fit_transform_folds(problem.design.X[:n], train)
             n_features = getattr(transform, "n_features_", None)
             _run_full_sets(problem, Xf, Y_all, train, memory_budget, pred, conv, ratio, iters, held, solved,
-                           progress=progress, part=part)
+                           progress=progress, part=part, cert=cert)
     predictions = pred[:, :, :T].to(problem.Y.dtype)
     null = pred[:, :, T:].reshape(G, n, P, T).permute(2, 0, 1, 3).to(problem.Y.dtype) if P else None
     if one_d:
@@ -284,7 +288,7 @@ def cross_val_predict(X, Y, alphas=1.0, l1_ratios=0.5, *, folds=None, preprocess
                           mine.numel())
     perms = None if permutations is None else np.asarray(torch.as_tensor(permutations).cpu())
     return CVResult(predictions, problem.grid, null, perms, conv, ratio, iters, train, n_features,
-                    time.perf_counter() - t0, None if part is None else solved)
+                    time.perf_counter() - t0, None if part is None else solved, cert)
 
 
 def _replace_targets(problem: en.Problem, Y_all: torch.Tensor) -> en.Problem:
@@ -297,7 +301,7 @@ def _replace_targets(problem: en.Problem, Y_all: torch.Tensor) -> en.Problem:
                       problem.tol, problem.max_iter, problem.fit_intercept)
 
 
-def _store_stats(conv, ratio, iters, sol, targets, G):
+def _store_stats(conv, ratio, iters, sol, targets, G, cert=None):
     K, F = sol.gap.shape
     Tc = targets.numel()
 
@@ -305,12 +309,14 @@ def _store_stats(conv, ratio, iters, sol, targets, G):
         dst[:, :, targets] = src.reshape(G, Tc, F).permute(2, 0, 1).to(dst.dtype)
 
     put(conv, sol.converged)
+    if cert is not None:
+        put(cert, sol.certified)
     put(ratio, sol.gap / torch.clamp(sol.tol, min=torch.finfo(F64).tiny))
     put(iters, sol.n_iter)
 
 
 def _run_full_sets(problem, Xf, Y_all, train, memory_budget, pred, conv, ratio, iters, held, solved,
-                   progress=None, part=None):
+                   progress=None, part=None, cert=None):
     """Per-fold designs (fold-wise preprocessing): chunks of targets through full_set."""
     F, n, k = Xf.shape
     G, T_all, dev = len(problem.grid), Y_all.shape[1], Y_all.device
@@ -329,6 +335,8 @@ def _run_full_sets(problem, Xf, Y_all, train, memory_budget, pred, conv, ratio, 
         z = z + sol.y_mean.to(F64)[:, None, :, None]
         pred[:, :, targets] = z[held, :, :, rows].permute(1, 0, 2)                      # (G, n, Tc)
         conv[:, :, targets] = sol.converged
+        if cert is not None:
+            cert[:, :, targets] = sol.certified
         ratio[:, :, targets] = (sol.gap / torch.clamp(sol.tol, min=torch.finfo(F64).tiny)).float()
         iters[:, :, targets] = sol.n_iter.to(torch.int32)
         solved[targets] = True

@@ -82,8 +82,13 @@ class EnetResult:
     tol : Tensor (folds, grid, targets) float64
         The stopping threshold in the same units as ``dual_gap``.
     converged : Tensor (folds, grid, targets) bool
+        Certified, or sklearn's rule met (gap recomputed in float64 for the returned coef).
     grid : list of (alpha, l1_ratio)
         Grid points in the order of the grid axis (alpha-major).
+    certified : Tensor (folds, grid, targets) bool
+        The returned coefficients are the exact optimum (the solution of their sign pattern,
+        KKT verified on every feature in float64; see :mod:`.certify`). False for pure ridge
+        problems (l1_ratio 0), which the gap certifies.
     """
 
     coef: torch.Tensor
@@ -93,6 +98,7 @@ class EnetResult:
     tol: torch.Tensor
     converged: torch.Tensor
     grid: list
+    certified: torch.Tensor | None = None
 
     @property
     def n_not_converged(self) -> int:
@@ -457,6 +463,7 @@ def enet_path_fit(X, Y, alphas, l1_ratios, *, train_masks=None, fit_intercept=Tr
     intercept, gap, tol_t = torch.zeros((F, G, T), **f64), torch.zeros((F, G, T), **f64), torch.zeros((F, G, T), **f64)
     n_iter = torch.zeros((F, G, T), dtype=torch.int64, device=dev)
     converged = torch.zeros((F, G, T), dtype=torch.bool, device=dev)
+    certified = torch.zeros((F, G, T), dtype=torch.bool, device=dev)
     budget = memory_budget or default_memory_budget(dev)
     for targets in target_chunks(problem, budget):
         with full_precision_matmul(dev):
@@ -473,7 +480,8 @@ def enet_path_fit(X, Y, alphas, l1_ratios, *, train_masks=None, fit_intercept=Tr
         put(tol_t, sol.tol / n_train)
         put(n_iter, sol.n_iter)
         put(converged, sol.converged)
-    result = EnetResult(coef, intercept, n_iter, gap, tol_t, converged, problem.grid)
+        put(certified, sol.certified)
+    result = EnetResult(coef, intercept, n_iter, gap, tol_t, converged, problem.grid, certified)
     warn_not_converged(result.n_not_converged, result.worst_gap_ratio, converged.numel())
     return result
 

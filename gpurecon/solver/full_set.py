@@ -7,7 +7,8 @@ group sharing one Gram ``Xc_f^T Xc_f`` over the fold's centred training rows; it
 the targets. Every feature is in the working set (k is small after PCA), so FISTA's
 restricted gap is the full gap; an active-set Newton polish makes most solutions exact,
 coordinate descent finishes whatever is left (ill-conditioned Grams), and the final gap is
-recomputed from explicit residuals in float64.
+recomputed from explicit residuals in float64. Every answer then leaves through the same
+certificate as the shared-design engine (``certify.certify_dense``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .certify import certify_dense
 from .coordinate_descent import coordinate_descent
 from .fista import GramHessian, PrimalHessian, fista
 from .gap import enet_duality_gap
@@ -34,6 +36,7 @@ class FullSetSolution:
     converged: torch.Tensor  # (F, G, T) bool
     x_mean: torch.Tensor     # (F, k) training means of X_f (0 without intercept)
     y_mean: torch.Tensor     # (F, T) training means of Y (0 without intercept)
+    certified: torch.Tensor | None = None   # (F, G, T) bool: exact optimum by KKT
 
 
 def solve_full_sets(Xf, Y, train, *, alpha, l1_ratio, tol, max_iter, center, inner_fraction=0.5,
@@ -117,9 +120,13 @@ def solve_full_sets(Xf, Y, train, *, alpha, l1_ratio, tol, max_iter, center, inn
         coef = torch.where(open_[..., None], res.coef.to(dt), coef)
         n_iter = n_iter + res.n_epochs
         gap = _final_gap(xc, yc, coef, a, b, F, G)
+    # the answer is the exact optimum of its sign pattern wherever KKT certifies it (see certify)
+    coef, certified = certify_dense(rep(xc), rep(yc.transpose(1, 2)), coef, a, b)
+    gap = _final_gap(xc, yc, coef, a, b, F, G)
     shape = (F, G, T)
     return FullSetSolution(coef.reshape(F, G, T, k), gap.reshape(shape), tol_abs.reshape(shape),
-                              n_iter.reshape(shape), (gap <= tol_abs).reshape(shape), x_mean, y_mean)
+                           n_iter.reshape(shape), (certified | (gap <= tol_abs)).reshape(shape), x_mean, y_mean,
+                           certified.reshape(shape))
 
 
 def _final_gap(xc, yc, coef, a, b, F, G):
