@@ -58,12 +58,14 @@ MAX_ROUNDS = 12
 # Violators entering per round: at least MIN_ADD, at most ADD_FRACTION of the active set.
 MIN_ADD = 10
 ADD_FRACTION = 0.3
+# Iterative-refinement steps after each sign-pattern solve.
+REFINE_STEPS = 2
 # Sign-flip drops within one round's solve.
 MAX_DROPS = 8
 
 
 def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alpha, l1_ratio, t_idx,
-            tol_abs, max_elems: int = 2 ** 25, max_rounds: int = MAX_ROUNDS):
+            max_elems: int = 2 ** 25, max_rounds: int = MAX_ROUNDS):
     """Replace each problem's coefficients by the certified exact optimum where one is found.
 
     Parameters
@@ -71,12 +73,10 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
     design, Y, folds
         The engine's inputs (any compute dtype; everything here is float64).
     sol : Solution
-        The engine's answer for K groups x F folds.
+        The engine's answer (or a starting point) for K groups x F folds; its ``tol``, sklearn's
+        threshold ``tol * ||y_c||^2``, decides ``converged`` where no certificate is found.
     alpha, l1_ratio : Tensor (K,) float64
     t_idx : Tensor (K,) int64
-    tol_abs : Tensor (K, F) float64
-        sklearn's threshold ``tol * ||y_c||^2`` (unscaled), which decides ``converged`` where
-        no certificate is found.
     max_elems : int
         float64 elements one batch of fold systems may hold.
     max_rounds : int
@@ -87,7 +87,8 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
     Solution
         Same groups and folds; ``coef`` and ``ws`` (possibly wider: features the certificate
         added), ``gap`` recomputed in float64 for the returned coefficients, ``converged``
-        = certified or gap within ``tol_abs``, and ``certified`` (K, F) bool.
+        = certified or gap within ``sol.tol``, ``score`` the largest ``|x_j^T r| / a`` over the
+        group's folds (the warm starts' screen), and ``certified`` (K, F) bool.
     """
     K, F, _ = sol.coef.shape
     n, p = design.n, design.p
@@ -144,9 +145,11 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
     if bool(keep.any()):
         w_eng = _carry(sol.ws, sol.coef.to(F64), ws, p)
         x = torch.where(keep[..., None], w_eng, x)
-    gap = _gap(d64, f64, ws, x, yc, a, b)
-    converged = certified | (gap <= tol_abs)
-    return replace(sol, ws=ws, coef=x.to(sol.coef.dtype), gap=gap, converged=converged, certified=certified)
+    gap, g = _gap(d64, f64, ws, x, yc, a, b)
+    converged = certified | (gap <= sol.tol)
+    score = (g.abs() / a[..., None]).nan_to_num_(nan=0.0, posinf=torch.inf).amax(1).to(sol.score.dtype)
+    return replace(sol, ws=ws, coef=x.to(sol.coef.dtype), gap=gap, converged=converged, certified=certified,
+                   score=score)
 
 
 def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems):
@@ -203,16 +206,27 @@ def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p):
         xa = xa * train[:, None, :] * valid[..., None]
         c = torch.bmm(xa, yc[..., None])[..., 0]                                  # (P, k)
         rhs = torch.where(valid, c - a[:, None] * sign.gather(1, pos), 0.0)
+        diag = torch.where(valid, b[:, None], 1.0)                              # padding: identity
         if k > n and bool((b > 0).all()):
             # Woodbury: (A^T A + b I)^-1 v = (v - A^T (A A^T + b I)^-1 A v) / b, A = xa^T (n x k)
             m = torch.bmm(xa.transpose(1, 2), xa) + b[:, None, None] * torch.eye(n, dtype=F64, device=xa.device)
             chol, info = torch.linalg.cholesky_ex(m)
-            av = torch.bmm(xa.transpose(1, 2), rhs[..., None])                    # (P, n, 1)
-            sol = (rhs - torch.bmm(xa, torch.cholesky_solve(av, chol))[..., 0]) / b[:, None]
+
+            def inv(v):
+                av = torch.bmm(xa.transpose(1, 2), v[..., None])                  # (P, n, 1)
+                return (v - torch.bmm(xa, torch.cholesky_solve(av, chol))[..., 0]) / diag
         else:
-            h = torch.bmm(xa, xa.transpose(1, 2)) + torch.diag_embed(torch.where(valid, b[:, None], 1.0))
+            h = torch.bmm(xa, xa.transpose(1, 2)) + torch.diag_embed(diag)
             chol, info = torch.linalg.cholesky_ex(h)
-            sol = torch.cholesky_solve(rhs[..., None], chol)[..., 0]
+
+            def inv(v):
+                return torch.cholesky_solve(v[..., None], chol)[..., 0]
+        sol = inv(rhs)
+        for _refine in range(REFINE_STEPS):
+            # iterative refinement: the Woodbury form divides by b, which loses digits when b is
+            # small next to X_A^T X_A (small alpha); a residual step with the same factors restores them
+            hx = torch.bmm(xa, torch.bmm(xa.transpose(1, 2), sol[..., None]))[..., 0] + diag * sol
+            sol = sol + inv(torch.where(valid, rhs - hx, 0.0))
         ok = (info == 0) & torch.isfinite(sol).all(-1)
         sol = torch.where(valid & ok[:, None], sol, 0.0)
         out = torch.zeros((P, s), dtype=F64, device=act.device).scatter_(1, pos, sol)
@@ -260,7 +274,8 @@ def _kkt(design, folds, ws, x, yc, a, b, active, sign, col_norm):
 
 
 def _gap(design, folds, ws, x, yc, a, b):
-    """sklearn's duality gap (unscaled, float64) of the returned coefficients over all features."""
+    """sklearn's duality gap (unscaled, float64) of the returned coefficients over all features,
+    and ``X^T r`` (K, F, p+1)."""
     K, F, s = x.shape
     n, p = design.n, design.p
     xw = design.X[:n][:, ws].permute(1, 0, 2)
@@ -272,8 +287,9 @@ def _gap(design, folds, ws, x, yc, a, b):
     xta = g.clone()
     xta.scatter_add_(2, ws[:, None, :].expand(K, F, s), -b[..., None] * x)
     xta[..., p] = 0
-    return enet_duality_gap(r.square().sum(-1), (r * yc).sum(-1), x.abs().sum(-1), x.square().sum(-1),
-                            xta.abs().amax(-1), g.square().sum(-1), a, b)
+    gap = enet_duality_gap(r.square().sum(-1), (r * yc).sum(-1), x.abs().sum(-1), x.square().sum(-1),
+                           xta.abs().amax(-1), g.square().sum(-1), a, b)
+    return gap, g
 
 
 def _widen(ws, member, p, *tensors):

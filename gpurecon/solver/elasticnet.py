@@ -55,7 +55,10 @@ log = logging.getLogger("gpurecon")
 # Active-set rounds the folds get from the full-data fit's sign pattern before the iterative
 # engine takes the groups still uncertified (where folds move the support far, e.g. k-fold at
 # small alpha, these rounds oscillate; the engine's iterate is the better start).
-WARM_ROUNDS = 3
+WARM_ROUNDS = 10
+# Active-set rounds a cold fit (the full-data fit, a single fit) gets from zero, the set growing
+# by the strongest KKT violators, before the iterative engine takes what is left uncertified.
+COLD_ROUNDS = 30
 
 # The CPU's default memory budget (bytes): fixed, so that chunking, and with it rounding, is the
 # same from run to run (see default_memory_budget).
@@ -327,44 +330,51 @@ def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
                                        bucket_ratio=ratio,
                                        stop_fraction=FOLD_STOP_FRACTION,
                                        fista_dtype=fista_dtype, newton_budget=budget, lowrank_newton=not tight)
-    common = dict(alpha=alpha, l1_ratio=l1, t_idx=t_idx, tol=problem.tol, max_iter=problem.max_iter)
+    params = dict(alpha=alpha, l1_ratio=l1, t_idx=t_idx)
 
-    def certified(sol):   # every answer leaves as the exact optimum of its sign pattern where KKT holds
-        return certify(problem.design, problem.Y, problem.folds, sol, alpha=alpha, l1_ratio=l1, t_idx=t_idx,
-                       tol_abs=sol.tol, max_elems=elems)
+    def finish(folds, ws, coef, score, rounds, opts):
+        """Active-set rounds from (ws, coef) (None: from zero); the iterative engine, then the
+        certificate again, only for the groups they leave uncertified."""
+        first = certify(problem.design, problem.Y, folds, _start(problem, folds, t_idx, ws, coef, score),
+                        **params, max_elems=elems, max_rounds=rounds)
+        open_ = torch.nonzero(~first.certified.all(1)).squeeze(1)
+        if not open_.numel():
+            return first
+        sub = {k: v[open_] for k, v in params.items()}
+        warm = {} if ws is None else dict(ws=ws[open_], coef=coef[open_])
+        rest = working_set.solve(problem.design, problem.Y, folds, opts=opts, tol=problem.tol,
+                                 max_iter=problem.max_iter, **warm, **sub)
+        rest = certify(problem.design, problem.Y, folds, rest, **sub, max_elems=elems)
+        return working_set.merge_groups(first, rest, open_, problem.design.p)
 
     if all_rows:
-        # a single fit (the estimator): always finish with the exact polish
-        single = dataclasses.replace(opts_full, newton_budget=math.inf)
-        return certified(working_set.solve(problem.design, problem.Y, problem.folds, opts=single, **common))
+        # a single fit (the estimator): the engine always finishes with the exact polish
+        return finish(problem.folds, None, None, None, COLD_ROUNDS,
+                      dataclasses.replace(opts_full, newton_budget=math.inf))
     if not warm_start:
-        return certified(working_set.solve(problem.design, problem.Y, problem.folds, opts=opts_folds, **common))
+        return finish(problem.folds, None, None, None, COLD_ROUNDS, opts_folds)
     # 1) the full-data fit, exact: its sign pattern is every fold's first guess
-    full = working_set.solve(problem.design, problem.Y, problem.full, opts=opts_full, **common)
-    full = certify(problem.design, problem.Y, problem.full, full, alpha=alpha, l1_ratio=l1, t_idx=t_idx,
-                   tol_abs=full.tol, max_elems=elems)
-    F = problem.folds.train.shape[0]
-    ws, coef = working_set.warm_start_from_full(full, F, problem.design.p)
-    # 2) every fold: active-set rounds from that pattern (exact solves, KKT over all features);
-    #    folds differ from the full data by a few rows, so this usually certifies in 1-2 rounds
-    _, yy = working_set.target_stats(problem.Y, problem.folds)
+    full = finish(problem.full, None, None, None, COLD_ROUNDS, opts_full)
+    # 2) every fold from that pattern; folds differ from the full data by a few rows, so this
+    #    usually certifies in 1-2 rounds (the engine warm-starts the rest from the same point)
+    ws, coef = working_set.warm_start_from_full(full, problem.folds.train.shape[0], problem.design.p)
+    return finish(problem.folds, ws, coef, full.score, WARM_ROUNDS, opts_folds)
+
+
+def _start(problem: Problem, folds, t_idx, ws, coef, score) -> working_set.Solution:
+    """A Solution holding a starting point (zero with an empty working set when ``ws`` is None)."""
+    _, yy = working_set.target_stats(problem.Y, folds)
     tol_abs = problem.tol * yy.T[t_idx]
-    K = t_idx.numel()
-    start = working_set.Solution(ws, coef, torch.full_like(tol_abs, math.inf), tol_abs,
-                                 torch.zeros((K, F), dtype=torch.int64, device=ws.device),
-                                 torch.zeros((K, F), dtype=torch.bool, device=ws.device), full.score)
-    first = certify(problem.design, problem.Y, problem.folds, start, alpha=alpha, l1_ratio=l1, t_idx=t_idx,
-                    tol_abs=tol_abs, max_elems=elems, max_rounds=WARM_ROUNDS)
-    # 3) groups with an uncertified fold: the iterative engine from the same warm start, then certified
-    open_ = torch.nonzero(~first.certified.all(1)).squeeze(1)
-    if not open_.numel():
-        return first
-    sub = dict(alpha=alpha[open_], l1_ratio=l1[open_], t_idx=t_idx[open_], tol=problem.tol, max_iter=problem.max_iter)
-    rest = working_set.solve(problem.design, problem.Y, problem.folds, ws=ws[open_], coef=coef[open_],
-                             opts=opts_folds, **sub)
-    rest = certify(problem.design, problem.Y, problem.folds, rest, alpha=sub["alpha"], l1_ratio=sub["l1_ratio"],
-                   t_idx=sub["t_idx"], tol_abs=rest.tol, max_elems=elems)
-    return working_set.merge_groups(first, rest, open_, problem.design.p)
+    K, F, p = t_idx.numel(), folds.train.shape[0], problem.design.p
+    dev = tol_abs.device
+    if ws is None:
+        ws = torch.full((K, 1), p, dtype=torch.int64, device=dev)
+        coef = torch.zeros((K, F, 1), dtype=problem.Y.dtype, device=dev)
+    if score is None:
+        score = torch.zeros((K, p + 1), dtype=problem.Y.dtype, device=dev)
+    return working_set.Solution(ws, coef, torch.full_like(tol_abs, math.inf), tol_abs,
+                                torch.zeros((K, F), dtype=torch.int64, device=dev),
+                                torch.zeros((K, F), dtype=torch.bool, device=dev), score)
 
 
 def dense_coef(sol: working_set.Solution, p: int) -> torch.Tensor:
