@@ -138,9 +138,11 @@ def ensure_synthetic(dataset: Dataset, data_cfg: DictConfig, subject: int, cache
 
 def check_checkpoint(model_cfg: DictConfig) -> None:
     """A checkpoint that is not there (a missing path; offline, a hub name not in the local
-    cache) fails before any data is generated or loaded, naming model.checkpoint; so does a
-    ``model.layer`` outside the checkpoint's layers where its config can be read locally."""
-    from .embeddings.checkpoints import TINY_CHECKPOINTS, looks_like_path, resolve_hub
+    cache) fails before any data is generated or loaded, naming model.checkpoint; so do a
+    checkpoint that ships its own code or is of another architecture, and a ``model.layer``
+    outside the checkpoint's layers where its config can be read locally."""
+    from .embeddings.checkpoints import (TINY_CHECKPOINTS, check_checkpoint_config, looks_like_path,
+                                         resolve_hub)
     from .errors import ModelError
 
     spec = model_cfg.get("checkpoint")
@@ -154,6 +156,7 @@ def check_checkpoint(model_cfg: DictConfig) -> None:
                                  f"({Path(spec).expanduser().resolve()})")
         else:
             revision = resolve_hub(spec, revision, model_cfg.name).revision
+    check_checkpoint_config(model_cfg.name, spec, revision)
     _check_layer_range(model_cfg, spec, revision)
 
 
