@@ -202,8 +202,9 @@ def test_unexpected_weight_is_refused_naming_the_key(tmp_path):
 
 
 def test_pretraining_heads_of_the_same_architecture_are_accepted(tmp_path):
-    """The study's XLS-R checkpoint is a Wav2Vec2ForPreTraining: its quantizer and projections
-    are not weights of Wav2Vec2Model, yet every weight the model uses comes from the file."""
+    """The study's XLS-R checkpoint is a Wav2Vec2ForPreTraining (legacy weight-norm names):
+    its quantizer and projections are not weights of Wav2Vec2Model, yet every weight the
+    model uses comes from the file: accepted, and the same embeddings as the bare model."""
     from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 
     folder = tiny_copy(tmp_path, "wav2vec2")
@@ -214,8 +215,34 @@ def test_pretraining_heads_of_the_same_architecture_are_accepted(tmp_path):
     full = Wav2Vec2ForPreTraining(config)
     full.wav2vec2.load_state_dict(_state(folder))
     full.save_pretrained(folder)
+    # ... written as fairseq-era checkpoints are: weight-norm parts named weight_g / weight_v
+    legacy = {k.replace("parametrizations.weight.original0", "weight_g")
+               .replace("parametrizations.weight.original1", "weight_v"): v
+              for k, v in _state(folder).items()}
+    assert any(k.endswith("weight_g") for k in legacy)
+    from safetensors.torch import save_file
+
+    save_file(legacy, folder / "model.safetensors", metadata={"format": "pt"})
     got = get_embedder("wav2vec2", checkpoint=str(folder), window=0.5, pooling="mean").embed(rec, CPU, None)
     torch.testing.assert_close(got.X, expected)
+
+
+def test_gpt2_lm_head_checkpoint_with_old_mask_buffers_is_accepted(tmp_path):
+    """The hub's ``gpt2`` / ``GroNLP/gpt2-small-dutch`` are GPT2LMHeadModel checkpoints
+    (``transformer.`` prefix, tied lm_head) and old ones carry the causal-mask buffers
+    ``attn.bias``: every weight GPT2Model uses is there, so they load, with the same output."""
+    from transformers import GPT2LMHeadModel
+
+    folder = tiny_copy(tmp_path)
+    rec = make_recording(WORDS)
+    expected = get_embedder("gpt2", checkpoint=str(folder)).embed(rec, CPU, None).X
+    GPT2LMHeadModel.from_pretrained(folder).save_pretrained(folder)
+    n_layer = json.loads((folder / "config.json").read_text())["n_layer"]
+    edit_weights(folder, add={f"transformer.h.{i}.attn.bias": torch.ones(1, 1, 4, 4)
+                              for i in range(n_layer)})
+    assert any(k.startswith("transformer.") for k in _state(folder))
+    got = get_embedder("gpt2", checkpoint=str(folder)).embed(rec, CPU, None).X
+    torch.testing.assert_close(got, expected)
 
 
 def _state(folder: Path) -> dict:
