@@ -138,9 +138,11 @@ def ensure_synthetic(dataset: Dataset, data_cfg: DictConfig, subject: int, cache
 
 def check_checkpoint(model_cfg: DictConfig) -> None:
     """A checkpoint that is not there (a missing path; offline, a hub name not in the local
-    cache) fails before any data is generated or loaded, naming model.checkpoint; so does a
-    ``model.layer`` outside the checkpoint's layers where its config can be read locally."""
-    from .embeddings.checkpoints import TINY_CHECKPOINTS, looks_like_path, resolve_hub
+    cache) fails before any data is generated or loaded, naming model.checkpoint; so do a
+    checkpoint that ships its own code or is of another architecture, and a ``model.layer``
+    outside the checkpoint's layers where its config can be read locally."""
+    from .embeddings.checkpoints import (TINY_CHECKPOINTS, check_checkpoint_config, looks_like_path,
+                                         resolve_hub)
     from .errors import ModelError
 
     spec = model_cfg.get("checkpoint")
@@ -154,6 +156,7 @@ def check_checkpoint(model_cfg: DictConfig) -> None:
                                  f"({Path(spec).expanduser().resolve()})")
         else:
             revision = resolve_hub(spec, revision, model_cfg.name).revision
+    check_checkpoint_config(model_cfg.name, spec, revision)
     _check_layer_range(model_cfg, spec, revision)
 
 
@@ -450,6 +453,11 @@ def _column_info(rec, n_cols: int) -> tuple[list[str], list[str], np.ndarray]:
             [lab for lab in labels for _ in range(per)], np.repeat(coords, per, axis=0))
 
 
+def _excluded_text(rec) -> str:
+    """``name (why), ...`` of the channels left out of the targets, or ``none``."""
+    return ", ".join(f"{n} ({rec.bad_reasons.get(n, 'bad')})" for n in rec.bad_channels) or "none"
+
+
 def _test_hook(stage: str) -> None:
     """TEST HOOK: ``GPURECON_TEST_KILL_AT=<stage>`` SIGKILLs this process at ``stage``
     (generation, high_gamma, solver, writing, publish), so the crash-safety tests can kill a
@@ -584,7 +592,8 @@ def _run_stages(cfg: DictConfig, staging: Path, dataset: Dataset, device: torch.
     validate_for_recording(cfg, sfreq=float(rec.sfreq), onsets_s=onsets,
                            duration_s=rec.seeg.shape[1] / rec.sfreq, window=window)
     if rec.bad_channels:
-        log.warning("excluded flat channel(s) from the targets: %s", ", ".join(rec.bad_channels))
+        log.warning("excluded %d of %d channel(s) from the targets: %s", len(rec.bad_channels),
+                    rec.n_channels, _excluded_text(rec))
 
     t = time.perf_counter()
     with stage_bar("high gamma", enabled=show, unit="ch") as bar:
@@ -661,7 +670,8 @@ def write_outputs(out_dir: Path, rec, prov: Provenance, cfg: DictConfig, Y: torc
         columns += [host(main.electrode_p), host(main.electrode_q)]
     rows = [[n, lab, *map(float, coords[c]), *(float(v[c]) for v in columns)]
             for c, (n, lab) in enumerate(zip(names, labels))]
-    write_csv(out_dir / "scores_electrodes.csv", cols, rows, comments=header)
+    write_csv(out_dir / "scores_electrodes.csv", cols, rows,
+              comments=header + [f"excluded_channels: {_excluded_text(rec)}"])
 
     nested = None
     if fit.nested is not None:
@@ -680,6 +690,7 @@ def write_outputs(out_dir: Path, rec, prov: Provenance, cfg: DictConfig, Y: torc
         "score_definitions": SCORE_DEFINITIONS,
         "n_trials": int(Y.shape[0]), "n_targets": int(Y.shape[1]),
         "excluded_channels": list(rec.bad_channels),
+        "excluded_channel_reasons": {n: rec.bad_reasons.get(n, "bad") for n in rec.bad_channels},
         "target": target_meta,
         "embedding": emb.meta,
         "solver": fit.meta,

@@ -161,7 +161,99 @@ def test_flat_channel_is_excluded_and_recorded(small_dataset, tmp_path):
     assert summary["excluded_channels"] == [flat_name]
     assert summary["n_targets"] == 4
     assert summary["provenance"]["data"] == "synthetic"  # data.root pointing at synthetic data
-    assert flat_name not in (out / "scores_electrodes.csv").read_text()
+    electrodes = _csv_body(out / "scores_electrodes.csv")
+    assert flat_name not in electrodes["electrode"].tolist() and len(electrodes) == 4
+    assert f"# excluded_channels: {flat_name} (flat (constant signal))" in \
+        (out / "scores_electrodes.csv").read_text()
+
+
+def _csv_body(path):
+    import pandas as pd
+
+    return pd.read_csv(path, comment="#")
+
+
+def _channels_tsv(root):
+    return root / "sub-03" / "ieeg" / "sub-03_task-wordProduction_channels.tsv"
+
+
+def _mark_bad(root, rows):
+    """channels.tsv status `bad` for the given rows; returns the channel names."""
+    import pandas as pd
+
+    df = pd.read_csv(_channels_tsv(root), sep="\t", keep_default_na=False, dtype=str)
+    df.loc[list(rows), "status"] = "bad"
+    df.to_csv(_channels_tsv(root), sep="\t", index=False)
+    return df["name"].tolist()
+
+
+def _drop_channels(root, rows):
+    """The same recording with the given channels removed by hand from every file."""
+    import h5py
+    import pandas as pd
+
+    df = pd.read_csv(_channels_tsv(root), sep="\t", keep_default_na=False, dtype=str)
+    df.drop(index=list(rows)).to_csv(_channels_tsv(root), sep="\t", index=False)
+    keep = [i for i in range(len(df)) if i not in rows]
+    with h5py.File(_nwb(root), "r+") as f:
+        old = f["acquisition/iEEG/data"]
+        data, attrs = old[()][:, keep], dict(old.attrs)
+        del f["acquisition/iEEG/data"]
+        new = f.create_dataset("acquisition/iEEG/data", data=data)
+        for k, v in attrs.items():
+            new.attrs[k] = v
+    sidecar = root / "sub-03" / "ieeg" / "sub-03_task-wordProduction_ieeg.json"
+    meta = json.loads(sidecar.read_text())
+    meta["SEEGChannelCount"] = len(keep)
+    sidecar.write_text(json.dumps(meta))
+
+
+def test_status_bad_channels_are_left_out_like_channels_removed_by_hand(small_dataset, tmp_path):
+    """Channels marked bad give exactly the targets, scores and coordinates of the same data
+    with those channels deleted from the files; the outputs say which were excluded and why."""
+    import pandas as pd
+
+    bad = (1, 3)
+    marked = shutil.copytree(small_dataset, tmp_path / "marked")
+    names = _mark_bad(marked, bad)
+    dropped = shutil.copytree(small_dataset, tmp_path / "dropped")
+    _drop_channels(dropped, bad)
+    proc, out = run_cli([f"data.root={marked}", "subject=3", "device=cpu"], tmp_path, name="marked_out")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ref_proc, ref = run_cli([f"data.root={dropped}", "subject=3", "device=cpu"], tmp_path, name="ref_out")
+    assert ref_proc.returncode == 0, ref_proc.stderr[-3000:]
+
+    kept = [n for i, n in enumerate(names) if i not in bad]
+    with np.load(out / "targets.npz") as got, np.load(ref / "targets.npz") as want:
+        assert got["columns"].tolist() == want["columns"].tolist() == kept
+        np.testing.assert_allclose(got["Y"], want["Y"], rtol=1e-10, atol=0)
+    electrodes, ref_electrodes = _csv_body(out / "scores_electrodes.csv"), _csv_body(ref / "scores_electrodes.csv")
+    assert electrodes["electrode"].tolist() == kept
+    np.testing.assert_allclose(electrodes[["pcc", "r2"]].to_numpy(), ref_electrodes[["pcc", "r2"]].to_numpy(),
+                               rtol=1e-6, atol=1e-9)
+    tsv = pd.read_csv(marked / "sub-03/ieeg/sub-03_task-wordProduction_space-ACPC_electrodes.tsv",
+                      sep="\t").set_index("name")
+    np.testing.assert_array_equal(electrodes[["x", "y", "z"]].to_numpy(), tsv.loc[kept, ["x", "y", "z"]].to_numpy())
+
+    summary = json.loads((out / "summary.json").read_text())
+    excluded = [names[i] for i in bad]
+    assert summary["excluded_channels"] == excluded and summary["n_targets"] == len(kept)
+    assert summary["excluded_channel_reasons"] == {n: "status bad in channels.tsv" for n in excluded}
+    text = (out / "scores_electrodes.csv").read_text()
+    assert ("# excluded_channels: " + ", ".join(f"{n} (status bad in channels.tsv)" for n in excluded)) in text
+    assert all(n in proc.stdout + proc.stderr for n in excluded)   # logged too
+
+
+def test_all_channels_bad_is_one_error_and_no_results(small_dataset, tmp_path):
+    root = shutil.copytree(small_dataset, tmp_path / "allbad")
+    _mark_bad(root, range(5))
+    proc, out = run_cli([f"data.root={root}", "subject=3", "device=cpu"], tmp_path)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, text[-3000:]
+    assert "Traceback" not in text
+    errors = [line for line in text.splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1 and "channels.tsv" in errors[0] and "column status" in errors[0], errors
+    assert result_files(out) == []
 
 
 def test_nan_samples_fail_with_the_channel_named_and_no_output(small_dataset, tmp_path):

@@ -230,6 +230,90 @@ def test_clean_dataset_loads_without_warnings(pristine):
     assert rec.bad_channels == []
 
 
+def mark_status(root: Path, rows: dict[int, str]) -> list[str]:
+    """Set channels.tsv ``status`` of the given rows; return the channel names."""
+    p = path(root, "channels.tsv")
+    df = read_tsv(p)
+    for row, value in rows.items():
+        df.loc[row, "status"] = value
+    write_tsv(p, df)
+    return df["name"].tolist()
+
+
+def test_status_bad_channels_are_excluded_with_their_reason(ds, pristine):
+    names = mark_status(ds, {1: "bad", 4: "BAD", 2: "n/a", 3: ""})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # a status is no surprise: no warning, only a log line
+        rec = load_subject(ds, SUB)
+    assert rec.bad_channels == [names[1], names[4]]
+    assert rec.bad_reasons == {names[1]: "status bad in channels.tsv",
+                               names[4]: "status bad in channels.tsv"}
+    assert rec.good_channels.tolist() == [i not in (1, 4) for i in range(N_CHANNELS)]
+    # the data and the coordinates stay complete and aligned by name: the stages drop the rows
+    full = load_subject(pristine, SUB)
+    np.testing.assert_array_equal(rec.seeg, full.seeg)
+    electrodes = read_tsv(path(ds, "space-ACPC_electrodes.tsv")).set_index("name")
+    kept = [n for n, ok in zip(rec.channel_names, rec.good_channels) if ok]
+    np.testing.assert_array_equal(rec.coords[rec.good_channels],
+                                  electrodes.loc[kept, ["x", "y", "z"]].to_numpy(float))
+
+
+def test_flat_channels_are_found_among_the_status_good_ones(ds):
+    names = mark_status(ds, {0: "bad", 3: "bad"})
+    with h5py.File(path(ds, "ieeg.nwb"), "r+") as f:
+        f["acquisition/iEEG/data"][:, 3] = 1.0
+        f["acquisition/iEEG/data"][:, 5] = 2.0
+    with pytest.warns(UserWarning, match="flat") as record:
+        rec = load_subject(ds, SUB)
+    assert rec.bad_channels == [names[0], names[3], names[5]]
+    assert rec.bad_reasons[names[5]] == "flat (constant signal)"
+    assert rec.bad_reasons[names[3]] == "status bad in channels.tsv"   # already out: not tested
+    assert any(names[5] in str(w.message) for w in record)
+    assert not any(names[3] in str(w.message) for w in record)   # only the unexpected one warned
+
+
+def test_wild_bad_contacts_do_not_make_the_good_ones_look_flat(ds):
+    """The flat test's scale comes from the status-good channels only: a majority of bad
+    contacts with huge values must not push the good ones under the flat threshold."""
+    names = mark_status(ds, {i: "bad" for i in range(4)})
+    with h5py.File(path(ds, "ieeg.nwb"), "r+") as f:
+        data = f["acquisition/iEEG/data"]
+        data[:, :4] = data[:, :4] * 1e15
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rec = load_subject(ds, SUB)
+    assert rec.bad_channels == names[:4]
+
+
+def test_all_channels_bad_is_one_error_naming_the_file_and_column(ds):
+    mark_status(ds, {i: "bad" for i in range(N_CHANNELS)})
+    err = raises(ds, r"no channel is left for the targets")
+    assert str(path(ds, "channels.tsv")) in str(err) and "column status" in str(err)
+    assert f"{N_CHANNELS} of {N_CHANNELS} have status bad" in str(err)
+
+
+def test_the_last_good_channel_flat_leaves_none(ds):
+    mark_status(ds, {i: "bad" for i in range(1, N_CHANNELS)})
+    with h5py.File(path(ds, "ieeg.nwb"), "r+") as f:
+        f["acquisition/iEEG/data"][:, 0] = 0.0
+    with pytest.warns(UserWarning, match="flat"):
+        err = raises(ds, r"no channel is left")
+    assert "1 flat (constant signal)" in str(err)
+
+
+def test_all_channels_flat_is_one_error(ds):
+    with h5py.File(path(ds, "ieeg.nwb"), "r+") as f:
+        data = f["acquisition/iEEG/data"]
+        data[...] = np.zeros(data.shape, dtype=data.dtype)
+    with pytest.warns(UserWarning, match="flat"):
+        raises(ds, rf"no channel is left .* and {N_CHANNELS} flat")
+
+
+def test_unknown_status_value_names_the_allowed_ones(ds):
+    mark_status(ds, {2: "noisy"})
+    raises(ds, r"column status line 4 is 'noisy'; allowed values: good, bad, n/a")
+
+
 # ----------------------------------------------------------------------------- events
 
 @pytest.mark.parametrize("column", ["onset", "trial_type", "value"])

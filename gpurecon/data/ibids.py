@@ -312,7 +312,10 @@ def load_subject(root: str | Path, subject: int | str) -> Recording:
     ------
     DataError
         Missing or unreadable files, or files that disagree; the message names file and field.
-        A flat channel is not an error: it is named in a warning and listed in ``bad_channels``.
+        Every channel excluded (none usable as a target) is an error naming channels.tsv and
+        its ``status`` column. A channel marked ``bad`` in channels.tsv ``status`` or flat is
+        not: it is listed in ``bad_channels`` (with why in ``bad_reasons``) and left out of
+        the targets; a flat one is also named in a warning.
     """
     root = _check_root(root)
     sub = subject_id(subject, root)
@@ -343,7 +346,9 @@ def load_subject(root: str | Path, subject: int | str) -> Recording:
         raise DataError(f"{files['nwb']}: acquisition Stimulus has {stimulus.shape[0]} samples but iEEG has "
                         f"{seeg.shape[1]}; the Stimulus track must hold one string per sEEG sample")
     _check_finite(seeg, names, files["nwb"])
-    bad_channels = _flat_channels(seeg, names, files["nwb"])
+    marked = _status_bad(channels, files["channels"])
+    flat = _flat_channels(seeg, names, files["nwb"], skip=marked)
+    bad_reasons = _exclusions(names, marked, flat, files)
 
     trials, last_end = _word_trials(events, files["events"], sfreq, seeg.shape[1], stimulus)
     audio, audio_sfreq = _audio(nwb, files["nwb"])
@@ -363,7 +368,8 @@ def load_subject(root: str | Path, subject: int | str) -> Recording:
         source="synthetic" if is_synthetic(root) else "real",
         root=root,
         files=files,
-        bad_channels=bad_channels,
+        bad_channels=list(bad_reasons),
+        bad_reasons=bad_reasons,
         line_freq=_json_number(files["ieeg_json"], sidecar, "PowerLineFrequency", required=False) or 50.0,
     )
 
@@ -429,10 +435,53 @@ def _check_finite(seeg: np.ndarray, names: list[str], path: Path) -> None:
                         f"{_describe_channels(names, bad)}")
 
 
-def _flat_channels(seeg: np.ndarray, names: list[str], path: Path) -> list[str]:
-    """Channels with (almost) no variance: warned about and returned, not an error."""
+# channels.tsv ``status`` values (BIDS): ``bad`` channels are excluded from the targets.
+CHANNEL_STATUS = ("good", "bad", "n/a")
+
+
+def _status_bad(channels: dict[str, list[str]], path: Path) -> list[str]:
+    """Channels channels.tsv marks ``bad`` in its optional ``status`` column (BIDS: noisy or
+    broken contacts). Empty cells count as ``n/a``; any other value is a DataError."""
+    status = channels.get("status")
+    if status is None:
+        return []
+    values = [v.strip().lower() or "n/a" for v in status]
+    for row, value in enumerate(values, start=2):
+        if value not in CHANNEL_STATUS:
+            raise DataError(f"{path}: column status line {row} is {status[row - 2]!r}; "
+                            f"allowed values: {', '.join(CHANNEL_STATUS)}")
+    return [name for name, value in zip(channels["name"], values) if value == "bad"]
+
+
+def _exclusions(names: list[str], marked: list[str], flat: list[str],
+                files: dict[str, Path]) -> dict[str, str]:
+    """Why each excluded channel is left out, in channel order; an error if none is left."""
+    # flat is tested on the status-good channels only: the two never overlap
+    reasons = {name: "status bad in channels.tsv" if name in marked else "flat (constant signal)"
+               for name in names if name in marked or name in flat}
+    if marked:
+        log.info("%s: %d channel(s) with status bad, excluded from the targets: %s", files["channels"],
+                 len(marked), _describe_channels(names, np.isin(names, marked)))
+    if len(reasons) == len(names):
+        flat_note = f" and {len(flat)} flat (constant signal) in {files['nwb']}" if flat else ""
+        raise DataError(f"{files['channels']}: no channel is left for the targets: {len(marked)} of "
+                        f"{len(names)} have status bad (column status){flat_note}; at least one "
+                        f"channel must have status good (or n/a) and a varying signal")
+    return reasons
+
+
+def _flat_channels(seeg: np.ndarray, names: list[str], path: Path, skip=()) -> list[str]:
+    """Channels with (almost) no variance: warned about and returned, not an error.
+
+    ``skip``: channels already excluded (status bad); not tested, nor part of the reference
+    scale (the median peak-to-peak of the others), which a dead or wild bad contact would bend.
+    """
     ptp = np.ptp(seeg, axis=1)
-    flat = ptp <= 1e-10 * float(np.median(ptp))   # also catches exactly constant channels (ptp 0)
+    tested = ~np.isin(names, list(skip))
+    if not tested.any():
+        return []
+    # also catches exactly constant channels (ptp 0)
+    flat = tested & (ptp <= 1e-10 * float(np.median(ptp[tested])))
     if flat.any():
         message = (f"{path}: {int(flat.sum())} flat channel(s) (constant signal) marked bad and excluded "
                    f"from targets: {_describe_channels(names, flat)}")

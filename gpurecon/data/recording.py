@@ -40,7 +40,9 @@ class Recording:
     source: str = "real"             # "real" | "synthetic"
     root: Path | None = None         # dataset root the files came from
     files: dict[str, Path] = field(default_factory=dict)   # role -> path (nwb, channels, events, ...)
-    bad_channels: list[str] = field(default_factory=list)  # flat channels: excluded from targets
+    # Excluded from the targets, in channel order: channels.tsv status `bad`, and flat channels.
+    bad_channels: list[str] = field(default_factory=list)
+    bad_reasons: dict[str, str] = field(default_factory=dict)  # name -> why it is excluded
     line_freq: float = 50.0          # ieeg.json PowerLineFrequency
 
     @property

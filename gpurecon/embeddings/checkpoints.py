@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -34,6 +35,21 @@ _FULL_DIGEST_LIMIT = 256 << 20
 _SAMPLE = 16 << 20
 
 _TEMP_MODELS: Path | None = None
+
+# config.json ``model_type`` each model group loads: the embedders build these architectures
+# (AutoModel would build whatever model_type says, with fresh weights where the keys differ).
+MODEL_TYPES = {"gpt2": ("gpt2",), "wav2vec2": ("wav2vec2",)}
+
+# Weights a checkpoint may carry that the bare model does not use: the heads of the same
+# architecture's task models (gpt2: GPT2LMHeadModel; the study's XLS-R is a pre-training
+# checkpoint with a quantizer and two projections; CTC fine-tunes add lm_head). Any other
+# unexpected key means the weights belong to another model.
+HEAD_PREFIXES = {"gpt2": ("lm_head.",),
+                 "wav2vec2": ("quantizer.", "project_q.", "project_hid.", "lm_head.")}
+
+# The files through which transformers finds custom code (``auto_map``) in a checkpoint.
+_CODE_MAP_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json",
+                   "processor_config.json", "feature_extractor_config.json")
 
 
 @dataclass(frozen=True)
@@ -182,6 +198,109 @@ def resolve_pretrained(spec: str, revision: str | None, what: str,
     return resolve_hub(spec, revision, what, extra_hint)
 
 
+def _checkpoint_file(spec: str, revision: str | None, filename: str) -> Path | None:
+    """``filename`` of a local checkpoint folder or of a hub checkpoint in the local hub
+    cache (no network); None where it is not there."""
+    if looks_like_path(spec):
+        path = Path(spec).expanduser() / filename
+        return path if path.is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(repo_id=spec, filename=filename, revision=revision)
+    except Exception:  # an invalid repo id: resolving the checkpoint reports it
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def _read_config(path: Path, spec: str) -> dict:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ModelError(f"model.checkpoint={spec!r}: {path} is not readable JSON "
+                         f"({type(err).__name__}: {err})") from None
+    if not isinstance(obj, dict):
+        raise ModelError(f"model.checkpoint={spec!r}: {path} holds a JSON "
+                         f"{type(obj).__name__}, not an object")
+    return obj
+
+
+def check_checkpoint_config(name: str, spec: str, revision: str | None = None,
+                            location: str | None = None) -> None:
+    """Refuse a ``gpt2`` / ``wav2vec2`` checkpoint that would run its own code or build
+    another architecture, from its JSON files alone (no weights, no network, no code).
+
+    - Custom code: any of :data:`_CODE_MAP_FILES` with an ``auto_map``. gpurecon never runs
+      code shipped with a checkpoint (every load passes ``trust_remote_code=False``); failing
+      here says so at start-up instead of deep inside transformers.
+    - ``model_type`` of config.json must be one of :data:`MODEL_TYPES` for the group: a GPT-2
+      folder relabelled ``bert`` would otherwise build a BertModel with random weights.
+
+    Checkpoints whose files are not here (hub names not in the local cache) pass: resolving
+    them reports that. ``location``: where the files are, if not at ``spec`` (a resolved
+    path). Raises ModelError naming model.checkpoint.
+    """
+    if name not in MODEL_TYPES or spec in TINY_CHECKPOINTS:
+        return
+    where = location or spec
+    if looks_like_path(where) and Path(where).expanduser().is_file():
+        raise ModelError(f"model.checkpoint={spec!r} is a file; a {name} checkpoint is a "
+                         f"save_pretrained folder (config.json, weights, "
+                         f"{'tokenizer' if name == 'gpt2' else 'preprocessor_config.json'}) "
+                         f"or a hub name")
+    if looks_like_path(where) and not (Path(where).expanduser() / "config.json").is_file():
+        raise ModelError(f"model.checkpoint={spec!r}: the folder has no config.json; a {name} "
+                         f"checkpoint is a save_pretrained folder (config.json and weights)")
+    for filename in _CODE_MAP_FILES:
+        path = _checkpoint_file(where, revision, filename)
+        if path is None:
+            continue
+        config = _read_config(path, spec)
+        if "auto_map" in config:
+            raise ModelError(
+                f"model.checkpoint={spec!r}: {path} declares custom code (auto_map: "
+                f"{json.dumps(config['auto_map'])[:200]}); gpurecon never runs code shipped with a "
+                f"checkpoint. Use a checkpoint of the standard {name} architecture "
+                f"(model_type {' or '.join(MODEL_TYPES[name])}) without auto_map.")
+        if filename == "config.json":
+            _check_model_type(name, spec, path, config.get("model_type"))
+
+
+def _check_model_type(name: str, spec: str, path: Path, model_type) -> None:
+    allowed = MODEL_TYPES[name]
+    if model_type not in allowed:
+        raise ModelError(f"model.checkpoint={spec!r}: {path} has model_type {model_type!r}; "
+                         f"model={name} loads model_type {', '.join(map(repr, allowed))} only "
+                         f"(another architecture would run with weights it does not have)")
+
+
+def check_loading_info(info: dict, what: str, spec: str, location: str) -> None:
+    """Refuse a model whose weights did not all come from the checkpoint.
+
+    ``info`` is ``from_pretrained(..., output_loading_info=True)``'s report. A missing key is a
+    weight left at its random initialisation; an unexpected key (other than a head of the same
+    architecture, :data:`HEAD_PREFIXES`) is a weight of another model; a mismatched one has
+    the wrong shape. Any of them would give scores of a partly random model reported as trained.
+    """
+    heads = HEAD_PREFIXES.get(what, ())
+    problems = []
+    for kind, keys in (("missing (left at random initialisation)", info.get("missing_keys")),
+                       ("unexpected (not weights of this model)",
+                        [k for k in info.get("unexpected_keys") or () if not k.startswith(heads)]),
+                       ("of mismatched shape", [k[0] if isinstance(k, tuple) else k
+                                                for k in info.get("mismatched_keys") or ()])):
+        keys = sorted(keys or ())
+        if keys:
+            more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
+            problems.append(f"{len(keys)} weight(s) {kind}: {', '.join(keys[:5])}{more}")
+    if info.get("error_msgs"):
+        problems.append("errors: " + "; ".join(map(str, info["error_msgs"]))[:300])
+    if problems:
+        raise ModelError(f"model.checkpoint={spec!r} ({location}): its weights do not match the "
+                         f"{what} model: " + "; ".join(problems) + ". Refusing to run a model "
+                         f"that is not the checkpoint's trained weights.")
+
+
 def resolve_with_config(spec: str, revision: str | None, what: str,
                         build: Callable[[Path, str], Path], cache: Cache | None,
                         memo: dict, extra_hint: str = "") -> tuple[Checkpoint, object]:
@@ -192,8 +311,10 @@ def resolve_with_config(spec: str, revision: str | None, what: str,
         from transformers import AutoConfig
 
         ckpt = resolve_pretrained(spec, revision, what, build, cache, extra_hint=extra_hint)
+        check_checkpoint_config(what, spec, ckpt.revision, location=ckpt.location)
         try:
-            config = AutoConfig.from_pretrained(ckpt.location, revision=ckpt.revision)
+            config = AutoConfig.from_pretrained(ckpt.location, revision=ckpt.revision,
+                                                trust_remote_code=False)
         except Exception as err:
             raise ModelError(f"{what} checkpoint {spec!r}: cannot read its config "
                              f"({type(err).__name__}: {err})") from None
@@ -204,13 +325,20 @@ def resolve_with_config(spec: str, revision: str | None, what: str,
 def load_pretrained(ckpt: Checkpoint, spec: str, what: str, processor_cls, model_cls,
                     device, dtype) -> tuple[object, object]:
     """Load a checkpoint's processor (tokenizer / feature extractor) and model through
-    ``from_pretrained``, the path real checkpoints take; the model in eval mode on ``device``."""
+    ``from_pretrained``, the path real checkpoints take; the model in eval mode on ``device``.
+
+    Never runs code shipped with the checkpoint (``trust_remote_code=False``), and fails on
+    any weight the checkpoint does not supply (:func:`check_loading_info`)."""
     try:
-        processor = processor_cls.from_pretrained(ckpt.location, revision=ckpt.revision)
-        model = model_cls.from_pretrained(ckpt.location, revision=ckpt.revision)
+        processor = processor_cls.from_pretrained(ckpt.location, revision=ckpt.revision,
+                                                  trust_remote_code=False)
+        model, info = model_cls.from_pretrained(ckpt.location, revision=ckpt.revision,
+                                                trust_remote_code=False, output_loading_info=True)
     except Exception as err:
         raise ModelError(f"{what} checkpoint {spec!r} ({ckpt.location}) could not be "
                          f"loaded: {type(err).__name__}: {err}") from None
+    check_loading_info(info, what, spec, ckpt.location)
+    _check_model_type(what, spec, Path(ckpt.location), getattr(model.config, "model_type", None))
     return processor, model.to(device=device, dtype=dtype).eval()
 
 
@@ -235,9 +363,11 @@ def n_blocks_without_weights(name: str, spec: str, revision: str | None) -> int 
         from transformers import AutoConfig
 
         if looks_like_path(spec):
-            config = AutoConfig.from_pretrained(Path(spec).expanduser(), local_files_only=True)
+            config = AutoConfig.from_pretrained(Path(spec).expanduser(), local_files_only=True,
+                                                trust_remote_code=False)
         else:
-            config = AutoConfig.from_pretrained(spec, revision=revision, local_files_only=True)
+            config = AutoConfig.from_pretrained(spec, revision=revision, local_files_only=True,
+                                                trust_remote_code=False)
         return int(config.num_hidden_layers)
     except Exception:  # no readable config.json here: the model stage says what is wrong
         return None
