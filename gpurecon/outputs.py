@@ -209,12 +209,15 @@ def publish(staging: str | os.PathLike, run_dir: str | os.PathLike, *,
     """Move every file of ``staging`` into ``run_dir``, then write ``done.json`` last.
 
     A previous ``done.json`` is removed first, so at no moment does a marker vouch for a mix
-    of old and new files. ``done.json`` lists each file and its size, plus ``provenance``
+    of old and new files; the result files it listed that this run does not make again (a
+    stale ``grid.csv``) are removed, nothing else. ``done.json`` lists each file and its size, plus ``provenance``
     (device, data, checkpoint...). ``on_file(name)`` is called after each rename (a test hook).
     Returns the published names (relative paths).
     """
     staging, run_dir = Path(staging), Path(run_dir)
-    files = sorted(p.relative_to(staging) for p in staging.rglob("*") if p.is_file())
+    # Hydra's record of the settings goes after the results it describes, before done.json
+    files = sorted((p.relative_to(staging) for p in staging.rglob("*") if p.is_file()),
+                   key=lambda rel: (rel.parts[0] == HYDRA_RECORD, rel))
     previous = _listed(run_dir)
     with contextlib.suppress(FileNotFoundError):
         (run_dir / DONE).unlink()
