@@ -126,6 +126,11 @@ def test_finished_run_and_other_settings_is_refused_then_overwrite_replaces_it(f
     assert json.loads((out / "summary.json").read_text())["config"]["model"]["noise"] == 0.5
     assert "noise: 0.5" in (out / ".hydra" / "config.yaml").read_text()
     assert "model.noise=0.5" in (out / ".hydra" / "overrides.yaml").read_text()
+    # overwrite is not a setting: the replaced run is the run of these settings now
+    done = (out / "done.json").read_bytes()
+    proc, _ = run_cli([*FAST, "model.noise=0.5", "resume=true"], tmp_path)
+    assert proc.returncode == 0 and "skipping" in proc.stdout + proc.stderr
+    assert (out / "done.json").read_bytes() == done
 
 
 @pytest.mark.parametrize("extra", [[], ["overwrite=true", "model.noise=0.5"]],
