@@ -6,6 +6,7 @@ Hydra's record (.hydra/) stays with the finished run it describes."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -235,3 +236,31 @@ def test_a_sweep_job_into_the_users_folder_is_a_recorded_failure(tmp_path):
     assert (sweep / "0_model.noise=0" / "notes.txt").read_text() == "mine"
     assert not (sweep / "0_model.noise=0" / ".hydra").exists()
     assert is_complete(sweep / "1_model.noise=0.5")
+
+
+def test_a_lock_released_while_taken_is_taken_on_the_new_file(tmp_path, monkeypatch):
+    """The race of a holder that removes the lock file as it releases it: a run that opened the
+    old file and locks it after the release must not hold a lock on a removed file (two runs
+    would then both hold "the" lock)."""
+    from gpurecon import run_folder
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    first = run_folder._lock(folder)
+    run_folder._HELD[folder.absolute()] = first
+    real_open, opened = run_folder.os.open, []
+
+    def open_then_first_releases(path, flags, mode=0o777):
+        fd = real_open(path, flags, mode)
+        if not opened:           # the second run opened the old file; the first now releases
+            opened.append(fd)
+            run_folder.release(folder)
+        return fd
+
+    monkeypatch.setattr(run_folder.os, "open", open_then_first_releases)
+    second = run_folder._lock(folder)
+    monkeypatch.setattr(run_folder.os, "open", real_open)
+    assert os.fstat(second.fd).st_ino == os.stat(folder / run_folder.LOCK).st_ino
+    with pytest.raises(run_folder.FolderRefused, match=f"pid {os.getpid()}"):
+        run_folder._lock(folder)   # a third run: refused, the second holds the lock
+    os.close(second.fd)
