@@ -2,7 +2,9 @@
 
 :class:`CheckOutputFolder` runs before Hydra creates the run (or sweep) folder and writes its
 ``.hydra/`` files there: an output folder that cannot be created or written is one line naming
-it and exit status 1, instead of a traceback from inside Hydra.
+it and exit status 1, instead of a traceback from inside Hydra. For a single run it also locks
+the run folder and refuses one that is not the run's to write (the user's files, a run of other
+settings: :mod:`gpurecon.run_folder`) before Hydra opens its log there.
 """
 
 from __future__ import annotations
