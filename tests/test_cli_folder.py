@@ -223,6 +223,11 @@ def test_two_concurrent_runs_into_one_folder_never_both_write(tmp_path):
             other = next(q for q, _, _ in results if q is not p)
             assert f"pid {other.pid}" in err and str(out) in err
     assert is_complete(out)
+    # the shared log: a run that got in started after the other had finished (no overlap)
+    lines = (out / "__main__.log").read_text().splitlines()
+    events = [("start" if " | device " in ln else "end") for ln in lines
+              if " | device " in ln or "PCC across electrodes" in ln and str(out) in ln]
+    assert events == ["start", "end"] * (codes.count(0)), events
 
 
 def test_a_sweep_job_into_the_users_folder_is_a_recorded_failure(tmp_path):
