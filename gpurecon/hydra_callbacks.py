@@ -61,4 +61,12 @@ class CheckOutputFolder(Callback):
         _claim(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from .errors import GpureconError
+        from .run_folder import check_sweep_folder
+
         _check(config.hydra.sweep.dir, "hydra.sweep.dir")
+        try:   # before Hydra writes multirun.yaml there
+            check_sweep_folder(config.hydra.sweep.dir, bool(config.get("overwrite", False)))
+        except GpureconError as err:
+            print(f"gpurecon: error: {err}", file=sys.stderr)
+            raise SystemExit(1) from None

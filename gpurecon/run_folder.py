@@ -229,6 +229,33 @@ def decide(folder: str | os.PathLike, cfg: DictConfig, *, key: str = "hydra.run.
     return "run"
 
 
+# What a sweep writes at the top of hydra.sweep.dir (next to its job folders): Hydra's record of
+# the sweep, gpurecon.sweep's failure list, its lock and temp file, submitit's folder.
+_SWEEP_FILES = ("multirun.yaml", "sweep_failures.json", ".sweep_failures.json.lock", ".submitit")
+
+
+def check_sweep_folder(folder: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse (:class:`FolderRefused`) a sweep folder holding files a sweep does not make.
+
+    Folders are left to the jobs: each job checks its own folder (:func:`claim`). A rerun of
+    a sweep into its folder (``resume=true``) finds only a sweep's files there.
+    """
+    folder = Path(folder)
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    foreign = [e.name for e in entries
+               if not e.is_dir(follow_symlinks=False) and e.name not in _SWEEP_FILES
+               and not is_temp_name(e.name)
+               and not (e.name.startswith(".sweep_failures.json.") and e.name.endswith(".tmp"))]
+    if foreign and not overwrite:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise FolderRefused(f"the sweep folder {folder} holds files gpurecon did not make "
+                            f"({shown}); choose an empty or new folder (hydra.sweep.dir=DIR), "
+                            f"or overwrite=true to write the sweep next to them (they are kept)")
+
+
 def claim(folder: str | os.PathLike, cfg: DictConfig, *, key: str = "hydra.run.dir",
           log_name: str = "__main__.log") -> str:
     """Lock ``folder`` (made if missing) for this process and :func:`decide` on it.

@@ -243,6 +243,25 @@ def test_a_sweep_job_into_the_users_folder_is_a_recorded_failure(tmp_path):
     assert is_complete(sweep / "1_model.noise=0.5")
 
 
+def test_a_sweep_into_a_folder_holding_the_users_files_is_refused_before_any_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "notes.txt").write_text("mine")
+    args = ["-m", *FAST, "model.noise=0,0.5", f"hydra.sweep.dir={sweep}"]
+    proc, _ = run_cli(args, tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert str(sweep) in proc.stderr and "notes.txt" in proc.stderr and "overwrite=true" in proc.stderr
+    assert snapshot(sweep) == {"notes.txt": b"mine"}   # no multirun.yaml, no job folder
+    proc, _ = run_cli([*args, "overwrite=true"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (sweep / "notes.txt").read_text() == "mine" and (sweep / "multirun.yaml").is_file()
+    assert len([d for d in sweep.iterdir() if is_complete(d)]) == 2
+    proc, _ = run_cli([*args[:-1], f"hydra.sweep.dir={tmp_path / 'again'}"], tmp_path)
+    assert proc.returncode == 0
+    proc, _ = run_cli([*args[:-1], f"hydra.sweep.dir={tmp_path / 'again'}", "resume=true"], tmp_path)
+    assert proc.returncode == 0 and (proc.stdout + proc.stderr).count("skipping this run") == 2
+
+
 def test_a_lock_released_while_taken_is_taken_on_the_new_file(tmp_path, monkeypatch):
     """The race of a holder that removes the lock file as it releases it: a run that opened the
     old file and locks it after the release must not hold a lock on a removed file (two runs
