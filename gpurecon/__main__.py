@@ -8,6 +8,10 @@
 
 Nothing is deleted here: :func:`gpurecon.experiment.run` writes its results into a staging
 folder it discards on failure, so a failed run leaves only its log (with the error in it).
+Before any work the run folder is locked and checked (:mod:`gpurecon.run_folder`): a folder
+holding the user's files or a run of other settings is refused unless ``overwrite=true``, and
+Hydra's record ``.hydra/`` is written by the app (``hydra.output_subdir: null``) only once the
+folder is this run's.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from omegaconf import DictConfig
 
 from .config import register_configs
 from .errors import GpureconError
+from .outputs import is_complete
+from .run_folder import claim, held, hydra_record, write_record
 from .sweep import JobFailed, in_multirun
 
 
@@ -73,12 +79,21 @@ def _app(cfg: DictConfig) -> JobFailed | None:
 
     from .experiment import run  # imported late: `--help`/`--cfg` stay fast
 
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
     _announce_job()
     try:
-        # Log lines go through tqdm.write while bars are drawn: never glued to a bar.
-        with logging_redirect_tqdm(loggers=[logging.getLogger()]):
-            run(cfg, out_dir)
+        # Lock the folder and refuse to replace what is not this run's, before any work
+        # (a single run was already checked before Hydra made anything: CheckOutputFolder).
+        decision = claim(out_dir, cfg, key="hydra.sweep.dir" if in_multirun() else "hydra.run.dir",
+                         log_name=f"{hc.job.name}.log")
+        with held(out_dir):
+            record = hydra_record(cfg)
+            if decision == "run" and not is_complete(out_dir):
+                write_record(out_dir, record)   # no finished run's record is replaced here
+            # Log lines go through tqdm.write while bars are drawn: never glued to a bar.
+            with logging_redirect_tqdm(loggers=[logging.getLogger()]):
+                run(cfg, out_dir, record=record)
     except GpureconError as err:
         log.error("%s", err)
         if in_multirun():  # the sweep goes on: gpurecon.sweep records it, exits 1 at the end

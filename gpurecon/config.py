@@ -163,6 +163,7 @@ class Config:
     cache_dir: str = "~/.cache/gpurecon"
     progress: bool = True      # tqdm bars on stderr
     resume: bool = False       # skip a run whose folder already holds a complete set of outputs
+    overwrite: bool = False    # write into a folder holding other files or another run's
     data: DataConfig = field(default_factory=DataConfig)
     signal: SignalConfig = field(default_factory=SignalConfig)
     target: TargetConfig = field(default_factory=TargetConfig)

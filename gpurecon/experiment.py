@@ -26,7 +26,7 @@ from .cache import Cache, make_key
 from .config import SUBJECTS, validate_config, validate_for_recording
 from .device import describe_device, resolve_device
 from .errors import ConfigError, DataError
-from .outputs import discard_staging, is_complete, make_staging, publish
+from .outputs import discard_staging, is_complete, make_staging, publish, write_text
 from .progress import chain, stage_bar
 
 if TYPE_CHECKING:
@@ -488,15 +488,12 @@ def _writable(what: str, make):
                           f"({getattr(err, 'filename', '') or ''})") from None
 
 
-# Settings that do not change a run's results: a complete run made with other values of these
-# is still the run asked for.
-_NOT_RESULTS = ("progress", "resume", "cache_dir")
-
-
 def _finished_summary(out_dir: Path, cfg: DictConfig) -> dict | None:
-    """The scores of the complete run in ``out_dir`` if it was made with this config, else None
-    (no complete set, or a sweep whose job folder now holds other settings)."""
+    """The scores of the complete run in ``out_dir`` if it was made with these settings, else
+    None (no complete set, or a folder that now holds other settings)."""
     import json
+
+    from .run_folder import differences, settings
 
     if not is_complete(out_dir):
         return None
@@ -505,22 +502,21 @@ def _finished_summary(out_dir: Path, cfg: DictConfig) -> dict | None:
     except (OSError, ValueError):
         return None
     stored = summary.get("config")
-    current = json.loads(json.dumps(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-                                    default=str))
-    if isinstance(stored, dict):
-        strip = lambda c: {k: v for k, v in c.items() if k not in _NOT_RESULTS}  # noqa: E731
-        if strip(stored) != strip(current):
-            log.warning("resume: %s holds a complete run with other settings; running again",
-                        out_dir)
-            return None
+    if isinstance(stored, dict) and differences(settings(stored), settings(cfg)):
+        log.warning("resume: %s holds a complete run with other settings; running again",
+                    out_dir)
+        return None
     return summary.get("scores", {})
 
 
-def run(cfg: DictConfig, out_dir: str | os.PathLike) -> dict:
+def run(cfg: DictConfig, out_dir: str | os.PathLike, record: dict[str, str] | None = None) -> dict:
     """Run one subject/model/solver setting and write its outputs into ``out_dir``.
 
     The outputs appear as a complete set (``done.json`` written last) or not at all: they are
     written into a staging folder inside ``out_dir`` that is discarded if the run fails.
+    ``record`` (relative path -> text: Hydra's ``.hydra/`` files, see
+    :func:`gpurecon.run_folder.hydra_record`) is published with the outputs. Whether this run
+    may write into ``out_dir`` is the caller's decision (:func:`gpurecon.run_folder.claim`).
     """
     # 0) the whole config, before anything is loaded, generated or cached
     validate_config(cfg)
@@ -549,6 +545,8 @@ def run(cfg: DictConfig, out_dir: str | os.PathLike) -> dict:
         cache.remove_stale()
         scores, provenance = _run_stages(cfg, staging, dataset, device, cache, window, show,
                                          timings, t_start)
+        for rel, text in (record or {}).items():   # the settings travel with the outputs
+            write_text(staging / rel, text)
         _test_hook("writing")
         publish(staging, out_dir, provenance=provenance, on_file=lambda name: _test_hook("publish"))
     except BaseException:

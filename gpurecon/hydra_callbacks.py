@@ -2,7 +2,9 @@
 
 :class:`CheckOutputFolder` runs before Hydra creates the run (or sweep) folder and writes its
 ``.hydra/`` files there: an output folder that cannot be created or written is one line naming
-it and exit status 1, instead of a traceback from inside Hydra.
+it and exit status 1, instead of a traceback from inside Hydra. For a single run it also locks
+the run folder and refuses one that is not the run's to write (the user's files, a run of other
+settings: :mod:`gpurecon.run_folder`) before Hydra opens its log there.
 """
 
 from __future__ import annotations
@@ -29,11 +31,42 @@ def _check(folder: str, key: str) -> None:
         raise SystemExit(1) from None
 
 
+def _claim(config: DictConfig) -> None:
+    """Lock the run folder and refuse (one line, exit 1) to write into one that holds the
+    user's files or a run of other settings: before Hydra writes its log there."""
+    import copy
+
+    from omegaconf import open_dict
+
+    from .errors import GpureconError
+    from .run_folder import claim
+
+    task = copy.deepcopy(config)
+    with open_dict(task):
+        del task["hydra"]
+    try:
+        claim(config.hydra.run.dir, task, key="hydra.run.dir",
+              log_name=f"{config.hydra.job.name}.log")
+    except GpureconError as err:
+        print(f"gpurecon: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 class CheckOutputFolder(Callback):
-    """Fail with one line when the run or sweep folder is not writable."""
+    """Fail with one line when the run or sweep folder is not writable, or (a single run) when
+    the run folder is not this run's to write (see :mod:`gpurecon.run_folder`)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _check(config.hydra.run.dir, "hydra.run.dir")
+        _claim(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from .errors import GpureconError
+        from .run_folder import check_sweep_folder
+
         _check(config.hydra.sweep.dir, "hydra.sweep.dir")
+        try:   # before Hydra writes multirun.yaml there
+            check_sweep_folder(config.hydra.sweep.dir, bool(config.get("overwrite", False)))
+        except GpureconError as err:
+            print(f"gpurecon: error: {err}", file=sys.stderr)
+            raise SystemExit(1) from None

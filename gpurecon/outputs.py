@@ -8,9 +8,11 @@ its run folder (:func:`staged_outputs`), then renames each file into place and w
 use (``resume=true``, the report): a folder without ``done.json``, or whose files no longer
 match it, holds no finished run.
 
-Every temp name carries the host and process id (``.NAME.tmp-HOST-PID-XXXX``), so the temp
-files and folders of a process that died (SIGKILL, power loss) are recognised and removed by
-:func:`remove_stale_temps` once that process is gone.
+Every temp name carries the program's own marker, the host and the process id
+(``.NAME.tmp-gpurecon-HOST-PID-XXXX``), so the temp files and folders of a process that died
+(SIGKILL, power loss) are recognised and removed by :func:`remove_stale_temps` once that process
+is gone; a user's file merely named like a temp file (``.notes.tmp-vm-999999-abcd``) lacks the
+marker and is never touched.
 """
 
 from __future__ import annotations
@@ -32,13 +34,25 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 DONE = "done.json"
+# Every file a run publishes (experiment.write_outputs; grid.csv with a grid), and the folder of
+# Hydra's record of the run's settings, which the app writes itself (gpurecon.run_folder).
+RESULT_FILES = frozenset({"summary.json", "targets.npz", "embeddings.npz", "predictions.npz",
+                          "scores_trials.csv", "scores_electrodes.csv", "grid.csv"})
+HYDRA_RECORD = ".hydra"
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
-_TEMP = re.compile(r"\.tmp-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+# The marker in every temp name this program makes: only such names are ever cleaned up.
+_MARK = "tmp-gpurecon"
+_TEMP = re.compile(rf"^\..+\.{_MARK}-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
 
 
 def temp_prefix(name: str) -> str:
     """The prefix of this process's temp files / folders for ``name`` (mkstemp adds a suffix)."""
-    return f".{name}.tmp-{_HOST}-{os.getpid()}-"
+    return f".{name}.{_MARK}-{_HOST}-{os.getpid()}-"
+
+
+def is_temp_name(name: str) -> bool:
+    """True for a temp file / folder name made by :func:`temp_prefix` (any host, any process)."""
+    return _TEMP.match(name) is not None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -65,8 +79,8 @@ def remove_stale_temps(folder: str | os.PathLike, name: str | None = None) -> li
     except OSError:
         return removed
     for entry in entries:
-        m = _TEMP.search(entry.name)
-        if name is not None and not entry.name.startswith(f".{name}.tmp-"):
+        m = _TEMP.match(entry.name)
+        if name is not None and not entry.name.startswith(f".{name}.{_MARK}-"):
             continue
         if m is None or m["host"] != _HOST or int(m["pid"]) == os.getpid() or _pid_alive(int(m["pid"])):
             continue
@@ -195,12 +209,16 @@ def publish(staging: str | os.PathLike, run_dir: str | os.PathLike, *,
     """Move every file of ``staging`` into ``run_dir``, then write ``done.json`` last.
 
     A previous ``done.json`` is removed first, so at no moment does a marker vouch for a mix
-    of old and new files. ``done.json`` lists each file and its size, plus ``provenance``
+    of old and new files; the result files it listed that this run does not make again (a
+    stale ``grid.csv``) are removed, nothing else. ``done.json`` lists each file and its size, plus ``provenance``
     (device, data, checkpoint...). ``on_file(name)`` is called after each rename (a test hook).
     Returns the published names (relative paths).
     """
     staging, run_dir = Path(staging), Path(run_dir)
-    files = sorted(p.relative_to(staging) for p in staging.rglob("*") if p.is_file())
+    # Hydra's record of the settings goes after the results it describes, before done.json
+    files = sorted((p.relative_to(staging) for p in staging.rglob("*") if p.is_file()),
+                   key=lambda rel: (rel.parts[0] == HYDRA_RECORD, rel))
+    previous = _listed(run_dir)
     with contextlib.suppress(FileNotFoundError):
         (run_dir / DONE).unlink()
     listing = {}
@@ -211,9 +229,24 @@ def publish(staging: str | os.PathLike, run_dir: str | os.PathLike, *,
         os.replace(staging / rel, target)
         if on_file is not None:
             on_file(str(rel))
+    for name in previous - set(listing):   # the replaced run's files this run did not make again
+        with contextlib.suppress(FileNotFoundError):
+            (run_dir / name).unlink()
     write_json(run_dir / DONE, {"files": listing, "provenance": provenance or {}})
     shutil.rmtree(staging, ignore_errors=True)
     return [str(r) for r in files]
+
+
+def _listed(run_dir: Path) -> set[str]:
+    """The files the previous ``done.json`` in ``run_dir`` lists that this program makes (result
+    files, Hydra's record): those a new run into the folder replaces. Anything else, listed or
+    not, is never removed."""
+    try:
+        names = json.loads((run_dir / DONE).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    return {n for n in names if isinstance(n, str) and (
+        n in RESULT_FILES or (Path(n).parts[:1] == (HYDRA_RECORD,) and ".." not in Path(n).parts))}
 
 
 def is_complete(run_dir: str | os.PathLike) -> bool:

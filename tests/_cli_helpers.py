@@ -36,13 +36,14 @@ def run_cli(args, tmp_path, cwd=None, env_extra=None, name="out", timeout=600):
 
 
 def result_files(folder: Path) -> list[str]:
-    """Result files a run left in ``folder``: not Hydra's record, the log, or temp files (a
-    staging folder of a killed run is not a result; the next run in the folder removes it)."""
+    """Result files a run left in ``folder``: not Hydra's record, the log, temp files or the
+    folder lock (a staging folder or the lock of a killed run is not a result; the next run in
+    the folder removes or takes them over)."""
     if not folder.exists():
         return []
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
                   if p.is_file() and p.parts[len(folder.parts)] != ".hydra" and p.suffix != ".log"
-                  and ".tmp-" not in str(p.relative_to(folder)))
+                  and ".tmp-" not in str(p.relative_to(folder)) and p.name != ".gpurecon.lock")
 
 
 def temp_leftovers(folder: Path) -> list[str]:

@@ -84,19 +84,51 @@ def _dead_pid() -> int:
 def test_stale_temps_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
     from gpurecon.outputs import _HOST, remove_stale_temps, temp_prefix
 
-    dead = tmp_path / f".x.npz.tmp-{_HOST}-{_dead_pid()}-abc123"
+    dead_pid = _dead_pid()
+    dead = tmp_path / f".x.npz.tmp-gpurecon-{_HOST}-{dead_pid}-abc123"
     dead.write_bytes(b"half")
-    dead_dir = tmp_path / f".ds.tmp-{_HOST}-{_dead_pid()}-zz_9"
+    dead_dir = tmp_path / f".ds.tmp-gpurecon-{_HOST}-{dead_pid}-zz_9"
     (dead_dir / "sub").mkdir(parents=True)
     mine = tmp_path / f"{temp_prefix('y.npz')}q1"
     mine.write_bytes(b"being written")
-    other_host = tmp_path / f".z.tmp-otherhost-{_dead_pid()}-abc"
+    other_host = tmp_path / f".z.tmp-gpurecon-otherhost-{dead_pid}-abc"
     other_host.write_bytes(b"maybe live on another machine")
-    user_file = tmp_path / "notes.tmp-1-2"
-    user_file.write_text("not ours")
+    # the user's files named like temp files of this host and a dead process, without the
+    # program's marker (issue 17: `.notes.tmp-vm-999999-abcd` was deleted)
+    users = [tmp_path / "notes.tmp-1-2", tmp_path / f".notes.tmp-{_HOST}-{dead_pid}-abcd",
+             tmp_path / f"notes.tmp-gpurecon-{_HOST}-{dead_pid}-abcd",   # no leading dot
+             tmp_path / f".notes.tmp-gpurecon-{_HOST}-{dead_pid}-ab.cd"]  # not a mkstemp suffix
+    for user_file in users:
+        user_file.write_text("not ours")
+    user_dir = tmp_path / f".data.tmp-{_HOST}-{dead_pid}-xyz"
+    (user_dir / "inner").mkdir(parents=True)
     removed = remove_stale_temps(tmp_path)
     assert sorted(removed) == sorted([dead, dead_dir])
-    assert mine.exists() and other_host.exists() and user_file.exists()
+    assert mine.exists() and other_host.exists() and (user_dir / "inner").is_dir()
+    assert all(f.read_text() == "not ours" for f in users)
+    assert temp_prefix("y.npz").startswith(".y.npz.tmp-gpurecon-")
+
+
+def test_publish_replaces_only_files_the_program_makes(tmp_path):
+    """A run published over an earlier run removes that run's result files it does not make
+    again (a stale grid.csv), never a file of the user's, even one listed in done.json."""
+    import json
+
+    from gpurecon.outputs import make_staging, publish
+
+    run = tmp_path / "run"
+    staging = make_staging(run)
+    for name in ("summary.json", "grid.csv", "notes.txt"):
+        (staging / name).write_text(f"old {name}")
+    publish(staging, run)
+    assert "notes.txt" in json.loads((run / "done.json").read_text())["files"]
+    (run / "mine.csv").write_text("user")
+    staging = make_staging(run)
+    (staging / "summary.json").write_text("new")
+    publish(staging, run)
+    assert (run / "summary.json").read_text() == "new" and not (run / "grid.csv").exists()
+    assert (run / "notes.txt").read_text() == "old notes.txt"
+    assert (run / "mine.csv").read_text() == "user"
 
 
 def test_publish_writes_done_last_and_is_complete_checks_it(tmp_path):

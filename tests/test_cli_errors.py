@@ -183,11 +183,12 @@ def test_unwritable_cache_dir_is_one_message(how, tmp_path):
 
 
 def test_failed_rerun_keeps_what_it_did_not_create(tmp_path):
-    """A bad run into a folder holding the user's notes (or a finished run) deletes nothing."""
+    """A bad run into a folder holding the user's notes deletes nothing (overwrite=true lets it
+    into the folder; without it the run is refused before anything is written)."""
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("notes")
-    proc, _ = run_cli([*SMALL, "subject=99", f"hydra.run.dir={mine}"], tmp_path)
+    proc, _ = run_cli([*SMALL, "subject=99", f"hydra.run.dir={mine}", "overwrite=true"], tmp_path)
     assert proc.returncode == 1
     assert (mine / "notes.txt").read_text() == "notes"
     assert "subject" in (mine / "__main__.log").read_text()

@@ -17,7 +17,7 @@ import pytest
 
 from _report_fixtures import make_run
 from gpurecon import outputs
-from gpurecon.report import ReportError, make_report
+from gpurecon.report import ReportError, figure_specs, find_runs, make_report
 from gpurecon.report.__main__ import main as report_main
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -332,14 +332,14 @@ def test_a_failure_while_drawing_figures_leaves_out_as_it_was(study, monkeypatch
 
     monkeypatch.setattr(report, "write_figure", fail_on_the_third)
     with pytest.raises(RuntimeError, match="drawing failed"):
-        make_report(dirs=dirs, out=rep, progress=False)
+        make_report(dirs=dirs, out=rep, progress=False, overwrite=True)
     assert len(calls) == 3  # table1.* and two figures had been written (staged) before
     if fresh_out:
         assert not rep.exists()
     else:
         assert {p.name: p.read_bytes() for p in rep.iterdir()} == before
     monkeypatch.setattr(report, "write_figure", real)
-    written = make_report(dirs=dirs, out=rep, progress=False)
+    written = make_report(dirs=dirs, out=rep, progress=False, overwrite=True)
     assert all(p.parent == rep and p.is_file() for p in written)
     assert sorted(p.name for p in rep.iterdir()) == sorted(
         {p.name for p in written} | ({"notes.txt"} if not fresh_out else set()))
@@ -438,3 +438,30 @@ def test_report_progress_bar_only_on_a_terminal(study, monkeypatch, capsys):
         monkeypatch.setattr(sys, "stderr", term)
         make_report(dirs=dirs, out=tmp / f"term-{progress}", progress=progress)
         assert ("report figures" in term.getvalue()) == progress
+
+
+def test_report_does_not_replace_the_users_table_without_overwrite(study, capsys):
+    """issue 17: `--out DIR` replaced the user's own table1.md / table1.csv."""
+    tmp, dirs, _ = study
+    rep = tmp / "rep"
+    rep.mkdir()
+    (rep / "table1.md").write_text("my own table")
+    (rep / "notes.txt").write_text("mine")
+    args = [*map(str, dirs), "--out", str(rep), "--no-figures", "--no-progress"]
+    assert report_main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(rep) in err and "table1.md" in err and "--overwrite" in err
+    assert sorted(p.name for p in rep.iterdir()) == ["notes.txt", "table1.md"]  # nothing staged
+    assert (rep / "table1.md").read_text() == "my own table"
+    # a figure's name counts too (without --no-figures)
+    (rep / "table1.md").unlink()
+    specs, _ = figure_specs(find_runs(dirs)[0])
+    (rep / f"{specs[0].stem}.png").write_bytes(b"my figure")
+    assert report_main([*map(str, dirs), "--out", str(rep), "--no-progress"]) == 1
+    assert f"{specs[0].stem}.png" in capsys.readouterr().err
+    assert (rep / f"{specs[0].stem}.png").read_bytes() == b"my figure"
+    # --overwrite replaces the report's names only; the user's other files stay
+    assert report_main([*args, "--overwrite"]) == 0
+    assert (rep / "table1.md").read_text() != "my own table" and (rep / "table1.csv").is_file()
+    assert (rep / "notes.txt").read_text() == "mine"
+    assert (rep / f"{specs[0].stem}.png").read_bytes() == b"my figure"   # --no-figures

@@ -56,8 +56,13 @@ def test_resume_skips_a_complete_run_and_reruns_without_it(clean_run, tmp_path):
     assert "skipping" in proc.stdout + proc.stderr
     assert (out / "done.json").stat().st_mtime_ns == done
     assert not (tmp_path / "cache").exists()   # nothing loaded or computed
-    # the same folder asked for other settings (a sweep changed between reruns): run again
+    # the same folder asked for other settings (a sweep changed between reruns): refused, the
+    # finished run kept; overwrite=true replaces it
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     proc, _ = run_cli([*TINY, "resume=true", "model.noise=0.5"], tmp_path)
+    assert proc.returncode == 1 and "other settings" in proc.stderr and "model.noise" in proc.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    proc, _ = run_cli([*TINY, "resume=true", "model.noise=0.5", "overwrite=true"], tmp_path)
     assert proc.returncode == 0 and "other settings" in proc.stdout + proc.stderr
     assert json.loads((out / "summary.json").read_text())["config"]["model"]["noise"] == 0.5
     shutil.rmtree(out)

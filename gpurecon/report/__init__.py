@@ -21,6 +21,8 @@ Rules (also in the README, section Report):
 - The output is a complete set or nothing: every file is first written into a staging folder
   inside OUT (``.report-staging-*``) and moved into OUT only when all were written; on failure
   only the staging folder is removed (never a file the report did not write).
+- A file of OUT with the name of a report file (``table1.md``: an earlier report, or the
+  user's own) is not replaced without ``--overwrite``: the report stops first, naming it.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def figure_specs(runs: list[Run]) -> tuple[list[FigureSpec], list[str]]:
 
 
 def make_report(*, dirs: list[str | os.PathLike], out: str | os.PathLike, figures: bool = True,
-                progress: bool = True) -> list[Path]:
+                progress: bool = True, overwrite: bool = False) -> list[Path]:
     """Read the finished runs under ``dirs`` and write Table 1 (and the figures) into ``out``.
 
     Parameters
@@ -74,6 +76,10 @@ def make_report(*, dirs: list[str | os.PathLike], out: str | os.PathLike, figure
         False: only table1.csv and table1.md.
     progress : bool
         Show a tqdm bar (stderr) over the figures.
+    overwrite : bool
+        Replace files of ``out`` that have the names of the report's files (an earlier report,
+        or the user's own ``table1.md``). False: such a file is an error, before anything is
+        drawn or written. Files with other names are never touched.
 
     Returns
     -------
@@ -84,11 +90,15 @@ def make_report(*, dirs: list[str | os.PathLike], out: str | os.PathLike, figure
     ------
     ReportError
         A folder without finished runs, an unreadable run file, or runs that cannot be
-        compared (nothing is written then); or ``out`` cannot be written.
+        compared (nothing is written then); ``out`` holds a file the report would replace
+        (without ``overwrite``); or ``out`` cannot be written.
     """
     runs, notes = find_runs(dirs)
     check_comparable(runs)
     specs, skipped = figure_specs(runs) if figures else ([], [])
+    if not overwrite:
+        _refuse_to_replace(Path(out), ["table1.csv", "table1.md",
+                                       *(f"{s.stem}.{ext}" for s in specs for ext in ("csv", "png"))])
     for note in notes + skipped:
         print(f"gpurecon.report: {note}", file=sys.stderr)
     out = Path(out)
@@ -120,6 +130,15 @@ def make_report(*, dirs: list[str | os.PathLike], out: str | os.PathLike, figure
                               f"({err.strerror or err})") from None
         raise
     return written
+
+
+def _refuse_to_replace(out: Path, names: list[str]) -> None:
+    """Raise ReportError naming the files of ``out`` the report would replace."""
+    there = [n for n in names if os.path.lexists(out / n)]
+    if there:
+        shown = ", ".join(there[:5]) + (f" and {len(there) - 5} more" if len(there) > 5 else "")
+        raise ReportError(f"{out}: already holds {shown}; the report does not replace them "
+                          f"without --overwrite (or choose another --out)")
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -16,12 +16,15 @@ def main(argv: list[str] | None = None) -> int:
                     "and multirun folders (any mix, searched recursively); never recomputes.")
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="run or multirun folder(s)")
     parser.add_argument("--out", required=True, help="folder to write the report into")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files in --out named like the report's (table1.md, ...); "
+                             "without it such a file stops the report; other files are kept")
     parser.add_argument("--no-figures", action="store_true", help="write only Table 1")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
         written = make_report(dirs=args.dirs, out=args.out, figures=not args.no_figures,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, overwrite=args.overwrite)
     except ReportError as err:
         print(f"gpurecon.report: error: {err}", file=sys.stderr)
         return 1
