@@ -44,7 +44,10 @@ from dataclasses import replace
 import torch
 
 from .gap import enet_duality_gap
-from .working_set import Design, Folds, Solution, _downdates, _rebuild, target_stats
+from .newton import pdas
+from .options import MAX_CONSTRAINTS
+from .working_set import (Design, Folds, Solution, _downdates, _fold_classes, _newton_cols, _rebuild,
+                          target_stats)
 
 F64 = torch.float64
 # KKT tolerances: |x_j^T r| may exceed ``a`` by this fraction (plus rounding of the product,
@@ -58,6 +61,9 @@ MAX_ROUNDS = 12
 # Violators entering per round: at least MIN_ADD, at most ADD_FRACTION of the active set.
 MIN_ADD = 10
 ADD_FRACTION = 0.3
+# The shared-inverse steps run while at least this fraction of the busy groups' problems is
+# open; below it the few open problems get direct solves of their own.
+SHARED_FRACTION = 0.25
 # Iterative-refinement steps after each sign-pattern solve.
 REFINE_STEPS = 2
 # Sign-flip drops within one round's solve.
@@ -86,7 +92,7 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
     -------
     Solution
         Same groups and folds; ``coef`` and ``ws`` (possibly wider: features the certificate
-        added), ``gap`` recomputed in float64 for the returned coefficients, ``converged``
+        added), ``n_iter`` plus the active-set rounds spent here, ``gap`` recomputed in float64 for the returned coefficients, ``converged``
         = certified or gap within ``sol.tol``, ``score`` the largest ``|x_j^T r| / a`` over the
         group's folds (the warm starts' screen), and ``certified`` (K, F) bool.
     """
@@ -113,32 +119,44 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
     sign = torch.sign(w)
     lasso_like = (a > 0)                                                            # problems with a sign pattern
     certified = torch.zeros((K, F), dtype=torch.bool, device=dev)
+    spent = torch.zeros((K, F), dtype=torch.int64, device=dev)                       # active-set rounds
     x = w
     for _ in range(max_rounds):
         # 1) exact solve of each open problem's sign pattern (certified ones keep theirs)
         open_ = lasso_like & ~certified
-        x_new, solved = _solve_patterns(d64, f64, ws, active, sign, yc, a, b, open_, max_elems)
+        spent += open_
+        # where there is a ridge term and most of a group's folds are open, primal-dual
+        # active-set steps on the working set with one shared inverse per group (Woodbury per
+        # fold: cheap for many folds of one design); direct sign-pattern solves for the lasso,
+        # for a few open problems, and for whatever the shared steps leave unsettled
+        n_open, n_busy = (int(v) for v in torch.stack([open_.sum(), open_.any(1).sum() * F]).tolist())
+        # (only below n features: wider sets need the n x n Woodbury form, whose explicit
+        # inverse loses the digits the certificate asks for at small alpha)
+        if n_open >= SHARED_FRACTION * n_busy and ws.shape[1] <= design.n:
+            x_new, solved = _solve_shared_inverse(d64, f64, ws, active, sign, yc, a, b, open_, alpha, l1_ratio,
+                                                  max_elems)
+        else:
+            x_new, solved = torch.zeros_like(x), torch.zeros_like(open_)
+        rest = open_ & ~solved
+        if bool(rest.any()):
+            x_rest, solved_rest = _solve_patterns(d64, f64, ws, active, sign, yc, a, b, rest, max_elems)
+            x_new = torch.where(rest[..., None], x_rest, x_new)
+            solved = torch.where(rest, solved_rest, solved)
         x = torch.where(open_[..., None], x_new, x)
         active = torch.where(open_[..., None], x != 0, active)
         sign = torch.where(open_[..., None], torch.sign(x), sign)
-        # 2) KKT over all features, float64
-        r, g, viol, stat_ok = _kkt(d64, f64, ws, x, yc, a, b, active, sign, col_norm)
-        certified = certified | (open_ & solved & stat_ok & ~viol.any(-1))
-        still = lasso_like & ~certified
-        if not bool(still.any()):
+        # 2) KKT over all features, float64, for the open problems (flat)
+        probs = torch.nonzero(open_.reshape(-1)).squeeze(1)
+        g, viol, stat_ok = _kkt(d64, f64, ws, x, yc, a, b, active, sign, col_norm, probs)
+        ok_now = solved.reshape(-1)[probs] & stat_ok & ~viol.any(-1)
+        certified.view(-1)[probs] |= ok_now
+        if bool(ok_now.all()):
             break
         # 3) the strongest violators enter the active set with the sign of x_j^T r; at most
         #    ADD_FRACTION of the set's size per round (all at once overshoots: hundreds enter,
         #    the solve flips most of them, and the pattern oscillates)
-        viol = _strongest(viol & still[..., None], g, active.sum(-1))
-        member = torch.zeros((K, p + 1), dtype=torch.bool, device=dev)
-        member.scatter_(1, ws, True)
-        member |= viol.any(1)
-        new_ws, (x, sign_c, act_c) = _widen(ws, member, p, x, sign, active.to(F64))
-        enter = viol.gather(2, new_ws[:, None, :].expand(K, F, new_ws.shape[1]))
-        g_new = g.gather(2, new_ws[:, None, :].expand(K, F, new_ws.shape[1]))
-        ws, active = new_ws, (act_c > 0) | enter
-        sign = torch.where(enter, torch.sign(g_new), sign_c)
+        viol = _strongest(viol & ~ok_now[:, None], g, active.reshape(K * F, -1)[probs].sum(-1))
+        ws, x, active, sign = _enter(ws, x, active, sign, probs, viol, g, p)
     # the answer: certified problems their exact solution, the others the engine's iterate
     # (on the possibly wider working set)
     keep = ~certified
@@ -149,7 +167,37 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
     converged = certified | (gap <= sol.tol)
     score = (g.abs() / a[..., None]).nan_to_num_(nan=0.0, posinf=torch.inf).amax(1).to(sol.score.dtype)
     return replace(sol, ws=ws, coef=x.to(sol.coef.dtype), gap=gap, converged=converged, certified=certified,
-                   score=score)
+                   score=score, n_iter=sol.n_iter + spent)
+
+
+def _solve_shared_inverse(design, folds, ws, active, sign, yc, a, b, open_, alpha, l1_ratio, max_elems):
+    """PDAS rounds (:func:`.newton.pdas`) on each group's working set for the open problems
+    of groups with a ridge term; returns (x (K, F, s), settled (K, F)): settled where the
+    active set stopped moving with KKT met on the working set."""
+    K, F, s = active.shape
+    n, p = design.n, design.p
+    x = torch.zeros((K, F, s), dtype=F64, device=ws.device)
+    settled = torch.zeros((K, F), dtype=torch.bool, device=ws.device)
+    ridge = alpha * (1.0 - l1_ratio)
+    groups = torch.nonzero((ridge > 0) & open_.any(1)).squeeze(1)
+    if not groups.numel():
+        return x, settled
+    sizes, cls = _fold_classes(folds)
+    lowrank = s > n
+    r = folds.held_out.shape[1] + 1
+    per_group = (2 * n * s + 2 * n * n * sizes.numel() if lowrank else 2 * s * s * sizes.numel()) \
+        + F * (16 * s + 4 * r * s + MAX_CONSTRAINTS ** 2 + (n * MAX_CONSTRAINTS if lowrank else 0))
+    step = max(1, int(max_elems // per_group))
+    for lo in range(0, groups.numel(), step):
+        g = groups[lo:lo + step]
+        xw = design.X[:n][:, ws[g]].permute(1, 0, 2)                             # (k, n, s)
+        xg, st = pdas(_newton_cols(xw, lowrank), downdates=_downdates(design, folds, ws[g], F64), b_class=sizes,
+                      fold_class=cls[None].expand(g.numel(), F), ridge=ridge[g], c=torch.bmm(yc[g], xw),
+                      a=a[g], b=b[g], active=active[g], sign=sign[g], fixed=ws[g] == p, rounds=MAX_DROPS,
+                      done=~open_[g], lowrank=lowrank)
+        x[g] = xg
+        settled[g] = st & open_[g]
+    return x, settled
 
 
 def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems):
@@ -168,6 +216,17 @@ def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems)
     if not bool(act.any()):
         solved = open_.clone()
         return x, solved
+    # two ways to build the systems: per group, one all-rows Gram of the working set shared by
+    # its folds (fold Gram = Gram - downdate rows; cheap when the folds' active sets fill most
+    # of the working set, e.g. leave-one-out), or per problem from its own active columns
+    # (cheap when the folds' supports differ, e.g. k-fold at small alpha); take the cheaper
+    kmax, n_open, s_u = (int(v) for v in torch.stack([act.sum(-1).max(), open_.sum(),
+                                                      act.any(1).sum(1).max()]).tolist())
+    r = folds.held_out.shape[1] + 1
+    shared = K * F * (s_u ** 3 / 3 + 2 * r * s_u * s_u) + K * n * s_u * s_u
+    compact = n_open * (2 * n * kmax * kmax + kmax ** 3 / 3 + 10 * n * kmax)
+    if shared <= compact:
+        return _solve_shared(design, folds, ws, act, sign, yc, a, b, open_, max_elems)
     probs = torch.nonzero(open_.reshape(-1)).squeeze(1)                         # flat (K*F) problems
     act_f = act.reshape(K * F, s)[probs]
     sign_f = sign.reshape(K * F, s)[probs]
@@ -187,6 +246,57 @@ def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems)
     x.view(K * F, s)[probs] = x_f
     solved.view(-1)[probs] = ok_f
     return x, solved
+
+
+def _solve_shared(design, folds, ws, act, sign, yc, a, b, open_, max_elems):
+    """Sign-pattern solves with one Gram per group: a fold's system is the all-rows Gram of
+    the working set minus its downdate rows, restricted to its active set (other rows and
+    columns replaced by the identity); returns (x (K, F, s), solved (K, F))."""
+    K, F, s_ws = act.shape
+    n = design.n
+    dev = ws.device
+    x_ws = torch.zeros((K, F, s_ws), dtype=F64, device=dev)
+    # the Gram is built on the union of the folds' active sets only (the working set also
+    # holds screened, inactive features)
+    member = act.any(1)
+    s = max(int(member.sum(1).max()), 1)
+    pos = torch.argsort((~member).to(torch.int8), dim=1, stable=True)[:, :s]   # (K, s)
+    inside = torch.arange(s, device=dev)[None, :] < member.sum(1, keepdim=True)
+    ws = torch.where(inside, ws.gather(1, pos), design.p)
+    act = act.gather(2, pos[:, None, :].expand(K, F, s)) & inside[:, None, :]
+    sign = sign.gather(2, pos[:, None, :].expand(K, F, s))
+    x = torch.zeros((K, F, s), dtype=F64, device=dev)
+    solved = torch.zeros((K, F), dtype=torch.bool, device=dev)
+    groups = torch.nonzero(open_.any(1)).squeeze(1)
+    r = folds.held_out.shape[1] + 1
+    step = max(1, int(max_elems // max(1, F * (4 * s * s + r * s + 2 * n + 6 * s))))
+    eye = torch.eye(s, dtype=F64, device=dev)
+    for lo in range(0, groups.numel(), step):
+        g = groups[lo:lo + step]
+        xw = design.X[:n][:, ws[g]].permute(1, 0, 2)                             # (k, n, s)
+        u = _downdates(design, folds, ws[g], F64)                               # (k, F, r, s)
+        hess = torch.bmm(xw.transpose(1, 2), xw)[:, None] - torch.einsum("kfrs,kfrt->kfst", u, u)
+        c = torch.bmm(yc[g], xw)                                                # (k, F, s)
+        ag, bg, sg = act[g], b[g][..., None], sign[g]
+        for _ in range(MAX_DROPS):
+            both = ag[..., :, None] & ag[..., None, :]
+            m = torch.where(both, hess + bg[..., None] * eye, eye)
+            rhs = torch.where(ag, c - a[g][..., None] * sg, 0.0)
+            chol, info = torch.linalg.cholesky_ex(m)
+            sol = torch.cholesky_solve(rhs[..., None], chol)
+            for _refine in range(REFINE_STEPS):
+                sol = sol + torch.cholesky_solve(rhs[..., None] - m @ sol, chol)
+            sol = sol[..., 0]
+            ok = (info == 0) & torch.isfinite(sol).all(-1)
+            sol = torch.where(ag & ok[..., None], sol, 0.0)
+            flip = ag & (torch.sign(sol) != sg)
+            if not bool(flip.any()):
+                break
+            ag = ag & ~flip
+        x[g] = sol
+        solved[g] = ok & ~flip.any(-1) & open_[g]
+    x_ws.scatter_(2, pos[:, None, :].expand(K, F, s), torch.where(inside[:, None, :], x, 0.0))
+    return x_ws, solved
 
 
 def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p):
@@ -250,27 +360,56 @@ def _strongest(viol, g, n_active):
     return torch.zeros_like(viol).scatter_(-1, top, keep) & viol
 
 
-def _kkt(design, folds, ws, x, yc, a, b, active, sign, col_norm):
-    """Residuals, ``X^T r`` on all features, KKT violators outside the active sets (K, F, p+1)
-    and whether the active features' stationarity holds (K, F)."""
+def _kkt(design, folds, ws, x, yc, a, b, active, sign, col_norm, probs):
+    """For the flat problems ``probs`` (P,): ``X^T r`` on all features (P, p+1), KKT violators
+    outside the active sets (P, p+1) and whether the active features' stationarity holds (P,)."""
     K, F, s = x.shape
     n, p = design.n, design.p
     xw = design.X[:n][:, ws].permute(1, 0, 2)                                   # (K, n, s)
     z = torch.bmm(x, xw.transpose(1, 2))                                        # (K, F, n)
     if folds.center:
         z = z - (z * folds.train).sum(-1, keepdim=True) / folds.n_train[:, None]
-    r = yc - z * folds.train
-    g = (r.reshape(K * F, n) @ design.X[:n]).reshape(K, F, p + 1)               # x_j^T r
-    rnorm = r.square().sum(-1).sqrt()                                           # (K, F)
-    slack = a[..., None] * KKT_RTOL + KKT_ATOL * rnorm[..., None] * col_norm
-    in_act = torch.zeros((K, F, p + 1), dtype=torch.bool, device=x.device)
-    in_act.scatter_(2, ws[:, None, :].expand(K, F, s), active)
-    viol = (g.abs() > a[..., None] + slack) & ~in_act
-    viol[..., p] = False
-    g_ws = g.gather(2, ws[:, None, :].expand(K, F, s))
-    stat = (g_ws - b[..., None] * x - a[..., None] * sign).abs()
-    stat_ok = ~(active & (stat > slack.gather(2, ws[:, None, :].expand(K, F, s)))).any(-1)
-    return r, g, viol, stat_ok
+    r = (yc - z * folds.train).reshape(K * F, n)[probs]                         # (P, n)
+    g = r @ design.X[:n]                                                        # (P, p+1): x_j^T r
+    a_p, b_p = a.reshape(-1)[probs], b.reshape(-1)[probs]
+    slack = a_p[:, None] * KKT_RTOL + KKT_ATOL * r.square().sum(-1).sqrt()[:, None] * col_norm
+    ws_p = ws[probs // F]                                                       # (P, s)
+    act_p = active.reshape(K * F, s)[probs]
+    in_act = torch.zeros_like(g, dtype=torch.bool).scatter_(1, ws_p, act_p)
+    viol = (g.abs() > a_p[:, None] + slack) & ~in_act
+    viol[:, p] = False
+    stat = (g.gather(1, ws_p) - b_p[:, None] * x.reshape(K * F, s)[probs]
+            - a_p[:, None] * sign.reshape(K * F, s)[probs]).abs()
+    stat_ok = ~(act_p & (stat > slack.gather(1, ws_p))).any(-1)
+    return g, viol, stat_ok
+
+
+def _enter(ws, x, active, sign, probs, viol, g, p):
+    """Add the violators ``viol`` (P, p+1) of problems ``probs`` to their active sets: features
+    already in the group's working set in place, the others appended to it."""
+    K, F, s = x.shape
+    dev = ws.device
+    k_of = probs // F
+    wanted = torch.zeros((K, p + 1), dtype=F64, device=dev).index_add_(0, k_of, viol.to(F64)) > 0
+    in_ws = torch.zeros((K, p + 1), dtype=torch.bool, device=dev).scatter_(1, ws, True)
+    new = wanted & ~in_ws
+    new[:, p] = False
+    n_new = new.sum(1)
+    k_add = int(n_new.max())
+    if k_add:
+        order = torch.argsort((~new).to(torch.int8), dim=1, stable=True)[:, :k_add]
+        added = torch.where(torch.arange(k_add, device=dev)[None, :] < n_new[:, None], order, p)
+        ws = torch.cat([ws, added], 1)
+        pad = (0, k_add)
+        x, sign = torch.nn.functional.pad(x, pad), torch.nn.functional.pad(sign, pad)
+        active = torch.nn.functional.pad(active, pad)
+    s2 = ws.shape[1]
+    ws_p = ws[k_of]
+    enter = viol.gather(1, ws_p) & (ws_p != p)                                  # (P, s2)
+    act_f, sign_f = active.reshape(K * F, s2), sign.reshape(K * F, s2)
+    act_f[probs] = act_f[probs] | enter
+    sign_f[probs] = torch.where(enter, torch.sign(g.gather(1, ws_p)), sign_f[probs])
+    return ws, x, act_f.reshape(K, F, s2), sign_f.reshape(K, F, s2)
 
 
 def _gap(design, folds, ws, x, yc, a, b):
@@ -290,16 +429,6 @@ def _gap(design, folds, ws, x, yc, a, b):
     gap = enet_duality_gap(r.square().sum(-1), (r * yc).sum(-1), x.abs().sum(-1), x.square().sum(-1),
                            xta.abs().amax(-1), g.square().sum(-1), a, b)
     return gap, g
-
-
-def _widen(ws, member, p, *tensors):
-    """New working sets from ``member`` (K, p+1), each (K, F, s) tensor carried over."""
-    new_ws = None
-    out = []
-    for t in tensors:
-        new_ws, moved = _rebuild(ws, t, member, p)
-        out.append(moved)
-    return new_ws, out
 
 
 def _carry(ws_from, coef, ws_to, p):

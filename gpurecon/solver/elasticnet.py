@@ -10,17 +10,23 @@ and stops each problem with scikit-learn's rule: duality gap (sklearn's formula,
 training masks over the rows of one shared X: fold centring is done with per-problem means
 (rank-one corrections), never with per-fold copies of X.
 
-How it does less work than coordinate descent on every problem (see ``working_set``):
-the full-data fit of each (grid point, target) is solved first and warm-starts its folds
-(one Newton step per fold on the full-data support, through a factorisation shared by all
-folds); each (grid point, target) keeps a working set of features (support plus KKT
-violators, verified against every feature after each solve); on the working set, FISTA with
-adaptive restart (Gram form with per-fold rank-one downdates when the set is small, float32
-iterates when tol >= 1e-5), problems that converge are frozen and packed out of the batch, and
-an exact active-set Newton polish where it is cheap, and batched coordinate descent (which
-cannot stall) for whatever those leave unfinished. Folds stop at 20% of sklearn's gap
-tolerance (their held-out predictions are what CV reports). Targets are processed in chunks
-sized to a memory budget.
+How (``solve_chunk``): every answer is *certified* - the exact solution of its sign pattern,
+with the KKT conditions verified on all features in float64 (:mod:`.certify`, which derives
+it). A duality gap within ``tol`` bounds the training objective only; held-out rows far from
+the training rows (heavy-tailed features, outlier trials) magnify what it leaves. So:
+
+1. the full-data fit of each (grid point, target) by active-set rounds from zero (the set grows
+   by the strongest KKT violators; each round one sign-pattern solve per problem and one check
+   over all features);
+2. every fold from that fit's pattern by the same rounds (folds differ from the full data by a
+   few rows: one or two rounds for leave-one-out);
+3. only groups that the rounds leave uncertified go to the iterative working-set engine
+   (:mod:`.working_set`: FISTA with restarts, Newton polish, batched coordinate descent, to
+   sklearn's duality-gap rule), whose answer is then certified in turn. A problem that still
+   fails the certificate keeps the engine's answer, judged by sklearn's gap (recomputed in
+   float64), and is reported (``certified`` False).
+
+Targets are processed in chunks sized to a memory budget.
 
 :func:`enet_path_fit` returns every coefficient (folds x grid x targets x features); for
 many targets use :func:`gpurecon.solver.cross_val_predict`, which keeps only predictions.
@@ -79,7 +85,8 @@ class EnetResult:
     coef : Tensor (folds, grid, targets, features)
     intercept : Tensor (folds, grid, targets)
     n_iter : Tensor (folds, grid, targets) int64
-        FISTA iterations plus coordinate descent epochs spent (Newton rounds are not counted).
+        Active-set rounds (see :mod:`.certify`) plus, where the iterative engine ran, its FISTA
+        iterations and coordinate descent epochs (Newton rounds are not counted).
     dual_gap : Tensor (folds, grid, targets) float64
         sklearn's ``dual_gap_``: the final duality gap divided by the training size.
     tol : Tensor (folds, grid, targets) float64
