@@ -22,6 +22,8 @@ import numpy as np
 N, C = 100, 127
 FRAMES = 200
 FAMILIES = ("gpt2", "fasttext", "pca", "iid")
+# Designs no engine setting was tuned on (issue G): bench_solver_cv.py measures them beside the four.
+NEW_FAMILIES = ("heavy_tails", "outlier_trials", "collinear", "wide_2000", "wide_10x5000", "target_scales")
 
 
 def gpt2_like(n=N, p=768, seed=0):
@@ -94,6 +96,56 @@ def family(name: str):
     if name == "iid":
         return iid_scaled()
     raise ValueError(f"family must be one of {FAMILIES}, got {name!r}")
+
+
+def _sparse_targets(rng, Z, n_targets, k=10, noise=1.0):
+    """Y = Z B (k features per target, signal std 1) + noise."""
+    n, p = Z.shape
+    Zc = Z - Z.mean(0)
+    Y = np.zeros((n, n_targets))
+    for t in range(n_targets):
+        s = Zc[:, rng.choice(p, min(k, p), replace=False)] @ rng.standard_normal(min(k, p))
+        Y[:, t] = s / s.std() + noise * rng.standard_normal(n)
+    return Y
+
+
+def new_family(name: str, n_targets: int = 12, seed: int = 21):
+    """(X, Y) float64 of a design family no setting was tuned on:
+
+    - ``heavy_tails``     Student-t (df 2) entries, n=100, p=768: held-out rows with values
+                          many times a column's training norm;
+    - ``outlier_trials``  GPT-2-like X with 3 trials scaled x50 about the mean (numerals,
+                          clitics: words whose embeddings sit far from the others);
+    - ``collinear``       384 pairs of columns with correlation 0.999;
+    - ``wide_2000``       factor model n=100, p=2000;
+    - ``wide_10x5000``    factor model n=10, p=5000;
+    - ``target_scales``   GPT-2-like X, target scales spanning 1e3 (logspace(-1.5, 1.5)).
+    """
+    rng = np.random.default_rng(seed)
+    if name == "heavy_tails":
+        X = rng.standard_t(2, size=(N, 768))
+        return X, _sparse_targets(rng, X, n_targets)
+    if name == "outlier_trials":
+        X = gpt2_like(seed=seed)[0].astype(np.float64)
+        Y = _sparse_targets(rng, X, n_targets)
+        rows = rng.choice(N, 3, replace=False)
+        X[rows] = X.mean(0) + 50.0 * (X[rows] - X.mean(0))
+        return X, Y
+    if name == "collinear":
+        Z = rng.standard_normal((N, 384))
+        X = np.empty((N, 768))
+        X[:, 0::2] = Z
+        X[:, 1::2] = 0.999 * Z + np.sqrt(1 - 0.999 ** 2) * rng.standard_normal((N, 384))
+        return X, _sparse_targets(rng, Z, n_targets)
+    if name in ("wide_2000", "wide_10x5000"):
+        n, p = (100, 2000) if name == "wide_2000" else (10, 5000)
+        F = rng.standard_normal((n, 20)) * np.geomspace(3, 0.3, 20)
+        X = F @ (rng.standard_normal((20, p)) / np.sqrt(20)) + 0.5 * rng.standard_normal((n, p))
+        return X, _sparse_targets(rng, X, n_targets, k=min(10, n // 2))
+    if name == "target_scales":
+        X = gpt2_like(seed=seed)[0].astype(np.float64)
+        return X, _sparse_targets(rng, X, n_targets) * np.logspace(-1.5, 1.5, n_targets)
+    raise ValueError(f"family must be one of {NEW_FAMILIES}, got {name!r}")
 
 
 def frame_targets(factors, n_channels=C, frames=FRAMES, seed=2):

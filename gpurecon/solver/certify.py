@@ -64,6 +64,9 @@ ADD_FRACTION = 0.3
 # The shared-inverse steps run while at least this fraction of the busy groups' problems is
 # open; below it the few open problems get direct solves of their own.
 SHARED_FRACTION = 0.25
+# PDAS rounds per shared-inverse call: each round rebuilds every busy group's inverse, so the
+# few problems still moving after two are cheaper as direct solves of their own.
+SHARED_ROUNDS = 8
 # Iterative-refinement steps after each sign-pattern solve.
 REFINE_STEPS = 2
 # Sign-flip drops within one round's solve.
@@ -120,6 +123,8 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
     lasso_like = (a > 0)                                                            # problems with a sign pattern
     certified = torch.zeros((K, F), dtype=torch.bool, device=dev)
     spent = torch.zeros((K, F), dtype=torch.int64, device=dev)                       # active-set rounds
+    gap = torch.zeros((K, F), dtype=F64, device=dev)
+    score = torch.zeros((K, p + 1), dtype=sol.score.dtype, device=dev) if F == 1 else None
     x = w
     for _ in range(max_rounds):
         # 1) exact solve of each open problem's sign pattern (certified ones keep theirs)
@@ -132,7 +137,7 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
         n_open, n_busy = (int(v) for v in torch.stack([open_.sum(), open_.any(1).sum() * F]).tolist())
         # (only below n features: wider sets need the n x n Woodbury form, whose explicit
         # inverse loses the digits the certificate asks for at small alpha)
-        if n_open >= SHARED_FRACTION * n_busy and ws.shape[1] <= design.n:
+        if F > 1 and n_open >= SHARED_FRACTION * n_busy and ws.shape[1] <= design.n:
             x_new, solved = _solve_shared_inverse(d64, f64, ws, active, sign, yc, a, b, open_, alpha, l1_ratio,
                                                   max_elems)
         else:
@@ -147,9 +152,11 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
         sign = torch.where(open_[..., None], torch.sign(x), sign)
         # 2) KKT over all features, float64, for the open problems (flat)
         probs = torch.nonzero(open_.reshape(-1)).squeeze(1)
-        g, viol, stat_ok = _kkt(d64, f64, ws, x, yc, a, b, active, sign, col_norm, probs)
+        r, g, viol, stat_ok = _kkt(d64, f64, ws, x, yc, a, b, active, sign, col_norm, probs)
         ok_now = solved.reshape(-1)[probs] & stat_ok & ~viol.any(-1)
         certified.view(-1)[probs] |= ok_now
+        # the gap (and the full fit's KKT scores) of what this round certified, from this check
+        _record(gap, score, probs, ok_now, r, g, x, ws, yc, a, b, F)
         if bool(ok_now.all()):
             break
         # 3) the strongest violators enter the active set with the sign of x_j^T r; at most
@@ -163,9 +170,12 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
     if bool(keep.any()):
         w_eng = _carry(sol.ws, sol.coef.to(F64), ws, p)
         x = torch.where(keep[..., None], w_eng, x)
-    gap, g = _gap(d64, f64, ws, x, yc, a, b)
+        probs = torch.nonzero(keep.reshape(-1)).squeeze(1)
+        r, g, _, _ = _kkt(d64, f64, ws, x, yc, a, b, x != 0, torch.sign(x), col_norm, probs)
+        _record(gap, score, probs, torch.ones_like(probs, dtype=torch.bool), r, g, x, ws, yc, a, b, F)
     converged = certified | (gap <= sol.tol)
-    score = (g.abs() / a[..., None]).nan_to_num_(nan=0.0, posinf=torch.inf).amax(1).to(sol.score.dtype)
+    if score is None:      # folds: the warm starts read only the full-data fit's scores
+        score = sol.score
     return replace(sol, ws=ws, coef=x.to(sol.coef.dtype), gap=gap, converged=converged, certified=certified,
                    score=score, n_iter=sol.n_iter + spent)
 
@@ -193,7 +203,7 @@ def _solve_shared_inverse(design, folds, ws, active, sign, yc, a, b, open_, alph
         xw = design.X[:n][:, ws[g]].permute(1, 0, 2)                             # (k, n, s)
         xg, st = pdas(_newton_cols(xw, lowrank), downdates=_downdates(design, folds, ws[g], F64), b_class=sizes,
                       fold_class=cls[None].expand(g.numel(), F), ridge=ridge[g], c=torch.bmm(yc[g], xw),
-                      a=a[g], b=b[g], active=active[g], sign=sign[g], fixed=ws[g] == p, rounds=MAX_DROPS,
+                      a=a[g], b=b[g], active=active[g], sign=sign[g], fixed=ws[g] == p, rounds=SHARED_ROUNDS,
                       done=~open_[g], lowrank=lowrank)
         x[g] = xg
         settled[g] = st & open_[g]
@@ -361,8 +371,9 @@ def _strongest(viol, g, n_active):
 
 
 def _kkt(design, folds, ws, x, yc, a, b, active, sign, col_norm, probs):
-    """For the flat problems ``probs`` (P,): ``X^T r`` on all features (P, p+1), KKT violators
-    outside the active sets (P, p+1) and whether the active features' stationarity holds (P,)."""
+    """For the flat problems ``probs`` (P,): the residuals (P, n), ``X^T r`` on all features
+    (P, p+1), KKT violators outside the active sets (P, p+1) and whether the active features'
+    stationarity holds (P,)."""
     K, F, s = x.shape
     n, p = design.n, design.p
     xw = design.X[:n][:, ws].permute(1, 0, 2)                                   # (K, n, s)
@@ -381,7 +392,7 @@ def _kkt(design, folds, ws, x, yc, a, b, active, sign, col_norm, probs):
     stat = (g.gather(1, ws_p) - b_p[:, None] * x.reshape(K * F, s)[probs]
             - a_p[:, None] * sign.reshape(K * F, s)[probs]).abs()
     stat_ok = ~(act_p & (stat > slack.gather(1, ws_p))).any(-1)
-    return g, viol, stat_ok
+    return r, g, viol, stat_ok
 
 
 def _enter(ws, x, active, sign, probs, viol, g, p):
@@ -412,23 +423,26 @@ def _enter(ws, x, active, sign, probs, viol, g, p):
     return ws, x, act_f.reshape(K, F, s2), sign_f.reshape(K, F, s2)
 
 
-def _gap(design, folds, ws, x, yc, a, b):
-    """sklearn's duality gap (unscaled, float64) of the returned coefficients over all features,
-    and ``X^T r`` (K, F, p+1)."""
-    K, F, s = x.shape
-    n, p = design.n, design.p
-    xw = design.X[:n][:, ws].permute(1, 0, 2)
-    z = torch.bmm(x, xw.transpose(1, 2))
-    if folds.center:
-        z = z - (z * folds.train).sum(-1, keepdim=True) / folds.n_train[:, None]
-    r = yc - z * folds.train
-    g = (r.reshape(K * F, n) @ design.X[:n]).reshape(K, F, p + 1)
-    xta = g.clone()
-    xta.scatter_add_(2, ws[:, None, :].expand(K, F, s), -b[..., None] * x)
-    xta[..., p] = 0
-    gap = enet_duality_gap(r.square().sum(-1), (r * yc).sum(-1), x.abs().sum(-1), x.square().sum(-1),
-                           xta.abs().amax(-1), g.square().sum(-1), a, b)
-    return gap, g
+def _record(gap, score, probs, take, r, g, x, ws, yc, a, b, F):
+    """Write sklearn's duality gap (unscaled, float64, over all features) of the problems
+    ``probs[take]`` into ``gap`` (K, F), and with one fold (F == 1) their KKT scores
+    ``|x_j^T r| / a`` into ``score`` (K, p+1), from one check's residuals and ``X^T r``."""
+    K, _, s = x.shape
+    p = g.shape[1] - 1
+    probs, r, g = probs[take], r[take], g[take]
+    if not probs.numel():
+        return
+    x_p = x.reshape(K * F, s)[probs]
+    ws_p = ws[probs // F]
+    a_p, b_p = a.reshape(-1)[probs], b.reshape(-1)[probs]
+    xta = g.scatter_add(1, ws_p, -b_p[:, None] * x_p)
+    xta[:, p] = 0
+    yc_p = yc.reshape(K * F, -1)[probs]
+    gap.view(-1)[probs] = enet_duality_gap(r.square().sum(-1), (r * yc_p).sum(-1), x_p.abs().sum(-1),
+                                           x_p.square().sum(-1), xta.abs().amax(-1), g.square().sum(-1), a_p, b_p)
+    if score is not None:
+        sc = (g.abs() / a_p[:, None]).nan_to_num_(nan=0.0, posinf=torch.inf)
+        score[probs] = sc.to(score.dtype)
 
 
 def _carry(ws_from, coef, ws_to, p):
