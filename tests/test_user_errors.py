@@ -365,3 +365,26 @@ def test_report_on_a_damaged_predictions_npz_is_one_error_naming_the_file(damage
     broken = bytes(len(data)) if damage == "zeroed" else data[: len(data) // 2]
     _rewrite(run, "predictions.npz", broken)
     _report_fails(capsys, tmp_path, str(run / "predictions.npz"), "cannot be read", figures=True)
+
+
+def test_the_new_limits_do_not_make_a_run_another_run(tmp_path):
+    """cache_lock_timeout and solver.max_problems only refuse or stop a run, never change its
+    results: a finished run with other values of them is the same run (resume, the folder
+    check); a result setting still differs."""
+    from gpurecon.run_folder import differences, settings
+
+    base = _compose(["device=cpu"])
+    limits = _compose(["device=cpu", "cache_lock_timeout=5", "solver.max_problems=1e12"])
+    assert differences(settings(base), settings(limits)) == []
+    other = _compose(["device=cpu", "solver.max_problems=1e12", "solver.n_permutations=7"])
+    assert [d.split(":")[0] for d in differences(settings(base), settings(other))] == \
+        ["solver.n_permutations"]
+
+
+def test_resume_takes_a_finished_run_made_with_other_limits(tmp_path):
+    first, out = run_cli(TINY, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again, _ = run_cli([*TINY, "resume=true", "solver.max_problems=1e12", "cache_lock_timeout=5"],
+                       tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already holds this run's complete outputs" in again.stdout
