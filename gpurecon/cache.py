@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .errors import CacheError
-from .outputs import read_npz, remove_stale_temps, write_npz
+from .outputs import DISK_FULL, read_npz, remove_stale_temps, write_npz
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,7 @@ class Cache:
             yield
             return
         path = self.root / kind / f"{key}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+b") as handle:
+        with self._open_lock(path) as handle:
             self._acquire(handle, path, f"{kind}/{key}")
             try:
                 # who holds it: a process waiting for this entry names it in its log
@@ -126,6 +125,19 @@ class Cache:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _open_lock(self, path: Path):
+        """The entry's lock file, opened; something in the way (a file named like the kind
+        folder, a folder named like the lock) is a :class:`CacheError` naming it."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return open(path, "a+b")
+        except OSError as err:
+            if err.errno in DISK_FULL:
+                raise
+            raise CacheError(f"cache entry lock {path} cannot be made: {err.strerror or err} "
+                             f"({err.filename or path}); something gpurecon did not make is in the "
+                             f"way: move it away (cache_dir={self.root})") from None
 
     def _acquire(self, handle, path: Path, entry: str) -> None:
         """Take the entry's lock; while another process holds it, say which (once) and wait,

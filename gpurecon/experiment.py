@@ -624,8 +624,9 @@ def _run_stages(cfg: DictConfig, staging: Path, dataset: Dataset, device: torch.
     problems = check_solver_cost(cfg, n_trials=len(onsets), device_type=device.type,
                                  n_targets=int(np.sum(rec.good_channels))
                                  * n_frames_for(cfg.target, float(rec.sfreq), window))
+    limit = cfg.solver.get("max_problems")
     log.info("solver: about %.3g ElasticNet problems (solver.max_problems=%s)", problems,
-             cfg.solver.get("max_problems"))
+             "null" if limit is None else f"{limit:.3g}")
     if rec.bad_channels:
         log.warning("excluded %d of %d channel(s) from the targets: %s", len(rec.bad_channels),
                     rec.n_channels, _excluded_text(rec))

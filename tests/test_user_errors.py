@@ -261,6 +261,24 @@ def test_a_cache_entry_that_is_a_folder_is_one_error_and_left_alone(tmp_path):
     assert not computed and (entry / "mine.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("in_the_way", ["kind folder is a file", "lock is a folder"])
+def test_something_in_the_way_of_a_cache_lock_is_one_error_and_left_alone(in_the_way, tmp_path):
+    from gpurecon.cache import Cache
+    from gpurecon.errors import CacheError
+
+    cache = Cache(tmp_path / "c")
+    if in_the_way == "kind folder is a file":
+        blocker = tmp_path / "c" / "targets"
+        blocker.parent.mkdir()
+        blocker.write_text("mine")
+    else:
+        blocker = tmp_path / "c" / "targets" / "k.lock"
+        blocker.mkdir(parents=True)
+    with pytest.raises(CacheError, match=r"cache entry lock .*k\.lock cannot be made: .*cache_dir="):
+        cache.get_or_compute("targets", "k", lambda: ({"a": np.zeros(2)}, None))
+    assert blocker.exists() and (blocker.is_dir() or blocker.read_text() == "mine")
+
+
 def _enospc_under(monkeypatch, folder: Path):
     """Every write of a file under ``folder`` fails as on a full disk (errno 28)."""
     real = Path.write_bytes
