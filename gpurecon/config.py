@@ -438,9 +438,10 @@ def _check_frames(target: Any, sfreq: float, window: float) -> None:
     try:
         frame_bounds(int(round(window * sfreq)), sfreq, target.frame_length, target.frame_shift)
     except ValueError:
-        _fail("target.frame_shift", f"at most the window minus target.frame_length "
-                                    f"({window:g} - {target.frame_length:g} s) so that one frame "
-                                    f"fits in the window", target.frame_shift)
+        raise ConfigError(f"target.frame_shift plus target.frame_length must be at most the window "
+                          f"({window:g} s) so that one frame fits in it, got target.frame_shift="
+                          f"{target.frame_shift!r}, target.frame_length={target.frame_length!r}"
+                          ) from None
 
 
 def validate_for_recording(cfg: Any, *, sfreq: float, onsets_s: Any, duration_s: float,

@@ -48,6 +48,7 @@ def _one_error_on_stderr(proc, out, *needles):
 # (overrides, what the one error line must name: the setting and the value received)
 CLI_ERRORS = [
     (["target=frames", "target.frame_shift=10"], ["target.frame_shift", "10.0", "frame_length"]),
+    (["target=frames", "target.frame_length=1"], ["target.frame_length=1.0", "target.frame_shift"]),
     (["model=gpt2", "model.checkpoint="], ["model.checkpoint", "''", "'tiny'"]),
     (["model=fasttext", "model.checkpoint="], ["model.checkpoint", "''"]),
     (["model=wav2vec2", "model.checkpoint="], ["model.checkpoint", "''"]),
