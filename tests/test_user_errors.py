@@ -234,6 +234,38 @@ def test_waiting_on_a_cache_lock_names_the_holder_and_times_out(tmp_path, caplog
         holder.wait()
 
 
+_ENTRY_HOLDER = """
+import sys, time
+from gpurecon.cache import Cache
+with Cache(sys.argv[1]).lock("synthetic", sys.argv[2]):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_run_waiting_on_a_live_holder_says_whom_and_stops_after_the_timeout(tmp_path):
+    """End to end: another process holds the lock of the synthetic dataset this run needs;
+    the run logs the holder's pid and gives up after cache_lock_timeout with one error."""
+    from gpurecon.cache import Cache
+    from gpurecon.experiment import resolve_dataset
+
+    cfg = _compose([*TINY, f"cache_dir={tmp_path / 'cache'}"])
+    entry = resolve_dataset(cfg.data, cfg.subject, Cache(cfg.cache_dir)).root.name
+    holder = subprocess.Popen([sys.executable, "-c", _ENTRY_HOLDER, str(tmp_path / "cache"), entry],
+                              stdout=subprocess.PIPE, text=True, env=cli_env(tmp_path))
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        proc, out = run_cli([*TINY, "cache_lock_timeout=1"], tmp_path, timeout=120)   # not for ever
+        line = _one_error_on_stderr(proc, out, f"process {holder.pid} on ", "cache_lock_timeout",
+                                    f"synthetic/{entry}")
+        assert "waited 1 s" in line
+        waits = [ln for ln in proc.stdout.splitlines() if "waiting for cache entry" in ln]
+        assert len(waits) == 1 and f"process {holder.pid} on " in waits[0]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_waiting_run_goes_on_once_the_holder_is_done(tmp_path, caplog):
     from gpurecon.cache import Cache
 
