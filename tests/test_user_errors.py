@@ -71,6 +71,20 @@ def test_user_error_is_one_line_on_stderr_naming_the_setting_and_value(overrides
     assert needles[0] in (out / "__main__.log").read_text()
 
 
+@pytest.mark.parametrize("override,key", [
+    ("model.seed=-1", "model.seed"), ("cache_lock_timeout=-1.0", "cache_lock_timeout"),
+    ("solver.max_problems=0.5", "solver.max_problems"), ("data.seed=-3", "data.seed"),
+])
+def test_the_new_ranges_name_the_key_and_the_value(override, key):
+    from gpurecon.config import validate_config
+    from gpurecon.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        validate_config(_compose(["device=cpu", override]))
+    message = str(err.value)
+    assert message.startswith(f"{key} must be ") and message.endswith(f"got {override.split('=')[1]}")
+
+
 def test_a_huge_permutation_count_is_refused_before_the_data_is_generated(tmp_path):
     proc, out = run_cli([*TINY, "solver.n_permutations=1000000000"], tmp_path)
     line = _one_error_on_stderr(proc, out, "solver.max_problems=")
