@@ -3,7 +3,8 @@
 
 - a user error (:class:`~gpurecon.errors.GpureconError`: config, data, model, unwritable
   folder) is ONE log line naming the setting, exit status 1, no result files;
-- Ctrl-C is one line, exit status 130, no result files;
+- Ctrl-C is one line, exit status 130, no result files; SIGTERM (``timeout``, SLURM,
+  ``docker stop``) the same with exit status 143;
 - anything else is a bug: Hydra's traceback, exit status 1, no result files.
 
 Nothing is deleted here: :func:`gpurecon.experiment.run` writes its results into a staging
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -26,8 +28,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .config import register_configs
-from .errors import GpureconError
-from .outputs import is_complete
+from .errors import GpureconError, Terminated
+from .outputs import DISK_FULL, is_complete
 from .run_folder import claim, held, hydra_record, write_record
 from .sweep import JobFailed, in_multirun
 
@@ -94,7 +96,13 @@ def _app(cfg: DictConfig) -> JobFailed | None:
             # Log lines go through tqdm.write while bars are drawn: never glued to a bar.
             with logging_redirect_tqdm(loggers=[logging.getLogger()]):
                 run(cfg, out_dir, record=record)
-    except GpureconError as err:
+    except (GpureconError, OSError) as err:
+        if isinstance(err, OSError):   # a full disk is the user's to fix; another OSError a bug
+            if err.errno not in DISK_FULL:
+                raise
+            from .experiment import disk_full_error
+
+            err = disk_full_error(err, Path(cfg.cache_dir).expanduser(), out_dir)
         log.error("%s", err)
         if in_multirun():  # the sweep goes on: gpurecon.sweep records it, exits 1 at the end
             return JobFailed(str(err), type(err).__name__)
@@ -108,8 +116,17 @@ def _bars_off(argv: list[str]) -> bool:
     return off or not sys.stderr.isatty()
 
 
+def _on_sigterm(signum, frame) -> None:
+    # Raised in the main thread between bytecodes, like KeyboardInterrupt: every `finally` and
+    # `except BaseException` (the staging folder, the folder and cache locks) runs. A second
+    # SIGTERM during that clean-up is ignored (SIGKILL still ends the process).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
+
+
 def main() -> int:
     global _SWEEP_SIZE
+    signal.signal(signal.SIGTERM, _on_sigterm)
     if _bars_off(sys.argv[1:]):
         # tqdm reads TQDM_DISABLE when it is first imported: this also silences the bars of the
         # embedding batches and of libraries (transformers), not only the app's own stage bars.
@@ -118,6 +135,9 @@ def main() -> int:
         _SWEEP_SIZE = _sweep_size(sys.argv[1:])
     try:
         _app()
+    except Terminated:
+        print("gpurecon: terminated (SIGTERM); no result files were written", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         # The staging folder is already discarded; one line, the shell's code for SIGINT.
         print("gpurecon: interrupted (Ctrl-C); no result files were written", file=sys.stderr)

@@ -18,17 +18,33 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .outputs import read_npz, remove_stale_temps, write_npz
+from .errors import CacheError
+from .outputs import DISK_FULL, read_npz, remove_stale_temps, write_npz
 
 log = logging.getLogger(__name__)
 
 _FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+# how often a process waiting for a cache entry's lock tries again
+_LOCK_POLL_S = 0.2
+
+
+def _lock_holder(path: Path) -> str:
+    """``PID on HOST`` of the process that wrote the lock file (its holder), as far as known."""
+    try:
+        pid, host = path.read_text().split()[:2]
+        return f"{pid} on {host}"
+    except (OSError, ValueError):
+        return "(unknown: no pid recorded yet)"
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -67,8 +83,10 @@ def _encode(value: Any) -> bytes:
 class Cache:
     """A folder of cache entries. ``root=None`` disables caching (always recompute)."""
 
-    def __init__(self, root: str | os.PathLike | None):
+    def __init__(self, root: str | os.PathLike | None, lock_timeout: float | None = None):
         self.root = Path(root).expanduser() if root is not None else None
+        # seconds to wait for an entry another live process holds (None: for ever)
+        self.lock_timeout = lock_timeout
 
     def check_writable(self) -> None:
         """Raise PermissionError/OSError naming the folder when the cache cannot be written."""
@@ -96,13 +114,58 @@ class Cache:
             yield
             return
         path = self.root / kind / f"{key}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        with self._open_lock(path) as handle:
+            self._acquire(handle, path, f"{kind}/{key}")
             try:
+                # who holds it: a process waiting for this entry names it in its log
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"{os.getpid()} {socket.gethostname()}\n".encode())
+                handle.flush()
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _open_lock(self, path: Path):
+        """The entry's lock file, opened; something in the way (a file named like the kind
+        folder, a folder named like the lock) is a :class:`CacheError` naming it."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return open(path, "a+b")
+        except OSError as err:
+            if err.errno in DISK_FULL:
+                raise
+            raise CacheError(f"cache entry lock {path} cannot be made: {err.strerror or err} "
+                             f"({err.filename or path}); something gpurecon did not make is in the "
+                             f"way: move it away (cache_dir={self.root})") from None
+
+    def _acquire(self, handle, path: Path, entry: str) -> None:
+        """Take the entry's lock; while another process holds it, say which (once) and wait,
+        at most ``lock_timeout`` seconds (then :class:`CacheError`)."""
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        holder = _lock_holder(path)
+        limit = "for ever" if self.lock_timeout is None else f"at most {self.lock_timeout:g} s"
+        log.info("waiting for cache entry %s: process %s is computing it (lock %s); waiting %s "
+                 "(cache_lock_timeout)", entry, holder, path, limit)
+        start = time.monotonic()
+        while True:
+            time.sleep(_LOCK_POLL_S)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                log.info("cache entry %s: lock released after %.1f s", entry, time.monotonic() - start)
+                return
+            except BlockingIOError:
+                pass
+            if self.lock_timeout is not None and time.monotonic() - start >= self.lock_timeout:
+                raise CacheError(
+                    f"cache entry {entry} in cache_dir={self.root}: waited {self.lock_timeout:g} s "
+                    f"(cache_lock_timeout) for process {_lock_holder(path)}, which holds its lock "
+                    f"{path} and is still running; let it finish (or stop it) and run again, or "
+                    f"raise cache_lock_timeout (null: wait for ever)")
 
     def path(self, kind: str, key: str) -> Path | None:
         return None if self.root is None else self.root / kind / f"{key}.npz"
@@ -111,6 +174,10 @@ class Cache:
         p = self.path(kind, key)
         if p is None or not p.exists():
             return None
+        if not p.is_file():   # not something this program wrote: neither read nor replaced
+            raise CacheError(f"cache entry {p} is a folder (or another non-file), not a cache "
+                             f"file gpurecon wrote; move it away or remove it (cache_dir="
+                             f"{self.root})")
         try:
             return read_npz(p)
         except Exception as err:  # a corrupt entry is recomputed, not trusted

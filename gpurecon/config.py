@@ -76,7 +76,9 @@ class DataConfig:
 class SignalConfig:
     l_freq: float = 70.0
     h_freq: float = 170.0
-    stops: List[List[float]] = field(default_factory=lambda: [[98.0, 102.0], [148.0, 152.0]])
+    # [[low, high], ...] Hz; ints or floats (checked by validate_config: OmegaConf's typed
+    # nested lists refuse an int where a float is hinted, and [[98,102]] is a valid band-stop)
+    stops: List[Any] = field(default_factory=lambda: [[98.0, 102.0], [148.0, 152.0]])
     order: int = 4
     dtype: FloatDtype = FloatDtype.float32
     chunk_channels: Optional[int] = None
@@ -147,6 +149,10 @@ class SolverConfig:
     # Permutation null (Y rows shuffled, fitted as extra targets): an integer >= 0 (0: off),
     # or "auto"/null: AUTO_PERMUTATIONS[device type]. Checked by n_permutations_for().
     n_permutations: Any = "auto"
+    # The most problems (targets x folds x grid points x (1 + permutations)) a run may fit: a
+    # run estimated beyond it stops at start-up (a typo like n_permutations=1000000000 would
+    # run for ever). null: no limit. Checked by check_solver_cost().
+    max_problems: Optional[float] = 1e10
     memory_budget_gb: Optional[float] = None
     dtype: FloatDtype = FloatDtype.float64
     # auto: the GPU path (one batch per round, fewer launches and host syncs) on CUDA or at a
@@ -164,6 +170,9 @@ class Config:
     progress: bool = True      # tqdm bars on stderr
     resume: bool = False       # skip a run whose folder already holds a complete set of outputs
     overwrite: bool = False    # write into a folder holding other files or another run's
+    # Seconds a run waits for a cache entry another live process is computing (its lock),
+    # then stops with a message naming that process; null: wait for ever.
+    cache_lock_timeout: Optional[float] = 3600.0
     data: DataConfig = field(default_factory=DataConfig)
     signal: SignalConfig = field(default_factory=SignalConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
@@ -315,6 +324,14 @@ def validate_config(cfg: Any) -> None:
     device_type = _check_device(cfg.device)
     data, signal, target, solver, model = cfg.data, cfg.signal, cfg.target, cfg.solver, cfg.model
     _check_range("subject", cfg.subject, low=1, integer=True, allowed="a subject number >= 1")
+    # numpy's generators (default_rng) take seeds >= 0 only
+    _check_range("seed", cfg.seed, low=0, integer=True,
+                 allowed="an integer >= 0 (the seed of the permutations and K-fold splits)")
+    _check_range("data.seed", data.seed, low=0, integer=True,
+                 allowed="an integer >= 0 (the seed of the synthetic dataset)")
+    if cfg.get("cache_lock_timeout") is not None:
+        _check_range("cache_lock_timeout", cfg.cache_lock_timeout, low=0, low_open=True,
+                     allowed="a positive number of seconds or null (wait for ever)")
     # 1) data
     if data.n_channels is not None:
         _check_range("data.n_channels", data.n_channels, low=1, integer=True,
@@ -333,7 +350,7 @@ def validate_config(cfg: Any) -> None:
     _check_range("signal.order", signal.order, low=1, high=16, integer=True,
                  allowed="an integer in 1..16")
     for stop in signal.stops:
-        pair = list(stop)
+        pair = list(stop) if isinstance(stop, (list, tuple)) or OmegaConf.is_list(stop) else [stop]
         if len(pair) != 2 or not all(_number(f) for f in pair) or not 0 < pair[0] < pair[1]:
             _fail("signal.stops", "a list of [low, high] band-stops in Hz with 0 < low < high",
                   OmegaConf.to_container(signal.stops))
@@ -363,6 +380,9 @@ def validate_config(cfg: Any) -> None:
     if solver.memory_budget_gb is not None:
         _check_range("solver.memory_budget_gb", solver.memory_budget_gb, low=0, low_open=True,
                      allowed="a positive number of GiB or null (automatic)")
+    if solver.get("max_problems") is not None:
+        _check_range("solver.max_problems", solver.max_problems, low=1,
+                     allowed="a number >= 1 or null (no limit)")
 
 
 def _check_device(device: Any) -> str:
@@ -379,6 +399,9 @@ def _check_model(model: Any, device_type: str) -> None:
     name = model.name
     if name not in MODEL_SCHEMAS:
         _fail("model.name", f"one of {', '.join(MODEL_SCHEMAS)}", name)
+    if name != "planted" and not str(model.get("checkpoint") or "").strip():
+        _fail("model.checkpoint", "a local file or folder, a Hugging Face hub name, or 'tiny' "
+                                  "(an untrained test model)", model.get("checkpoint"))
     settings = [f.name for f in fields(MODEL_SCHEMAS[name])]
     for key in model.keys():   # `+model.x=...` adds keys the schema cannot reject
         if key not in settings:
@@ -397,6 +420,28 @@ def _check_model(model: Any, device_type: str) -> None:
                      allowed="a fraction in (0, 1]")
     if name == "planted":
         _check_range("model.noise", model.noise, low=0, allowed="a number >= 0")
+        _check_range("model.seed", model.seed, low=0, integer=True, allowed="an integer >= 0")
+
+
+# Leave-one-out needs a held-out trial and at least two training trials (a training mean and a
+# fit with one trial has no variance to standardise).
+MIN_TRIALS = 3
+
+
+def _check_frames(target: Any, sfreq: float, window: float) -> None:
+    """``target=frames``: at least one frame of ``frame_length`` plus ``frame_shift`` must fit
+    in the window (the frame count of :func:`gpurecon.signal.framing.frame_bounds`)."""
+    if target.frame_length > window:
+        _fail("target.frame_length", f"at most the window ({window:g} s)", target.frame_length)
+    from .signal.framing import frame_bounds
+
+    try:
+        frame_bounds(int(round(window * sfreq)), sfreq, target.frame_length, target.frame_shift)
+    except ValueError:
+        raise ConfigError(f"target.frame_shift plus target.frame_length must be at most the window "
+                          f"({window:g} s) so that one frame fits in it, got target.frame_shift="
+                          f"{target.frame_shift!r}, target.frame_length={target.frame_length!r}"
+                          ) from None
 
 
 def validate_for_recording(cfg: Any, *, sfreq: float, onsets_s: Any, duration_s: float,
@@ -434,14 +479,63 @@ def validate_for_recording(cfg: Any, *, sfreq: float, onsets_s: Any, duration_s:
         raise ConfigError(f"signal.{err}") from None
     onsets = sorted(float(t) for t in onsets_s)
     n_trials = len(onsets)
+    if n_trials < MIN_TRIALS:
+        raise ConfigError(f"cross-validation needs at least {MIN_TRIALS} word trials (one held "
+                          f"out, the others to fit); this recording has {n_trials} (data.n_words="
+                          f"{cfg.data.n_words} for the synthetic dataset; a real recording's "
+                          f"events.tsv)")
     gaps = [b - a for a, b in zip(onsets, onsets[1:])] + ([duration_s - onsets[-1]] if onsets else [])
     spacing = min(gaps) if gaps else float("inf")
     key = "target.window" if target.window is not None else "model.window"
     if window > spacing + 1e-9:
         _fail(key, f"at most the trial spacing of this recording ({spacing:g} s between word "
                    f"onsets / to the end)", window)
-    if target.kind == TargetKind.frames and target.frame_length > window:
-        _fail("target.frame_length", f"at most the window ({window:g} s)", target.frame_length)
+    if target.kind == TargetKind.frames:
+        _check_frames(target, sfreq, window)
     if solver.cv == CV.kfold and not 2 <= solver.n_splits <= n_trials:
         _fail("solver.n_splits", f"an integer in 2..{n_trials} (the number of trials) for "
                                  f"solver.cv=kfold", solver.n_splits)
+
+
+def n_frames_for(target: Any, sfreq: float, window: float) -> int:
+    """Target columns per electrode: 1 for ``trial_mean``, the frame count for ``frames``."""
+    if target.kind != TargetKind.frames:
+        return 1
+    from .signal.framing import frame_bounds
+
+    return len(frame_bounds(int(round(window * sfreq)), sfreq, target.frame_length,
+                            target.frame_shift)[0])
+
+
+def check_solver_cost(cfg: Any, *, n_trials: int, n_targets: int, device_type: str) -> int:
+    """Estimate the ElasticNet problems a run fits and refuse a run beyond
+    ``solver.max_problems`` before any of them is started.
+
+    problems = targets x folds x grid points x (1 + permutations [+ 5 inner folds with a
+    grid, the nested selection]).
+
+    Returns
+    -------
+    int
+        The estimate (logged by the caller).
+
+    Raises
+    ------
+    ConfigError
+        Naming the settings that make the run this large and ``solver.max_problems``.
+    """
+    solver = cfg.solver
+    alphas, l1_ratios, is_grid = solver_grid(solver)
+    n_perm = n_permutations_for(solver.n_permutations, device_type)
+    folds = n_trials if solver.cv == CV.loo else int(solver.n_splits)
+    grid = len(alphas) * len(l1_ratios)
+    problems = int(n_targets) * folds * grid * (1 + n_perm + (5 if is_grid else 0))
+    limit = solver.get("max_problems")
+    if limit is not None and problems > limit:
+        raise ConfigError(
+            f"solver.n_permutations={n_perm} makes this run about {problems:.3g} ElasticNet "
+            f"problems ({n_targets} targets x {folds} folds x {grid} grid point(s) x "
+            f"{1 + n_perm} fits with the permutations), above solver.max_problems={limit:.3g}: "
+            f"it would not finish. Lower solver.n_permutations (or the grid), or raise the "
+            f"limit explicitly: solver.max_problems={problems:.0e} (null: no limit)")
+    return problems

@@ -15,3 +15,16 @@ class ModelError(GpureconError, ValueError):
 
 class ConfigError(GpureconError, ValueError):
     """A config value the stages reject; the message names the key."""
+
+
+class CacheError(GpureconError):
+    """A cache entry that cannot be used or waited for; the message names the entry."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, SLURM, ``docker stop``): handled like Ctrl-C (the staging folder
+    is discarded, one line), with the shell's exit status for SIGTERM (143)."""
+
+
+class StorageError(GpureconError):
+    """A folder the run writes into is full (ENOSPC / quota); the message names it."""

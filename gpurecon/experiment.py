@@ -23,10 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import __version__
 from .cache import Cache, make_key
-from .config import SUBJECTS, validate_config, validate_for_recording
+from .config import (SUBJECTS, check_solver_cost, n_frames_for, validate_config,
+                     validate_for_recording)
 from .device import describe_device, resolve_device
-from .errors import ConfigError, DataError
-from .outputs import discard_staging, is_complete, make_staging, publish, write_text
+from .errors import ConfigError, DataError, StorageError
+from .outputs import DISK_FULL, discard_staging, is_complete, make_staging, publish, write_text
 from .progress import chain, stage_bar
 
 if TYPE_CHECKING:
@@ -196,6 +197,9 @@ def build_targets(rec, signal_cfg: DictConfig, target_cfg: DictConfig, window: f
     params = dict(signal=OmegaConf.to_container(signal_cfg, enum_to_str=True),
                   target=OmegaConf.to_container(target_cfg, enum_to_str=True),
                   window=window, device=device.type, good=good.tolist())
+    # [[98, 102]] and [[98.0, 102.0]] are the same band-stops: one cache entry, one filter
+    stops = [[float(f) for f in stop] for stop in signal_cfg.stops]
+    params["signal"]["stops"] = stops
     key = make_key(nwb=rec.files["nwb"], events=rec.files.get("events"),
                    channels=rec.files.get("channels"), **params)
 
@@ -203,7 +207,7 @@ def build_targets(rec, signal_cfg: DictConfig, target_cfg: DictConfig, window: f
         t0 = time.perf_counter()
         seeg = torch.from_numpy(rec.seeg).to(device=device, dtype=getattr(torch, signal_cfg.dtype))
         env = high_gamma(seeg, rec.sfreq, l_freq=signal_cfg.l_freq, h_freq=signal_cfg.h_freq,
-                         stops=[tuple(s) for s in signal_cfg.stops], order=signal_cfg.order,
+                         stops=[tuple(s) for s in stops], order=signal_cfg.order,
                          chunk_channels=signal_cfg.chunk_channels, device=device,
                          progress=progress)
         del seeg
@@ -461,13 +465,14 @@ def _excluded_text(rec) -> str:
 def _test_hook(stage: str) -> None:
     """TEST HOOK: ``GPURECON_TEST_KILL_AT=<stage>`` SIGKILLs this process at ``stage``
     (generation, high_gamma, solver, writing, publish), so the crash-safety tests can kill a
-    run at a known point; ``GPURECON_TEST_KILL_SIGNAL=INT`` sends SIGINT instead (Ctrl-C).
+    run at a known point; ``GPURECON_TEST_KILL_SIGNAL=INT`` sends SIGINT instead (Ctrl-C),
+    ``TERM`` SIGTERM.
     Never set them outside tests."""
     if os.environ.get("GPURECON_TEST_KILL_AT") == stage:
         import signal
 
-        if os.environ.get("GPURECON_TEST_KILL_SIGNAL") == "INT":
-            os.kill(os.getpid(), signal.SIGINT)
+        if os.environ.get("GPURECON_TEST_KILL_SIGNAL") in ("INT", "TERM"):
+            os.kill(os.getpid(), getattr(signal, "SIG" + os.environ["GPURECON_TEST_KILL_SIGNAL"]))
             return
         logging.shutdown()
         os.kill(os.getpid(), signal.SIGKILL)
@@ -486,6 +491,26 @@ def _writable(what: str, make):
     except OSError as err:
         raise ConfigError(f"{what} is not writable: {err.strerror or err} "
                           f"({getattr(err, 'filename', '') or ''})") from None
+
+
+def disk_full_error(err: OSError, cache_root: Path | None, out_dir: Path) -> StorageError:
+    """ENOSPC / EDQUOT as one message naming the folder that is full and its setting."""
+    where = Path(err.filename) if err.filename else None
+
+    def under(folder: Path | None) -> bool:
+        if where is None or folder is None:
+            return False
+        return where.resolve().is_relative_to(folder.resolve())
+
+    if under(cache_root):
+        folder = f"the cache folder {cache_root} (cache_dir); free space there or set cache_dir"
+    elif under(out_dir):
+        folder = (f"the run folder {out_dir} (hydra.run.dir); free space there or choose another "
+                  f"hydra.run.dir")
+    else:
+        folder = f"the folder of {where}" if where else "a folder this run writes into"
+    return StorageError(f"{err.strerror or 'no space left on device'} (errno {err.errno}) while "
+                        f"writing {where or 'a file'}: {folder}. No result files were written")
 
 
 def _finished_summary(out_dir: Path, cfg: DictConfig) -> dict | None:
@@ -531,14 +556,19 @@ def run(cfg: DictConfig, out_dir: str | os.PathLike, record: dict[str, str] | No
                      "skipping this run", out_dir)
             return finished
     device = resolve_device(cfg.device)
-    cache = Cache(cfg.cache_dir)
+    cache = Cache(cfg.cache_dir, lock_timeout=cfg.get("cache_lock_timeout", 3600.0))
     dataset = resolve_dataset(cfg.data, cfg.subject, cache)
     generated = is_generated(dataset)
     check_subject(dataset, int(cfg.subject), generated)
     check_checkpoint(cfg.model)
     window = target_window(cfg)
     if generated:   # the recording's sampling rate and trial times are known before generating it
-        validate_for_recording(cfg, window=window, **synthetic_layout(cfg.data.n_words))
+        layout = synthetic_layout(cfg.data.n_words)
+        validate_for_recording(cfg, window=window, **layout)
+        if cfg.data.n_channels is not None:   # so is its size: refuse a run that cannot finish
+            check_solver_cost(cfg, n_trials=len(layout["onsets_s"]), device_type=device.type,
+                              n_targets=int(cfg.data.n_channels)
+                              * n_frames_for(cfg.target, layout["sfreq"], window))
     staging = _writable(f"the output folder {out_dir} (hydra.run.dir)", lambda: make_staging(out_dir))
     try:
         _writable(f"cache_dir={cache.root}", cache.check_writable)
@@ -549,8 +579,10 @@ def run(cfg: DictConfig, out_dir: str | os.PathLike, record: dict[str, str] | No
             write_text(staging / rel, text)
         _test_hook("writing")
         publish(staging, out_dir, provenance=provenance, on_file=lambda name: _test_hook("publish"))
-    except BaseException:
+    except BaseException as err:
         discard_staging(staging)   # only what this run wrote; the log stays
+        if isinstance(err, OSError) and err.errno in DISK_FULL:
+            raise disk_full_error(err, cache.root, out_dir) from None
         raise
     s = scores.main.summary()
     log.info("%sPCC across electrodes %.3f (baseline %.3f) | R2 %.3f (baseline %.3f) | "
@@ -589,6 +621,12 @@ def _run_stages(cfg: DictConfig, staging: Path, dataset: Dataset, device: torch.
     onsets = np.asarray(rec.trials.sample, dtype=np.float64) / rec.sfreq
     validate_for_recording(cfg, sfreq=float(rec.sfreq), onsets_s=onsets,
                            duration_s=rec.seeg.shape[1] / rec.sfreq, window=window)
+    problems = check_solver_cost(cfg, n_trials=len(onsets), device_type=device.type,
+                                 n_targets=int(np.sum(rec.good_channels))
+                                 * n_frames_for(cfg.target, float(rec.sfreq), window))
+    limit = cfg.solver.get("max_problems")
+    log.info("solver: about %.3g ElasticNet problems (solver.max_problems=%s)", problems,
+             "null" if limit is None else f"{limit:.3g}")
     if rec.bad_channels:
         log.warning("excluded %d of %d channel(s) from the targets: %s", len(rec.bad_channels),
                     rec.n_channels, _excluded_text(rec))

@@ -18,6 +18,7 @@ marker and is never touched.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -112,9 +113,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+# errno of a full disk or an exhausted quota
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as err:
+        if err.errno in DISK_FULL and not err.filename:   # say where it was writing
+            raise OSError(err.errno, os.strerror(err.errno), str(path)) from err
+        raise
     return Path(path)
 
 

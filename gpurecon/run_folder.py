@@ -56,7 +56,9 @@ log = logging.getLogger(__name__)
 LOCK = ".gpurecon.lock"
 # Settings that do not change a run's results: a run made with other values of these is still
 # the run asked for.
-NOT_RESULTS = ("progress", "resume", "cache_dir", "overwrite")
+NOT_RESULTS = ("progress", "resume", "cache_dir", "overwrite", "cache_lock_timeout")
+# ...and within a group: a limit that only refuses runs (it never changes a result)
+NOT_RESULTS_IN = {"solver": ("max_problems",)}
 _HELD: dict[Path, "_Lock"] = {}   # this process's folder locks (claim is re-entrant)
 
 
@@ -132,7 +134,13 @@ def settings(cfg: DictConfig | dict) -> dict:
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     data = json.loads(json.dumps(cfg, default=str))
-    return {k: v for k, v in data.items() if k not in NOT_RESULTS} if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    out = {k: v for k, v in data.items() if k not in NOT_RESULTS}
+    for group, keys in NOT_RESULTS_IN.items():
+        if isinstance(out.get(group), dict):
+            out[group] = {k: v for k, v in out[group].items() if k not in keys}
+    return out
 
 
 def differences(a: Any, b: Any, prefix: str = "") -> list[str]:

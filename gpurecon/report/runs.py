@@ -117,9 +117,21 @@ class Run:
         return isinstance(self.alpha, list) or isinstance(self.l1_ratio, list)
 
     def score(self, key: str, *, required: bool = True) -> float:
-        """``scores.<key>`` as a float (NaN when optional and absent, or stored as null)."""
+        """``scores.<key>`` as a float.
+
+        A required score must be a number (``"inf"``/``"-inf"``, as runs store infinities,
+        included): null, NaN or text is a :class:`ReportError` naming the run folder and the
+        field, never a "-" in the table. An optional score is NaN when absent or null.
+        """
         value = self._get("scores", key, default=KeyError if required else None)
-        return _as_float(value)
+        if value is None and not required:
+            return float("nan")
+        number = _as_float(value)
+        if number is None or (required and math.isnan(number)):
+            raise ReportError(f"{self.path}: summary.json field scores.{key} is {value!r}, not a "
+                              f"number{'' if required else ' or null'}; a finished run records "
+                              f"every score (rerun it, or leave this run folder out)")
+        return number
 
     def check(self) -> "Run":
         """Raise :class:`ReportError` now (before anything is written) if a key Table 1
@@ -156,8 +168,10 @@ class Run:
             else:
                 try:
                     self._cache["predictions"] = outputs.read_npz(path)[0]
-                except (OSError, ValueError) as err:
-                    raise ReportError(f"{path}: cannot be read ({err})") from None
+                except Exception as err:   # zeroed, truncated, not a zip: whatever numpy says
+                    raise ReportError(f"{path}: cannot be read as a gpurecon .npz "
+                                      f"({type(err).__name__}: {err}); the file is damaged: "
+                                      f"rerun {self.path} or leave it out") from None
         return self._cache["predictions"]
 
     def _csv(self, name: str, *, required: tuple[str, ...], optional: bool = False):
@@ -173,19 +187,28 @@ class Run:
         return self._cache[name]
 
 
-def _as_float(value: Any) -> float:
-    if value is None:
-        return float("nan")
+def _as_float(value: Any) -> float | None:
+    """A stored score as a float, or None when it is not a number (null, text, a list)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str):   # json stores infinities as the strings "inf" / "-inf"
+        return float(value) if value.strip().lower() in ("inf", "-inf", "+inf") else None
     try:
-        return float(value)  # json stores inf as the string "inf"
+        return float(value)
     except (TypeError, ValueError):
-        return float("nan")
+        return None
 
 
 def read_csv(path: Path, *, required: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """A gpurecon CSV (``# `` provenance lines, then a header) as columns: numbers as float64
     arrays (empty cells -> NaN), anything else as str arrays."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ReportError(f"{path}: cannot be read as UTF-8 text (byte {err.start}: {err.reason}); "
+                          "gpurecon writes UTF-8: the file was changed or damaged") from None
+    except OSError as err:
+        raise ReportError(f"{path}: cannot be read ({err.strerror or err})") from None
     body = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
     rows = list(csv.reader(io.StringIO(body)))
     if not rows:
