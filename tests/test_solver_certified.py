@@ -35,7 +35,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 GOAL = {torch.float64: 1e-6, torch.float32: 1e-3}
 DEFAULT_TOL, TIGHT_TOL = 1e-4, 1e-10
-XFAIL = pytest.mark.xfail(strict=True, reason="issue G: engine not certified yet")
+XFAIL = pytest.mark.xfail(strict=True, reason="issue G: the lasso on a rank-saturated fold (n_train - 1 "
+                          "non-zeros, a duplicated column): the active-set rounds cycle, the engine's "
+                          "answer is returned uncertified")
 
 
 # --------------------------------------------------------------------------- families
@@ -169,16 +171,7 @@ def scaled_errors(pred, exact_pred, Y):
 # Remove entries as the engine is fixed (strict xfail: a case that starts passing fails the run).
 F64, F32 = torch.float64, torch.float32
 KNOWN_SHORT: set = {
-    ("heavy_small_loo", DEFAULT_TOL, F64), ("heavy_small_loo", DEFAULT_TOL, F32),
-    ("outlier_small_loo", DEFAULT_TOL, F64), ("outlier_small_loo", DEFAULT_TOL, F32),
-    ("outlier_small_loo", TIGHT_TOL, F64),
-    ("collinear_small_k10", DEFAULT_TOL, F64),
     ("edge_small_loo", DEFAULT_TOL, F64), ("edge_small_loo", DEFAULT_TOL, F32), ("edge_small_loo", TIGHT_TOL, F64),
-    ("heavy_768_k10", DEFAULT_TOL, F64),
-    ("outlier_768_k10", DEFAULT_TOL, F64), ("outlier_768_k10", DEFAULT_TOL, F32),
-    ("collinear_768_k10", DEFAULT_TOL, F64),
-    ("heavy_small_loo", "sk"), ("outlier_small_loo", "sk"), ("collinear_small_k10", "sk"), ("edge_small_loo", "sk"),
-    ("outlier_small_loo", DEFAULT_TOL, "coef"), ("outlier_small_loo", TIGHT_TOL, "coef"),
     ("edge_small_loo", TIGHT_TOL, "coef"),
 }
 
@@ -266,7 +259,7 @@ def test_fold_coefficients_meet_tolerance_recomputed(case, tol):
     assert not bad, "\n".join(bad[:20]) + f"\n({len(bad)} in all)"
 
 
-@pytest.mark.parametrize("tol", [pytest.param(DEFAULT_TOL, marks=XFAIL, id="tol1e-4"),
+@pytest.mark.parametrize("tol", [pytest.param(DEFAULT_TOL, id="tol1e-4"),
                                  pytest.param(TIGHT_TOL, id="tol1e-10")])
 def test_held_out_prediction_does_not_depend_on_held_out_y(tol):
     """Changing the held-out trials' y must leave their fold's held-out predictions unchanged

@@ -67,6 +67,9 @@ SHARED_FRACTION = 0.25
 # PDAS rounds per shared-inverse call: each round rebuilds every busy group's inverse, so the
 # few problems still moving after two are cheaper as direct solves of their own.
 SHARED_ROUNDS = 8
+# Relative jitter (of the mean Gram diagonal) that lets the lasso's singular-but-consistent
+# systems factorise (duplicated columns both active); refinement removes its effect.
+LASSO_JITTER = 1e-12
 # Iterative-refinement steps after each sign-pattern solve.
 REFINE_STEPS = 2
 # Sign-flip drops within one round's solve.
@@ -292,7 +295,8 @@ def _solve_shared(design, folds, ws, act, sign, yc, a, b, open_, max_elems):
             both = ag[..., :, None] & ag[..., None, :]
             m = torch.where(both, hess + bg[..., None] * eye, eye)
             rhs = torch.where(ag, c - a[g][..., None] * sg, 0.0)
-            chol, info = torch.linalg.cholesky_ex(m)
+            jitter = torch.where(bg[..., 0] > 0, 0.0, LASSO_JITTER * hess.diagonal(dim1=-2, dim2=-1).mean(-1))
+            chol, info = torch.linalg.cholesky_ex(m + jitter[..., None, None] * eye * both)
             sol = torch.cholesky_solve(rhs[..., None], chol)
             for _refine in range(REFINE_STEPS):
                 sol = sol + torch.cholesky_solve(rhs[..., None] - m @ sol, chol)
@@ -336,8 +340,12 @@ def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p):
                 av = torch.bmm(xa.transpose(1, 2), v[..., None])                  # (P, n, 1)
                 return (v - torch.bmm(xa, torch.cholesky_solve(av, chol))[..., 0]) / diag
         else:
-            h = torch.bmm(xa, xa.transpose(1, 2)) + torch.diag_embed(diag)
-            chol, info = torch.linalg.cholesky_ex(h)
+            gram = torch.bmm(xa, xa.transpose(1, 2))
+            # the lasso (b = 0) with linearly dependent active columns (duplicated features) has a
+            # singular but consistent system: factorise with a jitter far below rounding of the
+            # answer's scale, and let the refinement steps (with the true matrix) remove it
+            jitter = torch.where(b > 0, 0.0, LASSO_JITTER * gram.diagonal(dim1=1, dim2=2).mean(-1))
+            chol, info = torch.linalg.cholesky_ex(gram + torch.diag_embed(diag + jitter[:, None] * valid))
 
             def inv(v):
                 return torch.cholesky_solve(v[..., None], chol)[..., 0]
@@ -488,8 +496,12 @@ def certify_dense(xc, yc, coef, a, b, max_rounds: int = MAX_ROUNDS):
             both = active[..., :, None] & active[..., None, :]
             m = torch.where(both, gram[:, None] + b[..., None, None] * eye, eye)
             rhs = torch.where(active, c - a[..., None] * sign, 0.0)
-            chol, info = torch.linalg.cholesky_ex(m)
-            sol = torch.cholesky_solve(rhs[..., None], chol)[..., 0]
+            jitter = torch.where(b > 0, 0.0, LASSO_JITTER * gram.diagonal(dim1=1, dim2=2).mean(-1)[:, None])
+            chol, info = torch.linalg.cholesky_ex(m + jitter[..., None, None] * eye * both)
+            sol = torch.cholesky_solve(rhs[..., None], chol)
+            for _refine in range(REFINE_STEPS):
+                sol = sol + torch.cholesky_solve(rhs[..., None] - m @ sol, chol)
+            sol = sol[..., 0]
             ok = (info == 0) & torch.isfinite(sol).all(-1)
             sol = torch.where(active & ok[..., None], sol, 0.0)
             flip = active & (torch.sign(sol) != sign)
