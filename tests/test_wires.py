@@ -59,12 +59,13 @@ def _summary(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def frames_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("frames")
-    return _run(tmp, "out", "target=frames", "target.window=0.2")
+    return _run(tmp, "out", "target=frames", "target.window=0.2", "target.frame_shift=0.02")
 
 
 def test_frames_columns_are_the_named_electrode_and_frame(frames_run):
     """Each column ``E@frameF`` of targets.npz holds electrode E's frame F, computed here for
-    that channel alone (no flattening to get wrong). Kills: frames flattened frame-major."""
+    that channel alone (no flattening to get wrong), with the run's window and frame length
+    and shift. Kills: frames flattened frame-major; target.window / frame_shift not passed."""
     from gpurecon.data import load_subject
     from gpurecon.signal import epoch_frames, high_gamma
 
@@ -78,7 +79,8 @@ def test_frames_columns_are_the_named_electrode_and_frame(frames_run):
     assert n_frames > 1 and Y.shape[1] == len(names) * n_frames
     for name in names:
         c = rec.channel_names.index(name)
-        ref = epoch_frames(env[c:c + 1], rec.trials.sample, rec.sfreq, length=0.2)[:, 0].numpy()
+        ref = epoch_frames(env[c:c + 1], rec.trials.sample, rec.sfreq, length=0.2, window=0.05,
+                           shift=0.02)[:, 0].numpy()
         for f in range(n_frames):
             j = columns.index(f"{name}@frame{f}")
             np.testing.assert_allclose(Y[:, j], ref[:, f], rtol=1e-5, atol=1e-6,
@@ -103,16 +105,25 @@ def test_frames_rows_carry_their_electrodes_coordinates(frames_run):
 
 
 def test_synthetic_dataset_follows_n_channels_with_one_cache(tmp_path):
-    """Two runs sharing a cache, 3 then 4 channels (nothing else differs): the second has 4
-    targets and its data root holds 4 channels. Kills: the synthetic dataset's cache key
-    without n_channels."""
+    """Two runs sharing a cache, 3 then 4 channels (nothing else in the data differs): the
+    second has 4 targets and its data root holds 4 channels; its trial means use its window
+    (0.5 s, computed here per channel). Kills: the synthetic dataset's cache key without
+    n_channels; target.window not passed to the trial mean."""
     from gpurecon.data import load_subject
+    from gpurecon.signal import epochs, high_gamma, trial_mean
 
     first = _run(tmp_path, "a", "data.n_channels=3")
-    second = _run(tmp_path, "b", "data.n_channels=4")
+    second = _run(tmp_path, "b", "data.n_channels=4", "target.window=0.5")
     s1, s2 = _summary(first), _summary(second)
     assert s1["n_targets"] == 3 and s2["n_targets"] == 4
-    assert len(load_subject(s2["provenance"]["data_root"], 1).channel_names) == 4
+    rec = load_subject(s2["provenance"]["data_root"], 1)
+    assert len(rec.channel_names) == 4
+    env = high_gamma(torch.from_numpy(rec.seeg).to(torch.float32), rec.sfreq)
+    with np.load(second / "targets.npz") as f:
+        for j, name in enumerate(f["columns"].tolist()):
+            c = rec.channel_names.index(name)
+            ref = trial_mean(epochs(env[c:c + 1], rec.trials.sample, rec.sfreq, length=0.5))
+            np.testing.assert_allclose(f["Y"][:, j], ref[:, 0].numpy(), rtol=1e-5, atol=1e-6)
     assert s1["provenance"]["data_root"] != s2["provenance"]["data_root"]
 
 
@@ -245,6 +256,34 @@ def test_best_grid_point_in_hindsight_is_the_highest_pcc_in_grid_csv(seed_runs):
     got = _summary(out)["nested"]["best_grid_point_in_hindsight"]
     assert (got["alpha"], got["l1_ratio"]) == (float(grid["alpha"][best]), float(grid["l1_ratio"][best]))
     assert got["pcc_across_electrodes"] == pytest.approx(pcc[best])
+
+
+def test_grid_run_files_agree_with_numpy(seed_runs):
+    """The seed-1 grid run's files against numpy: the baseline is each trial's leave-one-out
+    training mean, the per-trial PCC and the summary score are those of predictions.npz's
+    pred, q is scipy's BH of p, the null's 95th percentile is not below its mean, and the
+    trials' words are the recording's. Kills: baseline rows misaligned, predictions.npz
+    holding another grid point than the scores, p and q columns swapped, null mean / 95
+    columns swapped, the words reordered."""
+    from gpurecon.data import load_subject
+
+    _, out = seed_runs
+    s = _summary(out)
+    with np.load(out / "predictions.npz") as f:
+        Y, pred, base = f["Y"].astype(float), f["pred"].astype(float), f["baseline"]
+    n = Y.shape[0]
+    np.testing.assert_allclose(base, (Y.sum(0, keepdims=True) - Y) / (n - 1), rtol=1e-6)
+    trials = _csv(out / "scores_trials.csv")
+    np.testing.assert_allclose(np.array(trials["pcc"], float), _pcc_rows(pred, Y), rtol=1e-6)
+    assert s["scores"]["pcc_across_electrodes"] == pytest.approx(_pcc_rows(pred, Y).mean(), rel=1e-6)
+    rec = load_subject(s["provenance"]["data_root"], s["provenance"]["subject"])
+    assert trials["word"] == list(rec.trials.word)
+    el = _csv(out / "scores_electrodes.csv")
+    p, q = np.array(el["p"], float), np.array(el["q_fdr"], float)
+    assert np.isfinite(p).all() and len(set(p)) > 1
+    np.testing.assert_allclose(q, false_discovery_control(p), rtol=1e-10)
+    mean, q95 = np.array(el["null_pcc_mean"], float), np.array(el["null_pcc_95"], float)
+    assert (q95 >= mean - 1e-12).all() and (q95 > mean).any()
 
 
 # --------------------------------------------------------------------------- report: electrode map
