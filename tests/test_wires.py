@@ -178,10 +178,10 @@ def test_n_electrodes_fdr_05_counts_q_not_p():
     ``n_electrodes_fdr_05`` counting raw p."""
     import dataclasses
 
-    ev = _evaluation()
-    p = torch.tensor([0.01, 0.04, 0.045, 0.6, 0.7], dtype=torch.float64)
     from gpurecon.evaluation import fdr_bh
 
+    ev = _evaluation()
+    p = torch.tensor([0.01, 0.04, 0.045, 0.6, 0.7], dtype=torch.float64)
     ev = dataclasses.replace(ev, electrode_p=p, electrode_q=fdr_bh(p))
     assert ev.summary()["n_electrodes_fdr_05"] == int((false_discovery_control(p.numpy()) <= 0.05).sum()) == 1
 
@@ -237,9 +237,8 @@ def test_resume_reruns_a_run_with_another_seed(seed_runs):
 
 
 def test_permutation_null_follows_the_seed(seed_runs):
-    """The null with seed 1 is not seed 0's, and its permutations are seed 1's (the scores
-    per permutation recomputed here from pred-free inputs would need the fits; the null
-    array differing and the recorded seed suffice). Kills: cfg.seed not passed."""
+    """The same run with seed 1 gets another permutation null than with seed 0 (and records
+    seed 1, see the resume test). Kills: cfg.seed not passed to the permutations."""
     first, out = seed_runs
     null = np.load(out / "predictions.npz")["null_pcc_across_electrodes"]
     assert null.shape == first["null"].shape == (9,)
