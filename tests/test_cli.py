@@ -163,6 +163,16 @@ def test_flat_channel_is_excluded_and_recorded(small_dataset, tmp_path):
     assert summary["provenance"]["data"] == "synthetic"  # data.root pointing at synthetic data
     electrodes = _csv_body(out / "scores_electrodes.csv")
     assert flat_name not in electrodes["electrode"].tolist() and len(electrodes) == 4
+    # each kept electrode keeps its own coordinates (those after the flat one do not shift)
+    import pandas as pd
+
+    tsv = pd.read_csv(root / "sub-03/ieeg/sub-03_task-wordProduction_space-ACPC_electrodes.tsv",
+                      sep="\t").set_index("name")
+    kept = electrodes["electrode"].tolist()
+    np.testing.assert_array_equal(electrodes[["x", "y", "z"]].to_numpy(),
+                                  tsv.loc[kept, ["x", "y", "z"]].to_numpy())
+    channels = pd.read_csv(_channels_tsv(root), sep="\t", keep_default_na=False).set_index("name")
+    assert electrodes["label"].tolist() == channels.loc[kept, "description"].tolist()
     assert f"# excluded_channels: {flat_name} (flat (constant signal))" in \
         (out / "scores_electrodes.csv").read_text()
 

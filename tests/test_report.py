@@ -266,7 +266,7 @@ def test_time_course_of_the_best_electrodes_for_frames_targets(tmp_path):
 
 
 def test_older_runs_without_coordinates_or_null_degrade_clearly(tmp_path, capsys):
-    make_run(tmp_path, "legacy", subject=1, model="gpt2", legacy=True)
+    make_run(tmp_path, "legacy", subject=1, model="gpt2", legacy=True, n_perm=0)  # as nocoords
     make_run(tmp_path, "nocoords", subject=2, model="gpt2", coords=False, n_perm=0)
     make_report(dirs=[tmp_path], out=tmp_path / "rep", progress=False)
     rows = read_table(tmp_path / "rep" / "table1.csv")
@@ -366,22 +366,121 @@ def test_runs_that_cannot_share_a_table_are_one_clear_error(tmp_path, case):
     assert sorted(p.name for p in rep.iterdir()) == ["notes.txt"]  # nothing written, nothing removed
 
 
-def test_runs_differing_in_other_settings_are_named_in_the_error(tmp_path):
-    # same subject, model, checkpoint, target and solver setting, but other data: not
-    # duplicates, and the error names what differs (Table 1 cannot tell them apart)
-    make_run(tmp_path / "runs", "a", subject=1, model="gpt2",
-             settings={"data.n_channels": 64, "data.seed": 0, "cache_dir": "/c1", "device": "cpu"})
-    make_run(tmp_path / "runs", "b", subject=1, model="gpt2",
-             settings={"data.n_channels": 8, "data.seed": 0, "cache_dir": "/c2", "device": "cuda",
-                       "target.window": 2.0})
-    with pytest.raises(ReportError) as err:
-        make_report(dirs=[tmp_path / "runs"], out=tmp_path / "rep", progress=False)
-    msg = str(err.value)
-    assert "differ in data.n_channels (64 in " in msg and "8 in " in msg
-    assert "target.window" in msg
-    # settings that do not change results are not named
-    assert "cache_dir" not in msg and "device" not in msg and "data.seed" not in msg
-    assert not (tmp_path / "rep").exists()
+def _pivot_cells(md: str) -> list[list[str]]:
+    return [[c.strip() for c in ln.split("|")[1:-1]] for ln in md.splitlines()
+            if ln.startswith("|") and not ln.startswith("|---")]
+
+
+def _column_means(md: str) -> dict[str, str]:
+    """{pivot column heading: its mean-row cell} over every table of table1.md."""
+    out, head = {}, None
+    for cells in _pivot_cells(md):
+        if cells[0] == "participant":
+            head = cells
+        elif cells[0] == "mean":
+            out.update({h: c.split(" n=")[0] for h, c in zip(head[1:], cells[1:])})
+    return out
+
+
+# One setting each that changes a score; (key, value of runs a1/a2, value of run b3).
+SPLITTING = [("data.root", "/data/site-a", "/data/site-b"), ("data.n_channels", 16, 127),
+             ("data.n_words", 100, 40), ("target.window", None, 0.5), ("seed", 0, 1),
+             ("data.seed", 0, 3), ("solver.cv", "loo", "kfold"), ("solver.tol", 1e-4, 1e-2),
+             ("solver.max_iter", 1000, 50), ("solver.fit_intercept", True, False),
+             ("signal.l_freq", 70.0, 60.0), ("model.layer", "last", "0"),
+             ("solver.n_permutations", 20, 100)]
+
+
+@pytest.mark.parametrize("key,value_a,value_b", SPLITTING, ids=[k for k, *_ in SPLITTING])
+def test_runs_differing_in_one_setting_are_never_averaged_and_the_key_is_named(
+        tmp_path, capsys, key, value_a, value_b):
+    """sub-01, sub-02 with one value, sub-03 with another (one Table 1 column before): two
+    columns, each mean over its own runs only, the key named in table1.md, table1.csv and on
+    stderr. Runtime keys that differ too (cache_dir, device) are never named."""
+    runs = {}
+    for name, subject, value in (("a1", 1, value_a), ("a2", 2, value_a), ("b3", 3, value_b)):
+        settings = {"cache_dir": f"/cache/{name}", "device": "cpu" if subject < 3 else "cuda"}
+        kwargs = {}
+        if key == "solver.n_permutations":  # "auto" in both configs; the fitted counts differ
+            settings[key], kwargs["n_perm"] = "auto", value
+        else:
+            settings[key] = value
+        runs[name] = make_run(tmp_path / "runs", name, subject=subject, model="gpt2",
+                              seed=subject, settings=settings, **kwargs)
+    out = tmp_path / "rep"
+    make_report(dirs=[tmp_path / "runs"], out=out, figures=False, progress=False)
+    md = (out / "table1.md").read_text()
+    means = _column_means(md)
+    assert len([h for h in means if h.endswith("PCC")]) == 2, md
+    for group in (("a1", "a2"), ("b3",)):
+        s = [summary(runs[n])["scores"] for n in group]
+        expect = (f"{np.mean([x['pcc_across_electrodes'] for x in s]):.3f} "
+                  f"({np.mean([x['baseline_pcc_across_electrodes'] for x in s]):.3f})")
+        assert expect in means.values(), (group, means)
+    mixed = np.mean([summary(r)["scores"]["pcc_across_electrodes"] for r in runs.values()])
+    assert not any(v.startswith(f"{mixed:.3f} ") for v in means.values())
+    assert f"**Settings differ** between these runs in {key}:" in md
+    rows = {r["run"].rsplit("/", 1)[-1]: r for r in read_table(out / "table1.csv")}
+    shown = {"None": "null", "True": "True", "False": "False"}.get(str(value_b), f"{value_b:g}"
+                                                                     if isinstance(value_b, float)
+                                                                     else str(value_b))
+    assert rows["b3"]["settings"] == f"{key}={shown}"
+    assert rows["a1"]["settings"] == rows["a2"]["settings"] != rows["b3"]["settings"]
+    err = capsys.readouterr().err
+    assert f"settings differ between runs: {key} (" in err
+    for text in (md, err, (out / "table1.csv").read_text()):
+        assert "cache_dir" not in text and "device=" not in text and "devices" not in text
+
+
+def test_the_issues_mixed_runs_split_into_columns_and_figures(tmp_path, capsys):
+    """A 16-electrode, 20-permutation run and a 127-electrode, 100-permutation run from another
+    data root (issue 17, section 5): never one column, mean, R2 figure or histogram bar."""
+    make_run(tmp_path / "outputs", "x", subject=1, model="gpt2", n_electrodes=16, n_perm=20,
+             settings={"data.root": "/a/SingleWordProductionDutch-iBIDS", "data.n_channels": 16})
+    make_run(tmp_path / "outputs", "y", subject=2, model="gpt2", n_electrodes=127, n_perm=100,
+             settings={"data.root": "/b/SingleWordProductionDutch-iBIDS", "data.n_channels": None})
+    written = make_report(dirs=[tmp_path / "outputs"], out=tmp_path / "r", progress=False)
+    keys = "data.n_channels, data.root, solver.n_permutations"
+    assert f"settings differ between runs: {keys} (" in capsys.readouterr().err
+    md = (tmp_path / "r" / "table1.md").read_text()
+    assert f"**Settings differ** between these runs in {keys}:" in md
+    # both roots end in the same folder name: numbered in labels, named in full in the note
+    labels = sorted(h.removesuffix(" PCC") for h in _column_means(md) if h.endswith(" PCC"))
+    assert labels == ["gpt2_data.n_channels-16_data.root-1_solver.n_permutations-20",
+                      "gpt2_data.n_channels-null_data.root-2_solver.n_permutations-100"]
+    assert "data.root=/b/SingleWordProductionDutch-iBIDS" in md
+    names = {p.name for p in written}
+    for label, subject in zip(labels, ("1", "2")):
+        assert f"fig_r2_{label}.png" in names
+        assert {r["subject"] for r in read_table(tmp_path / "r" / f"fig_r2_{label}.csv")} == {subject}
+    hist = read_table(tmp_path / "r" / "fig_r2_histogram.csv")
+    assert {r["model"] for r in hist} == set(labels)
+    assert {r["n_participants"] for r in hist} == {"1"}
+
+
+def test_identical_settings_merge_as_before_and_model_keys_compare_within_a_model(tmp_path, capsys):
+    """Runs equal in every result-changing setting share columns whatever their runtime keys;
+    gpt2's model.layer is not compared with fasttext (which has none)."""
+    common = {"data.n_channels": 16, "solver.cv": "loo", "target.window": None}
+    for i, (subject, model) in enumerate([(1, "gpt2"), (2, "gpt2"), (1, "fasttext"), (2, "fasttext")]):
+        extra = {"model.layer": "last"} if model == "gpt2" else {"model.mmap": i % 2 == 0}
+        make_run(tmp_path / "runs", f"{i}", subject=subject, model=model, seed=i,
+                 settings={**common, **extra, "cache_dir": f"/c{i}", "progress": i % 2 == 0,
+                           "solver.strategy": "gpu" if i else "cpu", "device": f"cuda:{i}"})
+    make_report(dirs=[tmp_path / "runs"], out=tmp_path / "rep", figures=False, progress=False)
+    md = (tmp_path / "rep" / "table1.md").read_text()
+    assert _pivot_cells(md)[0] == ["participant", "fasttext PCC", "fasttext R2", "gpt2 PCC", "gpt2 R2"]
+    assert "Settings differ" not in md and "settings differ" not in capsys.readouterr().err
+    assert "settings" not in read_table(tmp_path / "rep" / "table1.csv")[0]
+
+
+def test_runs_without_a_recorded_config_are_kept_apart(tmp_path):
+    make_run(tmp_path / "runs", "new", subject=1, model="gpt2", settings={"data.n_channels": 8})
+    make_run(tmp_path / "runs", "old", subject=2, model="gpt2", drop="config")
+    make_report(dirs=[tmp_path / "runs"], out=tmp_path / "rep", figures=False, progress=False)
+    md = (tmp_path / "rep" / "table1.md").read_text()
+    heads = [h for h in _column_means(md) if h.endswith("PCC")]
+    assert heads == ["gpt2_config-not-recorded PCC", "gpt2_config-recorded PCC"], md
 
 
 @pytest.mark.slow

@@ -11,7 +11,10 @@ Rules (also in the README, section Report):
   that are not complete (``gpurecon.outputs.is_complete`` where available) are skipped with a
   note. A DIR with no finished run is an error naming it.
 - Real and synthetic runs together are an error (their scores cannot share a table); so are
-  two runs of the same subject, model, checkpoint, target and solver setting. Synthetic data
+  two runs of the same subject, model and settings (duplicates). Runs that differ in any other
+  result-changing setting (data root, data.n_channels, target.window, n_permutations, layer,
+  ...) are never averaged together: the differing keys split the labels (own column, mean and
+  figures), are named in table1.md, in table1.csv (column ``settings``) and on stderr. Synthetic data
   and untrained models are flagged (column ``flags``, footnotes, figure titles).
 - Table 1 has one row per (subject, model, setting); a sweep over alpha / l1_ratio gives one
   row per setting, the Markdown one pivot table per setting, and a heat map per participant
@@ -39,7 +42,7 @@ from .draw import FigureSpec, write_figure
 from .figures import r2_histogram, r2_per_model, score_grid
 from .figures_run import electrode_map, null_histogram, timecourse
 from .runs import ReportError, Run, find_runs
-from .settings import check_comparable
+from .settings import check_comparable, split_lines
 from .table import write_table
 
 __all__ = ["ReportError", "Run", "find_runs", "figure_specs", "make_report"]
@@ -99,7 +102,7 @@ def make_report(*, dirs: list[str | os.PathLike], out: str | os.PathLike, figure
     if not overwrite:
         _refuse_to_replace(Path(out), ["table1.csv", "table1.md",
                                        *(f"{s.stem}.{ext}" for s in specs for ext in ("csv", "png"))])
-    for note in notes + skipped:
+    for note in notes + split_lines(runs) + skipped:
         print(f"gpurecon.report: {note}", file=sys.stderr)
     out = Path(out)
     created_out = not out.exists()

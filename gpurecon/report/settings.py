@@ -4,9 +4,14 @@ A run's *setting* is (checkpoint, target kind, alpha, l1_ratio). Table 1 keeps o
 (subject, model, setting); figure and table labels name a model, plus whichever parts of the
 setting differ between the runs of that model (``gpt2``, or ``gpt2_ckpt-tiny_a0.1_l0.5`` in a
 sweep). A grid run (lists of alpha / l1_ratio, nested selection) has its lists as its
-setting (``0.1;1``; ``a0.1-1`` in file names). Runs of the same subject, model and setting
-cannot share Table 1: identical ones are duplicates, others differ in config keys outside the
-setting (``data.n_channels``, ``target.window``, ...), which the error names.
+setting (``0.1;1``; ``a0.1-1`` in file names).
+
+Every other config key that can change a score (``data.root``, ``data.n_channels``,
+``target.window``, ``solver.n_permutations``, ``model.layer``, seeds, ...; not the runtime keys
+of :data:`RUNTIME_KEYS`) is either equal in all runs or splits them: the label then names it
+(``gpt2_data.n_channels-16``), so runs that differ in it get their own Table 1 column, mean and
+figures and are never averaged together (:func:`split_keys`, :func:`settings_text`). Runs of
+the same subject and label are duplicates: an error.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ def setting(run: Run) -> tuple[str, str, str, str]:
 
 def check_comparable(runs: list[Run]) -> None:
     """One clear error for runs that must not share a table: real and synthetic data mixed,
-    or two runs of the same subject, model and setting (which one would Table 1 show?)."""
+    or two runs of the same subject, model, setting and other settings (duplicates: which one
+    would Table 1 show?). Runs that differ in any other result-changing setting get separate
+    labels (:func:`model_label`) and are not an error."""
     kinds = {}
     for run in runs:
         kinds.setdefault(run.data, run.name)
@@ -39,28 +46,31 @@ def check_comparable(runs: list[Run]) -> None:
                           "report real and synthetic runs separately")
     seen: dict[tuple, Run] = {}
     for run in runs:
-        key = (run.subject, run.model, *setting(run))
+        key = (run.subject, run_label(run, runs))
         if key in seen:
             first = seen[key]
-            differ = differing_settings(first, run)
-            if not differ:
-                raise ReportError(
-                    f"{first.name} and {run.name} are runs of the same subject, model, "
-                    "checkpoint, target and solver setting; give the report only one of them")
-            listed = "; ".join(f"{k} ({_show(a)} in {first.name}, {_show(b)} in {run.name})"
-                               for k, a, b in differ)
             raise ReportError(
-                f"{first.name} and {run.name} are runs of the same subject, model, checkpoint, "
-                f"target and solver setting that differ in {listed}; Table 1 has one row per "
-                "subject, model and setting: report them separately")
+                f"{first.name} and {run.name} are runs of the same subject, model, "
+                "checkpoint, target, solver setting and every other result-changing setting; "
+                "give the report only one of them")
         seen[key] = run
 
 
 # Config keys that say where and how fast a run worked, not what it computed: two runs that
 # differ only in these are the same run. Every other key of summary.json's `config` (data,
-# signal, target, model, solver settings, seeds) can change the scores.
-RUNTIME_KEYS = frozenset({"cache_dir", "progress", "resume", "device", "devices",
-                          "signal.chunk_channels", "solver.memory_budget_gb", "model.batch_size"})
+# signal, target, model, solver settings, seeds) can change the scores. solver.strategy picks
+# the engine path (certified to the same tolerance), like device.
+RUNTIME_KEYS = frozenset({"cache_dir", "progress", "resume", "overwrite", "device", "devices",
+                          "signal.chunk_channels", "solver.memory_budget_gb", "solver.strategy",
+                          "model.batch_size", "model.mmap",
+                          # limits that refuse or time out a run, never change its scores
+                          "cache_lock_timeout", "solver.max_problems"})
+
+# Keys Table 1 already shows as rows, columns or headings (subject, model label, setting).
+SHOWN_KEYS = frozenset({"subject", "model.name", "model.checkpoint", "target.kind",
+                        "solver.alpha", "solver.l1_ratio"})
+
+NOT_RECORDED = "not recorded"
 
 
 def _flatten(node, prefix: str = "") -> dict[str, object]:
@@ -74,12 +84,25 @@ def _flatten(node, prefix: str = "") -> dict[str, object]:
 
 def result_settings(run: Run) -> dict[str, object]:
     """The run's config (summary.json ``config``) as dotted keys, less :data:`RUNTIME_KEYS`
-    and Hydra's own keys; empty for runs that did not record their config."""
+    and Hydra's own keys; empty for runs that did not record their config.
+
+    Values that a config leaves to the run are taken as the run resolved them:
+    ``data.kind`` (``auto``) is the data the run used (provenance ``data``), and
+    ``solver.n_permutations`` (``auto``: 100 on CPU, 1000 on CUDA) the count the run fitted
+    (summary ``solver.n_permutations``)."""
+    if "settings" in run._cache:
+        return run._cache["settings"]
     config = run.summary.get("config")
-    if not isinstance(config, dict):
-        return {}
-    return {k: v for k, v in _flatten(config).items()
-            if k not in RUNTIME_KEYS and k.split(".")[0] != "hydra"}
+    out: dict[str, object] = {}
+    if isinstance(config, dict):
+        out = {k: v for k, v in _flatten(config).items()
+               if k not in RUNTIME_KEYS and k.split(".")[0] != "hydra"}
+        out["data.kind"] = run.data
+        fitted = run._get("solver", "n_permutations", default=None)
+        if fitted is not None:
+            out["solver.n_permutations"] = fitted
+    run._cache["settings"] = out
+    return out
 
 
 def differing_settings(a: Run, b: Run) -> list[tuple[str, object, object]]:
@@ -91,8 +114,89 @@ def differing_settings(a: Run, b: Run) -> list[tuple[str, object, object]]:
             if sa.get(k, missing) != sb.get(k, missing)]
 
 
-def _show(value) -> str:
-    return value if isinstance(value, str) else repr(value)
+def _other_settings(run: Run) -> dict[str, object]:
+    """:func:`result_settings` less :data:`SHOWN_KEYS`, plus ``config``: ``recorded``, or
+    ``not recorded`` for a run without a config (older runs: their settings cannot be checked,
+    so they are kept apart from runs that recorded theirs)."""
+    settings = result_settings(run)
+    if not settings:
+        return {"config": NOT_RECORDED}
+    return {"config": "recorded", **{k: v for k, v in settings.items() if k not in SHOWN_KEYS}}
+
+
+_ABSENT = "<absent>"
+_MEMO: dict[tuple[int, ...], tuple[tuple[Run, ...], dict]] = {}
+
+
+def _split(runs: list[Run]) -> dict:
+    """{"keys": {model: [key, ...]}, "parts": {id(run): [(key, value, label text), ...]}}."""
+    memo_key = tuple(id(r) for r in runs)
+    hit = _MEMO.get(memo_key)
+    if hit is not None:  # the runs are kept in the memo, so their ids are not reused
+        return hit[1]
+    settings = {id(r): _other_settings(r) for r in runs}
+    recorded = [r for r in runs if settings[id(r)]["config"] != NOT_RECORDED]
+
+    def values(key: str, among: list[Run]) -> set[str]:
+        return {_value_text(settings[id(r)].get(key, _ABSENT)) for r in among}
+
+    keys: dict[str, list[str]] = {}
+    common = {k for r in recorded for k in settings[id(r)] if not k.startswith("model.")}
+    shared = sorted(k for k in common if len(values(k, recorded)) > 1)
+    if len(values("config", runs)) > 1:
+        shared = sorted({*shared, "config"})
+    for model in sorted({r.model for r in runs}):
+        same = [r for r in recorded if r.model == model]
+        own = {k for r in same for k in settings[id(r)] if k.startswith("model.")}
+        keys[model] = sorted([*shared, *(k for k in own if len(values(k, same)) > 1)])
+    parts: dict[int, list[tuple[str, object, str]]] = {}
+    for run in runs:
+        mine = settings[id(run)]
+        parts[id(run)] = []
+        for key in keys[run.model]:
+            if key != "config" and mine["config"] == NOT_RECORDED:
+                continue
+            texts = sorted(values(key, [r for r in runs if key in keys[r.model]]))
+            text = _value_text(mine.get(key, _ABSENT))
+            # two values that read the same in a file name (two data roots both ending in
+            # iBIDS) are numbered instead, in sorted order; table1.md lists the values
+            label = (_slug(text) if len({_slug(t) for t in texts}) == len(texts)
+                     else str(texts.index(text) + 1))
+            parts[id(run)].append((key, mine.get(key, _ABSENT), label))
+    if len(_MEMO) > 64:
+        _MEMO.clear()
+    out = {"keys": keys, "parts": parts}
+    _MEMO[memo_key] = (tuple(runs), out)
+    return out
+
+
+def split_keys(runs: list[Run]) -> dict[str, list[str]]:
+    """Per model, the sorted result-changing keys (outside :data:`SHOWN_KEYS`) whose values
+    differ between ``runs``: ``model.*`` keys between the runs of that model (gpt2 has a
+    layer, fasttext none), every other key between all runs; a key one run lacks differs
+    (``<absent>``). Empty lists: every setting is equal."""
+    return _split(runs)["keys"]
+
+
+def all_split_keys(runs: list[Run]) -> list[str]:
+    """Every key that splits ``runs`` (any model), sorted."""
+    return sorted({k for keys in split_keys(runs).values() for k in keys})
+
+
+def settings_text(run: Run, runs: list[Run]) -> str:
+    """``data.n_channels=16; solver.n_permutations=20``: the values of the keys that split
+    ``runs`` (:func:`split_keys`) in ``run``; empty when nothing splits them."""
+    return "; ".join(f"{k}={_value_text(v)}" for k, v, _ in _split(runs)["parts"][id(run)])
+
+
+def _value_text(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_value_text(v) for v in value) + "]"
+    return str(value)
 
 
 def _slug(text: str) -> str:
@@ -101,13 +205,16 @@ def _slug(text: str) -> str:
 
 
 def model_label(run: Run, runs: list[Run]) -> str:
-    """The model, plus the checkpoint / target kind where the model's runs differ in them."""
+    """The model, plus the checkpoint / target kind where the model's runs differ in them,
+    plus every other result-changing setting that differs (:func:`split_keys`):
+    ``gpt2_ckpt-tiny``, ``gpt2_data.n_channels-16_solver.n_permutations-20``."""
     same = [r for r in runs if r.model == run.model]
     parts = [run.model]
     if len({r.checkpoint for r in same}) > 1:
         parts.append(f"ckpt-{_slug(run.checkpoint)}")
     if len({r.target_kind for r in same}) > 1:
         parts.append(run.target_kind)
+    parts += [f"{key}-{text}" for key, _, text in _split(runs)["parts"][id(run)]]
     return "_".join(parts)
 
 
@@ -138,4 +245,14 @@ def provenance_lines(runs: list[Run]) -> list[str]:
             f"data: {', '.join(sorted({r.data for r in runs}))}",
             f"device: {', '.join(sorted({r.device for r in runs}))}",
             f"checkpoint: {'; '.join(ckpts)}",
-            f"runs: {len(runs)} (folders in table1.csv, column run)"]
+            f"runs: {len(runs)} (folders in table1.csv, column run)",
+            *split_lines(runs)]
+
+
+def split_lines(runs: list[Run]) -> list[str]:
+    """One line naming the settings that differ between ``runs`` (none: no line)."""
+    keys = all_split_keys(runs)
+    if not keys:
+        return []
+    return [f"settings differ between runs: {', '.join(keys)} (each value its own label, "
+            "column and mean; never averaged together)"]

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from .. import outputs
 from .runs import Run
-from .settings import model_label, provenance_lines, setting, solver_text, subject_label
+from .settings import (all_split_keys, model_label, provenance_lines, setting, settings_text,
+                       solver_text, subject_label)
 
 SCORES = [  # (table column, summary.json scores key)
     ("pcc", "pcc_across_electrodes"),
@@ -41,10 +42,12 @@ def table_rows(runs: list[Run]) -> tuple[list[str], list[list]]:
     """Header and rows of table1.csv, sorted by subject, model, setting; values exactly as
     each run's summary.json holds them (missing optional scores: empty cells)."""
     with_null = any(r.has_null() for r in runs)
+    split = bool(all_split_keys(runs))  # runs differ in other settings: name them per row
     header = ["subject", "model", "checkpoint", "data", "target", "alpha", "l1_ratio", "n_trials",
               "n_electrodes", *(c for c, _ in SCORES), "pcc_per_electrode",
               "baseline_pcc_per_electrode", "n_electrodes_fdr05",
-              *((c for c, _ in NULL_SCORES) if with_null else ()), "flags", "run"]
+              *((c for c, _ in NULL_SCORES) if with_null else ()),
+              *(("settings",) if split else ()), "flags", "run"]
     rows = []
     for run in sorted(runs, key=lambda r: (r.subject, r.model, setting(r), r.name)):
         fdr = run.score("n_electrodes_fdr_05", required=False)
@@ -56,6 +59,8 @@ def table_rows(runs: list[Run]) -> tuple[list[str], list[list]]:
                "" if math.isnan(fdr) else int(fdr)]
         if with_null:
             row += [_cell(run.score(key, required=False)) for _, key in NULL_SCORES]
+        if split:
+            row.append(settings_text(run, runs))
         rows.append(row + [flags(run), run.name])
     return header, rows
 
@@ -127,6 +132,12 @@ def _pivot(part: list[Run], runs: list[Run]) -> list[str]:
 
 def _footnotes(runs: list[Run]) -> list[str]:
     notes = []
+    keys = all_split_keys(runs)
+    if keys:
+        labels = sorted({(model_label(r, runs), settings_text(r, runs)) for r in runs})
+        notes.append(f"**Settings differ** between these runs in {', '.join(keys)}: each "
+                     "value is its own column (and mean), never averaged with another; "
+                     + "; ".join(f"`{label}`: {text}" for label, text in labels) + ".")
     if any(r.data == "synthetic" for r in runs):
         notes.append("**Synthetic data**: these runs used the synthetic dataset (planted ground "
                      "truth), not recordings; the scores test the pipeline, not the study.")
