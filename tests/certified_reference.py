@@ -40,7 +40,7 @@ import scipy.linalg as sla
 # max_j ||x_j|| * ||yc||, the size of the gradient at w = 0) and the duality gap below
 # GAP_TOL * ||yc||^2: both are rounding level for float64 on the problems of the tests
 KKT_TOL = 1e-10
-GAP_TOL = 1e-12
+GAP_TOL = 1e-10
 MAX_ROUNDS = 30
 # rounds allowed from a caller's start before falling back to coordinate descent
 WARM_ROUNDS = 3
