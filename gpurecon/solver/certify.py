@@ -25,14 +25,19 @@ GEMM). Otherwise the active set moves, as in a primal-dual active-set method: co
 sign flipped leave ``A``; inactive features violating (ii) enter with the sign of ``x_j^T r``;
 repeat. From the engine's near-optimal iterate this takes one or two rounds.
 
-Batching: the problems of one group (grid point, target) share a working set ``W`` (the union
-of their active sets), and every fold's Gram on ``W`` is the all-rows Gram minus a few
-downdate rows (held-out rows and the centring term), so one ``|W| x |W|`` Gram per group
-serves every fold; the fold's active set is imposed by replacing the other rows and columns
-of its system with the identity. A problem whose system does not factorise (the lasso on more
-active features than it has rank, e.g. duplicated columns) or whose active set keeps moving
-is left as the engine returned it and reported as not certified; its convergence is then
-decided by sklearn's gap, recomputed here in float64 for the returned coefficients.
+Batching. Where a ridge term is present and most of a group's folds are open (the first rounds
+of leave-one-out), the rounds run as :func:`.newton.pdas` on the group's working set: one
+inverse of the all-rows Gram per group, each fold's Gram a Woodbury downdate of it (held-out
+rows and the centring term). Otherwise (the lasso, a few open problems, working sets wider
+than n) each problem's system is gathered on its own active columns and factorised (Cholesky;
+past ``n`` active features the ``n x n`` Woodbury form), with two steps of iterative
+refinement; the lasso's singular-but-consistent systems (duplicated columns both active)
+get a tiny jitter that the refinement removes. Violators enter at most ``ADD_FRACTION`` of
+the active set per round, the strongest first. A problem whose system does not factorise or
+whose active set keeps moving (the primal-dual active-set method is not globally convergent:
+it can cycle on rank-saturated lasso folds) is left as the engine returned it and reported as
+not certified; its convergence is then decided by sklearn's gap, recomputed here in float64
+for the returned coefficients.
 Pure ridge problems (``l1_ratio == 0``) have no sign pattern: their gap certifies them
 (strong convexity bounds the distance to the optimum), so they are passed through.
 """
@@ -229,17 +234,6 @@ def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems)
     if not bool(act.any()):
         solved = open_.clone()
         return x, solved
-    # two ways to build the systems: per group, one all-rows Gram of the working set shared by
-    # its folds (fold Gram = Gram - downdate rows; cheap when the folds' active sets fill most
-    # of the working set, e.g. leave-one-out), or per problem from its own active columns
-    # (cheap when the folds' supports differ, e.g. k-fold at small alpha); take the cheaper
-    kmax, n_open, s_u = (int(v) for v in torch.stack([act.sum(-1).max(), open_.sum(),
-                                                      act.any(1).sum(1).max()]).tolist())
-    r = folds.held_out.shape[1] + 1
-    shared = K * F * (s_u ** 3 / 3 + 2 * r * s_u * s_u) + K * n * s_u * s_u
-    compact = n_open * (2 * n * kmax * kmax + kmax ** 3 / 3 + 10 * n * kmax)
-    if shared <= compact:
-        return _solve_shared(design, folds, ws, act, sign, yc, a, b, open_, max_elems)
     probs = torch.nonzero(open_.reshape(-1)).squeeze(1)                         # flat (K*F) problems
     act_f = act.reshape(K * F, s)[probs]
     sign_f = sign.reshape(K * F, s)[probs]
@@ -259,58 +253,6 @@ def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems)
     x.view(K * F, s)[probs] = x_f
     solved.view(-1)[probs] = ok_f
     return x, solved
-
-
-def _solve_shared(design, folds, ws, act, sign, yc, a, b, open_, max_elems):
-    """Sign-pattern solves with one Gram per group: a fold's system is the all-rows Gram of
-    the working set minus its downdate rows, restricted to its active set (other rows and
-    columns replaced by the identity); returns (x (K, F, s), solved (K, F))."""
-    K, F, s_ws = act.shape
-    n = design.n
-    dev = ws.device
-    x_ws = torch.zeros((K, F, s_ws), dtype=F64, device=dev)
-    # the Gram is built on the union of the folds' active sets only (the working set also
-    # holds screened, inactive features)
-    member = act.any(1)
-    s = max(int(member.sum(1).max()), 1)
-    pos = torch.argsort((~member).to(torch.int8), dim=1, stable=True)[:, :s]   # (K, s)
-    inside = torch.arange(s, device=dev)[None, :] < member.sum(1, keepdim=True)
-    ws = torch.where(inside, ws.gather(1, pos), design.p)
-    act = act.gather(2, pos[:, None, :].expand(K, F, s)) & inside[:, None, :]
-    sign = sign.gather(2, pos[:, None, :].expand(K, F, s))
-    x = torch.zeros((K, F, s), dtype=F64, device=dev)
-    solved = torch.zeros((K, F), dtype=torch.bool, device=dev)
-    groups = torch.nonzero(open_.any(1)).squeeze(1)
-    r = folds.held_out.shape[1] + 1
-    step = max(1, int(max_elems // max(1, F * (4 * s * s + r * s + 2 * n + 6 * s))))
-    eye = torch.eye(s, dtype=F64, device=dev)
-    for lo in range(0, groups.numel(), step):
-        g = groups[lo:lo + step]
-        xw = design.X[:n][:, ws[g]].permute(1, 0, 2)                             # (k, n, s)
-        u = _downdates(design, folds, ws[g], F64)                               # (k, F, r, s)
-        hess = torch.bmm(xw.transpose(1, 2), xw)[:, None] - torch.einsum("kfrs,kfrt->kfst", u, u)
-        c = torch.bmm(yc[g], xw)                                                # (k, F, s)
-        ag, bg, sg = act[g], b[g][..., None], sign[g]
-        for _ in range(MAX_DROPS):
-            both = ag[..., :, None] & ag[..., None, :]
-            m = torch.where(both, hess + bg[..., None] * eye, eye)
-            rhs = torch.where(ag, c - a[g][..., None] * sg, 0.0)
-            jitter = torch.where(bg[..., 0] > 0, 0.0, LASSO_JITTER * hess.diagonal(dim1=-2, dim2=-1).mean(-1))
-            chol, info = torch.linalg.cholesky_ex(m + jitter[..., None, None] * eye * both)
-            sol = torch.cholesky_solve(rhs[..., None], chol)
-            for _refine in range(REFINE_STEPS):
-                sol = sol + torch.cholesky_solve(rhs[..., None] - m @ sol, chol)
-            sol = sol[..., 0]
-            ok = (info == 0) & torch.isfinite(sol).all(-1)
-            sol = torch.where(ag & ok[..., None], sol, 0.0)
-            flip = ag & (torch.sign(sol) != sg)
-            if not bool(flip.any()):
-                break
-            ag = ag & ~flip
-        x[g] = sol
-        solved[g] = ok & ~flip.any(-1) & open_[g]
-    x_ws.scatter_(2, pos[:, None, :].expand(K, F, s), torch.where(inside[:, None, :], x, 0.0))
-    return x_ws, solved
 
 
 def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p):
