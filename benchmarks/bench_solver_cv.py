@@ -40,14 +40,12 @@ sys.path.insert(0, HERE)
 sys.path.insert(1, os.path.dirname(HERE))
 sys.path.insert(2, os.path.join(os.path.dirname(HERE), "tests"))   # the certified reference
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+# numpy, torch, gpurecon: imported in main(), so that --help answers without them
+np = torch = data = exact_enet = cross_val_predict = kfold = leave_one_out = None
 
-import solver_data as data  # noqa: E402
-from certified_reference import exact_enet  # noqa: E402
-from gpurecon.solver import cross_val_predict, kfold, leave_one_out  # noqa: E402
-
-ALL_FAMILIES = data.FAMILIES + data.NEW_FAMILIES
+ALL_FAMILIES = ("gpt2", "fasttext", "pca", "iid",                                # solver_data.FAMILIES
+                "heavy_tails", "outlier_trials", "collinear", "wide_2000", "wide_10x5000",
+                "target_scales")                                                  # solver_data.NEW_FAMILIES
 # (fraction of alpha_max, l1_ratio) rows per family and scheme
 DEFAULT_ROWS = "1:0.5,0.1:0.5,0.01:0.5,0.001:0.5,0.1:0.05,0.1:1.0"
 
@@ -225,8 +223,20 @@ def count_rows(families):
             + "\n".join(out))
 
 
+def _import_heavy():
+    global np, torch, data, exact_enet, cross_val_predict, kfold, leave_one_out
+    import numpy as np
+    import torch
+
+    import solver_data as data
+    from certified_reference import exact_enet
+    from gpurecon.solver import cross_val_predict, kfold, leave_one_out
+    assert ALL_FAMILIES == data.FAMILIES + data.NEW_FAMILIES, "keep ALL_FAMILIES in step with solver_data"
+
+
 def main(argv=None):
     args = parse_args(argv)
+    _import_heavy()
     torch.set_num_threads(1)
     peers = [p for p in args.peers if installed(p)]
     warm_X, warm_Y = load("gpt2", 2)
@@ -256,8 +266,9 @@ def main(argv=None):
     if args.markdown:
         tmp = args.markdown + ".tmp"
         with open(tmp, "w") as f:
-            f.write(f"`python benchmarks/bench_solver_cv.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n\n"
-                    + text)
+            f.write("## Solver: every CV scheme and family\n\n"
+                    f"`python benchmarks/bench_solver_cv.py {' '.join(sys.argv[1:] if argv is None else argv)}`"
+                    f" (torch {torch.__version__}, 1 thread each side)\n\n" + text)
         os.replace(tmp, args.markdown)
 
 

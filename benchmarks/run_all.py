@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["signal", "solver", "embeddings", "pipeline", "ranks"]   # RESULTS.md order
+BENCHMARKS = ["signal", "solver", "solver_cv", "embeddings", "pipeline", "ranks"]   # RESULTS.md order
 VERSIONS = ["torch", "numpy", "scipy", "scikit-learn", "transformers", "lightning"]
 
 

@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
 OWN_SCRIPTS = ["bench_signal.py", "bench_embeddings.py", "bench_pipeline.py", "bench_solver.py", "bench_ranks.py",
-               "run_all.py"]
+               "bench_solver_cv.py", "run_all.py"]
 
 
 def run(args, timeout=300, **kw):
@@ -78,3 +78,18 @@ def test_solver_benchmark_helpers_call_the_solver_api_as_it_is(monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert res.n_not_converged == 0 and counter.launches > 0
+
+
+def test_solver_cv_benchmark_row_agrees_with_the_certified_optimum(tmp_path):
+    """One row of bench_solver_cv (10-fold, heavy tails): the table's errors are parsed back and
+    gpurecon's held-out predictions sit at the certified optimum; the markdown file has the row."""
+    out = tmp_path / "cv.md"
+    proc = run([str(BENCH / "bench_solver_cv.py"), "--families", "heavy_tails", "--cv", "k10", "--rows", "0.1:0.5",
+                "--targets", "2", "--reps", "1", "--peers", "", "--markdown", str(out)], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| heavy_tails"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "k10 (10)" and cells[2] == "0.1" and cells[3] == "0.5"
+    g_err, s_err = float(cells[7]), float(cells[8])
+    assert g_err < 1e-6 and s_err > g_err
+    assert cells[10] == "0/20"                       # every (fold, target) problem certified
