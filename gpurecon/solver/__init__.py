@@ -8,6 +8,9 @@
 - :mod:`.preprocessing`: fold-wise transforms (:class:`Standardize`, :class:`PCA`).
 - :class:`ElasticNet` (:mod:`.estimator`): a scikit-learn compatible estimator.
 
+Every answer leaves through :mod:`.certify`: the exact solution of its sign pattern, KKT
+verified on all features in float64 (``certified`` in the results says where it held).
+
 Engine modules: :mod:`.working_set` (the working-set engine for one X shared by every fold:
 KKT checks over all features, growing working sets, warm starts from the full-data fit),
 :mod:`.full_set` (every feature always in: small per-fold designs, e.g. PCA fitted per fold),
