@@ -35,6 +35,16 @@ def run_cli(args, tmp_path, cwd=None, env_extra=None, name="out", timeout=600):
     return proc, out
 
 
+def finished_run(args, tmp_path):
+    """A run of ``args`` into ``tmp_path / "out"`` that must succeed and be complete; its folder."""
+    from gpurecon.outputs import is_complete
+
+    proc, out = run_cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert is_complete(out)
+    return out
+
+
 def result_files(folder: Path) -> list[str]:
     """Result files a run left in ``folder``: not Hydra's record, the log, temp files or the
     folder lock (a staging folder or the lock of a killed run is not a result; the next run in

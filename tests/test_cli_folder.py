@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from _cli_helpers import TINY, cli_env, run_cli
+from _cli_helpers import TINY, cli_env, finished_run, run_cli
 from gpurecon.outputs import _HOST, is_complete
 
 FAST = [*TINY, "solver.n_permutations=0", "progress=false"]
@@ -46,11 +46,7 @@ def _refusal(proc, folder: Path, *needles: str) -> str:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("finished")
-    proc, out = run_cli(FAST, tmp)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert is_complete(out)
-    return out
+    return finished_run(FAST, tmp_path_factory.mktemp("finished"))
 
 
 def _users_folder(folder: Path) -> dict[str, bytes]:

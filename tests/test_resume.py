@@ -11,17 +11,13 @@ import sys
 
 import pytest
 
-from _cli_helpers import TINY, cli_env, result_files, run_cli, same_outputs, temp_leftovers
+from _cli_helpers import TINY, cli_env, finished_run, result_files, run_cli, same_outputs, temp_leftovers
 from gpurecon.outputs import is_complete
 
 
 @pytest.fixture(scope="module")
 def clean_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("clean")
-    proc, out = run_cli(TINY, tmp)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert is_complete(out)
-    return out
+    return finished_run(TINY, tmp_path_factory.mktemp("clean"))
 
 
 @pytest.mark.parametrize("stage", ["generation", "high_gamma", "solver", "writing", "publish"])

@@ -51,8 +51,7 @@ import torch
 from .gap import enet_duality_gap
 from .newton import pdas
 from .options import MAX_CONSTRAINTS
-from .working_set import (Design, Folds, Solution, _downdates, _fold_classes, _newton_cols, _rebuild,
-                          target_stats)
+from .working_set import Design, Folds, Solution, _downdates, _fold_classes, _newton_cols, target_stats
 
 F64 = torch.float64
 # KKT tolerances: |x_j^T r| may exceed ``a`` by this fraction (plus rounding of the product,
@@ -103,8 +102,8 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
     -------
     Solution
         Same groups and folds; ``coef`` and ``ws`` (possibly wider: features the certificate
-        added), ``n_iter`` plus the active-set rounds spent here, ``gap`` recomputed in float64 for the returned coefficients, ``converged``
-        = certified or gap within ``sol.tol``, ``score`` the largest ``|x_j^T r| / a`` over the
+        added), ``n_iter`` plus the active-set rounds spent here, ``gap`` recomputed in float64
+        for the returned coefficients, ``converged`` = certified or gap within ``sol.tol``, ``score`` the largest ``|x_j^T r| / a`` over the
         group's folds (the warm starts' screen), and ``certified`` (K, F) bool.
     """
     K, F, _ = sol.coef.shape
