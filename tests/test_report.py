@@ -28,6 +28,11 @@ def read_table(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO("\n".join(lines))))
 
 
+def sidecar(path: Path) -> dict:
+    """The provenance sidecar of a report CSV (``table1.csv.provenance.json``)."""
+    return json.loads(path.with_name(path.name + ".provenance.json").read_text())
+
+
 def summary(run: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
 
@@ -49,8 +54,9 @@ def test_table1_values_equal_each_runs_summary(study):
     rows = read_table(tmp / "rep" / "table1.csv")
     assert list(rows[0]) == [
         "subject", "model", "checkpoint", "data", "target", "alpha", "l1_ratio", "n_trials",
-        "n_electrodes", "pcc", "r2", "baseline_pcc", "baseline_r2", "pcc_per_electrode",
-        "baseline_pcc_per_electrode", "n_electrodes_fdr05", "p_pcc", "p_r2", "flags", "run"]
+        "n_electrodes", "pcc", "pcc_sd_trials", "r2", "r2_sd_trials", "baseline_pcc",
+        "baseline_r2", "pcc_per_electrode", "baseline_pcc_per_electrode", "n_electrodes_fdr05",
+        "null_pcc_95", "p_pcc", "p_r2", "flags", "run"]
     assert [(r["subject"], r["model"]) for r in rows] == [
         ("1", "fasttext"), ("1", "gpt2"), ("2", "fasttext"), ("2", "gpt2")]
     by_key = {(int(r["subject"]), r["model"]): r for r in rows}
@@ -60,7 +66,7 @@ def test_table1_values_equal_each_runs_summary(study):
             "pcc_per_electrode": "pcc_per_electrode_mean",
             "baseline_pcc_per_electrode": "baseline_pcc_per_electrode_mean",
             "p_pcc": "p_pcc_across_electrodes",
-            "p_r2": "p_r2_across_electrodes"}
+            "p_r2": "p_r2_across_electrodes", "null_pcc_95": "null_pcc_across_electrodes_95"}
     for run in runs:
         s = summary(run)
         row = by_key[(s["provenance"]["subject"], s["provenance"]["model"])]
@@ -71,34 +77,44 @@ def test_table1_values_equal_each_runs_summary(study):
         assert row["checkpoint"] == s["provenance"]["checkpoint"]
         assert row["data"] == "synthetic"
         assert row["flags"] == "synthetic;untrained"
-    text = (tmp / "rep" / "table1.csv").read_text()
-    assert "# data: synthetic" in text and "# device: cpu" in text
-    assert "# checkpoint: fasttext=tiny (untrained); gpt2=tiny (untrained)" in text
+    prov = sidecar(tmp / "rep" / "table1.csv")["provenance"]
+    assert "data: synthetic" in prov and "device: cpu" in prov
+    assert "checkpoint: fasttext=tiny (untrained); gpt2=tiny (untrained)" in prov
+    assert not (tmp / "rep" / "table1.csv").read_text().startswith("#")
 
 
-def test_markdown_is_the_papers_shape_with_baselines_mean_row_and_flags(study):
+def test_markdown_rows_hold_each_runs_scores_spread_p_and_flags_in_their_own_column(study):
     tmp, dirs, runs = study
     make_report(dirs=dirs, out=tmp / "rep", figures=False, progress=False)
     md = (tmp / "rep" / "table1.md").read_text()
-    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
-    assert lines[0] == "| participant | fasttext PCC | fasttext R2 | gpt2 PCC | gpt2 R2 |"
+    lines = _pivot_cells(md)
+    assert lines[0] == ["model", "participant", "trials", "electrodes", "PCC", "baseline PCC",
+                        "null 95th PCC", "p PCC", "R2", "baseline R2", "p R2", "notes"]
     s = {(summary(r)["provenance"]["subject"], summary(r)["provenance"]["model"]):
-         summary(r)["scores"] for r in runs}
-    sc = s[(2, "gpt2")]
-    cells = [c.strip() for c in lines[3].split("|")[1:-1]]
-    assert cells[0] == "sub-02"
-    assert cells[3] == (f"{sc['pcc_across_electrodes']:.3f} "
-                        f"({sc['baseline_pcc_across_electrodes']:.3f}) "
-                        f"p={sc['p_pcc_across_electrodes']:.3f}†")  # † untrained
-    assert cells[4] == (f"{sc['r2_across_electrodes']:.3f} "
-                        f"({sc['baseline_r2_across_electrodes']:.3f})†")
-    mean = [c.strip() for c in lines[4].split("|")[1:-1]]
-    assert mean[0] == "mean"
-    r2 = np.mean([s[(1, "fasttext")]["r2_across_electrodes"], s[(2, "fasttext")]["r2_across_electrodes"]])
-    base = np.mean([s[(1, "fasttext")]["baseline_r2_across_electrodes"],
-                    s[(2, "fasttext")]["baseline_r2_across_electrodes"]])
-    assert mean[2] == f"{r2:.3f} ({base:.3f})"
-    assert "**Synthetic data**" in md and "† untrained model (fasttext (tiny), gpt2 (tiny))" in md
+         (summary(r), r) for r in runs}
+    sm, folder = s[(2, "gpt2")]
+    sc = sm["scores"]
+    trials = read_table(folder / "scores_trials.csv")
+    sd = {c: np.std([float(t[c]) for t in trials], ddof=1) for c in ("pcc", "r2")}
+    row = next(c for c in lines if c[:2] == ["GPT-2", "sub-02"])
+    assert row[2:] == [str(sm["n_trials"]), str(sm["n_targets"]),
+                       f"{sc['pcc_across_electrodes']:.3f} ± {sd['pcc']:.3f}",
+                       f"{sc['baseline_pcc_across_electrodes']:.3f}",
+                       f"{sc['null_pcc_across_electrodes_95']:.3f}",
+                       f"{sc['p_pcc_across_electrodes']:.3f}",
+                       f"{sc['r2_across_electrodes']:.3f} ± {sd['r2']:.3f}",
+                       f"{sc['baseline_r2_across_electrodes']:.3f}",
+                       f"{sc['p_r2_across_electrodes']:.3f}",
+                       "synthetic data; untrained model"]
+    assert "†" not in md
+    mean = next(c for c in lines if c[0] == "FastText" and c[1].startswith("mean"))
+    assert mean[1] == "mean ± SD (n=2)"
+    for col, key in ((4, "pcc_across_electrodes"), (8, "r2_across_electrodes")):
+        v = [s[(k, "fasttext")][0]["scores"][key] for k in (1, 2)]
+        assert mean[col] == f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}"   # SD over participants
+    base = np.mean([s[(k, "fasttext")][0]["scores"]["baseline_r2_across_electrodes"] for k in (1, 2)])
+    assert mean[9] == f"{base:.3f}"
+    assert "- synthetic data:" in md and "- untrained model (fasttext (tiny), gpt2 (tiny))" in md
     assert "data: synthetic" in md and "device: cpu" in md
 
 
@@ -108,7 +124,8 @@ def test_models_run_with_two_checkpoints_get_one_column_each(tmp_path):
              untrained=False)
     make_report(dirs=[tmp_path], out=tmp_path / "rep", figures=False, progress=False)
     md = (tmp_path / "rep" / "table1.md").read_text()
-    assert "| participant | gpt2_ckpt-gpt2-small-dutch PCC |" in md and "gpt2_ckpt-tiny R2 |" in md
+    models = [c[0] for c in _pivot_cells(md)[1:]]
+    assert models == ["GPT-2 (checkpoint GroNLP/gpt2-small-dutch)"] * 2 + ["GPT-2 (checkpoint tiny)"] * 2
     rows = read_table(tmp_path / "rep" / "table1.csv")
     assert [(r["checkpoint"], r["flags"]) for r in rows] == [
         ("GroNLP/gpt2-small-dutch", "synthetic"), ("tiny", "synthetic;untrained")]
@@ -118,9 +135,12 @@ def test_same_runs_give_byte_identical_csv_and_markdown(study):
     tmp, dirs, _ = study
     make_report(dirs=dirs, out=tmp / "a", progress=False)
     make_report(dirs=list(reversed(dirs)), out=tmp / "b", progress=False)
-    texts = sorted(p.name for p in (tmp / "a").iterdir() if p.suffix in (".csv", ".md"))
+    texts = sorted(p.name for p in (tmp / "a").iterdir()
+                   if p.suffix in (".csv", ".md", ".tex", ".json"))
     assert "table1.md" in texts and len(texts) > 10
-    assert texts == sorted(p.name for p in (tmp / "b").iterdir() if p.suffix in (".csv", ".md"))
+    assert "table1.tex" in texts and "table1.csv.provenance.json" in texts
+    assert texts == sorted(p.name for p in (tmp / "b").iterdir()
+                           if p.suffix in (".csv", ".md", ".tex", ".json"))
     for name in texts:
         assert (tmp / "a" / name).read_bytes() == (tmp / "b" / name).read_bytes(), name
 
@@ -129,13 +149,14 @@ def test_every_figure_exists_with_its_csv(study):
     tmp, dirs, _ = study
     written = make_report(dirs=dirs, out=tmp / "rep", progress=False)
     out = tmp / "rep"
-    stems = ["fig_r2_fasttext", "fig_r2_gpt2", "fig_r2_histogram"] + [
-        f"fig_{kind}_sub-0{s}_{m}" for kind in ("electrodes", "null")
+    stems = ["fig_r2_fasttext", "fig_r2_gpt2", "fig_r2_models", "fig_r2_histogram"] + [
+        f"fig_{kind}_sub-0{s}_{m}" for kind in ("electrodes", "null", "activity")
         for s in (1, 2) for m in ("fasttext", "gpt2")]
     for stem in stems:
         png, table = out / f"{stem}.png", out / f"{stem}.csv"
         assert png.read_bytes()[:8] == PNG and png.stat().st_size > 5000, stem
-        assert table.read_text().startswith("# gpurecon report"), stem
+        assert not table.read_text().startswith("#"), stem   # plain CSV: header first
+        assert sidecar(table)["provenance"][0].startswith("gpurecon report"), stem
         assert png in written and table in written
     assert not list(out.glob("fig_timecourse_*")) and not list(out.glob("fig_grid_*"))
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
@@ -182,7 +203,9 @@ def test_r2_histogram_puts_outliers_below_minus_one_into_one_underflow_bin(tmp_p
     assert rows[0]["bin_low"] == "-inf"
     assert float(rows[0]["mean_trials"]) == np.mean([np.sum(v < -1.0) for v in r2]) >= 1.5
     assert len(rows) <= 1 + 21  # [-1, 1.1) in 0.1 bins: the -3.2 outlier adds no bins
-    assert "# bin_low -inf: the underflow bin, every trial with R2 < -1" in text
+    assert "bin_low -inf: the underflow bin, every trial with R2 < -1" in sidecar(
+        tmp_path / "rep" / "fig_r2_histogram.csv")["notes"]
+    assert not text.startswith("#")
     check_r2_histogram(rows, {"gpt2": r2})
 
 
@@ -242,7 +265,8 @@ def test_sweep_keeps_one_row_per_setting_and_draws_the_heat_map(tmp_path):
     src = read_table(grid / "grid.csv")
     assert [(r["alpha"], r["l1_ratio"], r["pcc"], r["r2"]) for r in heat] == \
         [(r["alpha"], r["l1_ratio"], r["pcc"], r["r2"]) for r in src]
-    for stem in ("fig_grid_sub-01_gpt2", "fig_r2_gpt2_a0.1_l0.5", "fig_r2_gpt2_a0.1-1_l0.1-0.5-0.9"):
+    for stem in ("fig_grid_sub-01_gpt2", "fig_r2_gpt2_a0.1_l0.5", "fig_r2_gpt2_a0.1-1_l0.1-0.5-0.9",
+                 "fig_r2_models"):
         assert (tmp_path / "rep" / f"{stem}.png").stat().st_size > 5000
 
 
@@ -308,7 +332,8 @@ def test_folder_without_runs_is_one_clear_error_and_writes_nothing(tmp_path, cap
     assert f"{tmp_path / 'afile'}: cannot write the report there" in capsys.readouterr().err
     assert (tmp_path / "afile").read_text() == "mine"
     assert report_main([str(tmp_path / "ok"), "--out", str(tmp_path / "rep"), "--no-figures"]) == 0
-    assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["table1.csv", "table1.md"]
+    assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == [
+        "table1.csv", "table1.csv.provenance.json", "table1.md", "table1.tex"]
 
 
 @pytest.mark.parametrize("fresh_out", [False, True])
@@ -324,11 +349,11 @@ def test_a_failure_while_drawing_figures_leaves_out_as_it_was(study, monkeypatch
     before = {p.name: p.read_bytes() for p in rep.iterdir()} if rep.exists() else None
     real, calls = report.write_figure, []
 
-    def fail_on_the_third(out, spec):
+    def fail_on_the_third(out, spec, *args):
         calls.append(spec.stem)
         if len(calls) == 3:
             raise RuntimeError("drawing failed")
-        return real(out, spec)
+        return real(out, spec, *args)
 
     monkeypatch.setattr(report, "write_figure", fail_on_the_third)
     with pytest.raises(RuntimeError, match="drawing failed"):
@@ -371,15 +396,11 @@ def _pivot_cells(md: str) -> list[list[str]]:
             if ln.startswith("|") and not ln.startswith("|---")]
 
 
-def _column_means(md: str) -> dict[str, str]:
-    """{pivot column heading: its mean-row cell} over every table of table1.md."""
-    out, head = {}, None
-    for cells in _pivot_cells(md):
-        if cells[0] == "participant":
-            head = cells
-        elif cells[0] == "mean":
-            out.update({h: c.split(" n=")[0] for h, c in zip(head[1:], cells[1:])})
-    return out
+def _model_means(md: str) -> dict[str, str]:
+    """{model block: its mean row's "PCC (baseline PCC)"} over every table of table1.md (the
+    mean over participants, its SD left out)."""
+    return {c[0]: f"{c[4].split(' ± ')[0]} ({c[5]})" for c in _pivot_cells(md)
+            if c[1].startswith("mean")}
 
 
 # One setting each that changes a score; (key, value of runs a1/a2, value of run b3).
@@ -410,8 +431,8 @@ def test_runs_differing_in_one_setting_are_never_averaged_and_the_key_is_named(
     out = tmp_path / "rep"
     make_report(dirs=[tmp_path / "runs"], out=out, figures=False, progress=False)
     md = (out / "table1.md").read_text()
-    means = _column_means(md)
-    assert len([h for h in means if h.endswith("PCC")]) == 2, md
+    means = _model_means(md)
+    assert len(means) == 2, md
     for group in (("a1", "a2"), ("b3",)):
         s = [summary(runs[n])["scores"] for n in group]
         expect = (f"{np.mean([x['pcc_across_electrodes'] for x in s]):.3f} "
@@ -419,7 +440,7 @@ def test_runs_differing_in_one_setting_are_never_averaged_and_the_key_is_named(
         assert expect in means.values(), (group, means)
     mixed = np.mean([summary(r)["scores"]["pcc_across_electrodes"] for r in runs.values()])
     assert not any(v.startswith(f"{mixed:.3f} ") for v in means.values())
-    assert f"**Settings differ** between these runs in {key}:" in md
+    assert f"Settings differ between these runs in {key}:" in md
     rows = {r["run"].rsplit("/", 1)[-1]: r for r in read_table(out / "table1.csv")}
     shown = {"None": "null", "True": "True", "False": "False"}.get(str(value_b), f"{value_b:g}"
                                                                      if isinstance(value_b, float)
@@ -443,12 +464,15 @@ def test_the_issues_mixed_runs_split_into_columns_and_figures(tmp_path, capsys):
     keys = "data.n_channels, data.root, solver.n_permutations"
     assert f"settings differ between runs: {keys} (" in capsys.readouterr().err
     md = (tmp_path / "r" / "table1.md").read_text()
-    assert f"**Settings differ** between these runs in {keys}:" in md
-    # both roots end in the same folder name: numbered in labels, named in full in the note
-    labels = sorted(h.removesuffix(" PCC") for h in _column_means(md) if h.endswith(" PCC"))
-    assert labels == ["gpt2_data.n_channels-16_data.root-1_solver.n_permutations-20",
-                      "gpt2_data.n_channels-null_data.root-2_solver.n_permutations-100"]
-    assert "data.root=/b/SingleWordProductionDutch-iBIDS" in md
+    assert f"Settings differ between these runs in {keys}:" in md
+    # both roots end in the same folder name: numbered in file labels, named in full in table1
+    assert sorted(_model_means(md)) == [
+        "GPT-2, data.n_channels=16, data.root=/a/SingleWordProductionDutch-iBIDS [1], "
+        "solver.n_permutations=20",
+        "GPT-2, data.n_channels=null, data.root=/b/SingleWordProductionDutch-iBIDS [2], "
+        "solver.n_permutations=100"]
+    labels = ["gpt2_data.n_channels-16_data.root-1_solver.n_permutations-20",
+              "gpt2_data.n_channels-null_data.root-2_solver.n_permutations-100"]
     names = {p.name for p in written}
     for label, subject in zip(labels, ("1", "2")):
         assert f"fig_r2_{label}.png" in names
@@ -469,7 +493,7 @@ def test_identical_settings_merge_as_before_and_model_keys_compare_within_a_mode
                            "solver.strategy": "gpu" if i else "cpu", "device": f"cuda:{i}"})
     make_report(dirs=[tmp_path / "runs"], out=tmp_path / "rep", figures=False, progress=False)
     md = (tmp_path / "rep" / "table1.md").read_text()
-    assert _pivot_cells(md)[0] == ["participant", "fasttext PCC", "fasttext R2", "gpt2 PCC", "gpt2 R2"]
+    assert sorted(_model_means(md)) == ["FastText", "GPT-2"]
     assert "Settings differ" not in md and "settings differ" not in capsys.readouterr().err
     assert "settings" not in read_table(tmp_path / "rep" / "table1.csv")[0]
 
@@ -479,8 +503,8 @@ def test_runs_without_a_recorded_config_are_kept_apart(tmp_path):
     make_run(tmp_path / "runs", "old", subject=2, model="gpt2", drop="config")
     make_report(dirs=[tmp_path / "runs"], out=tmp_path / "rep", figures=False, progress=False)
     md = (tmp_path / "rep" / "table1.md").read_text()
-    heads = [h for h in _column_means(md) if h.endswith("PCC")]
-    assert heads == ["gpt2_config-not-recorded PCC", "gpt2_config-recorded PCC"], md
+    assert sorted(_model_means(md)) == ["GPT-2, config=not recorded",
+                                        "GPT-2, config=recorded"], md
 
 
 @pytest.mark.slow
@@ -520,7 +544,7 @@ def test_end_to_end_multirun_then_report(tmp_path):
         if name.endswith(".png"):
             assert (out / name).with_suffix(".csv").stat().st_size > 0, name
     md = (out / "table1.md").read_text()
-    assert "| sub-01 |" in md and "| mean |" in md and "untrained" in md
+    assert "| sub-01 |" in md and "| mean ± SD (n=2) |" in md and "untrained" in md
 
 
 def test_report_progress_bar_only_on_a_terminal(study, monkeypatch, capsys):

@@ -38,14 +38,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .draw import FigureSpec, write_figure
+from .draw import DEFAULT_DPI, FORMATS, FigureSpec, sidecar_name, write_figure
 from .figures import r2_histogram, r2_per_model, score_grid
-from .figures_run import electrode_map, null_histogram, timecourse
+from .figures_run import activity, electrode_map, null_histogram, timecourse
 from .runs import ReportError, Run, find_runs
 from .settings import check_comparable, split_lines
 from .table import write_table
 
-__all__ = ["ReportError", "Run", "find_runs", "figure_specs", "make_report"]
+__all__ = ["ReportError", "Run", "check_formats", "find_runs", "figure_specs", "make_report"]
 
 
 def figure_specs(runs: list[Run]) -> tuple[list[FigureSpec], list[str]]:
@@ -56,7 +56,8 @@ def figure_specs(runs: list[Run]) -> tuple[list[FigureSpec], list[str]]:
         specs.append(electrode_map(run, runs))
         for build, why in ((null_histogram, "null histogram: no permutation null "
                                             "(predictions.npz null_pcc_across_electrodes)"),
-                           (timecourse, None)):  # time courses only for target=frames
+                           (timecourse, None),   # time courses only for target=frames
+                           (activity, None)):    # electrode profiles only for trial_mean
             spec = build(run, runs)
             if spec is not None:
                 specs.append(spec)
@@ -65,8 +66,34 @@ def figure_specs(runs: list[Run]) -> tuple[list[FigureSpec], list[str]]:
     return specs, [f"skipped {why} ({n} of {len(runs)} runs)" for why, n in skipped.items()]
 
 
+def check_formats(formats, dpi) -> tuple[tuple[str, ...], int]:
+    """``formats`` (``"png,pdf"`` or a list) as a tuple of allowed names, and ``dpi`` as a
+    positive int; anything else is a :class:`ReportError` naming the allowed values."""
+    names = formats.split(",") if isinstance(formats, str) else list(formats)
+    names = [str(n).strip().lower().lstrip(".") for n in names if str(n).strip()]
+    bad = [n for n in names if n not in FORMATS]
+    if bad or not names:
+        raise ReportError(f"--format must be a comma-separated list of {', '.join(FORMATS)}, "
+                          f"got {formats!r}")
+    try:
+        value = int(dpi)
+    except (TypeError, ValueError):
+        value = 0
+    if isinstance(dpi, bool) or value != dpi or not 10 <= value <= 2400:
+        raise ReportError(f"--dpi must be a whole number from 10 to 2400, got {dpi!r}")
+    return tuple(dict.fromkeys(names)), value
+
+
+def report_names(specs: list[FigureSpec], formats: tuple[str, ...]) -> list[str]:
+    """Every file name the report writes for these figures (and Table 1)."""
+    tables = ["table1.csv", sidecar_name("table1.csv"), "table1.md", "table1.tex"]
+    return tables + [f"{s.stem}.{ext}" for s in specs
+                     for ext in ("csv", sidecar_name("csv"), *formats)]
+
+
 def make_report(*, dirs: list[str | os.PathLike], out: str | os.PathLike, figures: bool = True,
-                progress: bool = True, overwrite: bool = False) -> list[Path]:
+                progress: bool = True, overwrite: bool = False, formats=("png",),
+                dpi: int = DEFAULT_DPI) -> list[Path]:
     """Read the finished runs under ``dirs`` and write Table 1 (and the figures) into ``out``.
 
     Parameters
@@ -76,13 +103,18 @@ def make_report(*, dirs: list[str | os.PathLike], out: str | os.PathLike, figure
     out : path
         Folder to write into (created); only the report's own files are replaced.
     figures : bool
-        False: only table1.csv and table1.md.
+        False: only Table 1 (table1.csv and its sidecar, table1.md, table1.tex).
     progress : bool
         Show a tqdm bar (stderr) over the figures.
     overwrite : bool
         Replace files of ``out`` that have the names of the report's files (an earlier report,
         or the user's own ``table1.md``). False: such a file is an error, before anything is
         drawn or written. Files with other names are never touched.
+    formats : str or sequence of str
+        Figure formats, any of ``png``, ``pdf``, ``svg`` (``"png,pdf,svg"``): PDF and SVG are
+        vector with their fonts embedded (:mod:`.draw`).
+    dpi : int
+        Resolution of the PNG files (10 to 2400; 300 for print).
 
     Returns
     -------
@@ -96,12 +128,12 @@ def make_report(*, dirs: list[str | os.PathLike], out: str | os.PathLike, figure
         compared (nothing is written then); ``out`` holds a file the report would replace
         (without ``overwrite``); or ``out`` cannot be written.
     """
+    formats, dpi = check_formats(formats, dpi)
     runs, notes = find_runs(dirs)
     check_comparable(runs)
     specs, skipped = figure_specs(runs) if figures else ([], [])
     if not overwrite:
-        _refuse_to_replace(Path(out), ["table1.csv", "table1.md",
-                                       *(f"{s.stem}.{ext}" for s in specs for ext in ("csv", "png"))])
+        _refuse_to_replace(Path(out), report_names(specs, formats))
     for note in notes + split_lines(runs) + skipped:
         print(f"gpurecon.report: {note}", file=sys.stderr)
     out = Path(out)
@@ -117,7 +149,7 @@ def make_report(*, dirs: list[str | os.PathLike], out: str | os.PathLike, figure
         # disable=None: no bar when stderr is not a terminal (a log, a pipe), as in the runs
         for spec in tqdm(specs, desc="report figures", unit="figure", file=sys.stderr,
                          disable=None if progress else True):
-            staged += write_figure(staging, spec)
+            staged += write_figure(staging, spec, formats, dpi)
         written = []
         for path in staged:  # same file system: each move is an atomic rename
             os.replace(path, out / path.name)

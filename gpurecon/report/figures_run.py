@@ -7,9 +7,11 @@ import math
 
 import numpy as np
 
-from .draw import FigureSpec, flag_text, message
+from matplotlib.colors import CenteredNorm
+
+from .draw import FigureSpec, flag_text, message, note
 from .runs import Run
-from .settings import provenance_lines, run_label, subject_label
+from .settings import human_label, provenance_lines, run_label, subject_label
 
 FDR_Q = 0.05
 N_BEST = 3          # electrodes shown in the time-course figure
@@ -21,11 +23,11 @@ def _stem(kind: str, run: Run, runs: list[Run]) -> str:
 
 
 def _title(run: Run, runs: list[Run]) -> str:
-    return f"{subject_label(run.subject)} {run_label(run, runs)}"
+    return f"{subject_label(run.subject)}, {human_label(run, runs)}"
 
 
 def electrode_table(run: Run) -> dict[str, np.ndarray] | None:
-    """Per electrode: name, label, x, y, z, pcc, baseline_pcc, q_fdr. Time-resolved runs
+    """Per electrode: name, label, x, y, z, pcc, baseline_pcc, null_pcc_mean, q_fdr. Time-resolved runs
     score every electrode x frame column (``E@frame3``): those are averaged per electrode,
     and an electrode is FDR-significant when any of its frames is."""
     el = run.electrodes()
@@ -35,7 +37,8 @@ def electrode_table(run: Run) -> dict[str, np.ndarray] | None:
     order = list(dict.fromkeys(names))
     nan = np.full(len(names), math.nan)
     labels = el.get("label", np.full(len(names), ""))
-    out = {k: [] for k in ("electrode", "label", "x", "y", "z", "pcc", "baseline_pcc", "q_fdr")}
+    out = {k: [] for k in ("electrode", "label", "x", "y", "z", "pcc", "baseline_pcc",
+                           "null_pcc_mean", "q_fdr")}
     for name in order:
         idx = np.flatnonzero(names == name)
         out["electrode"].append(name)
@@ -43,30 +46,57 @@ def electrode_table(run: Run) -> dict[str, np.ndarray] | None:
         for c in ("x", "y", "z"):
             col = el.get(c, nan)
             out[c].append(float(col[idx[0]]) if col.dtype.kind == "f" else math.nan)
-        for c in ("pcc", "baseline_pcc"):
+        for c in ("pcc", "baseline_pcc", "null_pcc_mean"):
             out[c].append(_finite_mean(el.get(c, nan)[idx]))
         q = el.get("q_fdr", nan)[idx]
         out["q_fdr"].append(float(np.nanmin(q)) if np.isfinite(q).any() else math.nan)
     return {k: np.array(v) for k, v in out.items()}
 
 
+def chance_level(el: dict[str, np.ndarray]) -> tuple[float, str]:
+    """The per-electrode PCC a model scores by chance, and where it comes from: the mean over
+    electrodes of the permutation null's mean (``null_pcc_mean``), else of the baseline's
+    per-electrode PCC (-1 under leave-one-out: the score's own bias, so 0 is not chance), else
+    0 (nothing recorded)."""
+    for col, what in (("null_pcc_mean", "permutation null mean"),
+                      ("baseline_pcc", "baseline (training mean)")):
+        values = el.get(col, np.empty(0))
+        if np.isfinite(values).any():
+            return float(np.nanmean(values)), what
+    return 0.0, "nothing recorded: 0"
+
+
+# Where each anatomical direction is, per panel (ACPC / RAS: +x right, +y anterior, +z up).
+ORIENTATION = {"axial (x-y)": (("L", 0.02, 0.5), ("R", 0.98, 0.5), ("P", 0.5, 0.03),
+                               ("A", 0.5, 0.97)),
+               "sagittal (y-z)": (("P", 0.02, 0.5), ("A", 0.98, 0.5), ("I", 0.5, 0.03),
+                                  ("S", 0.5, 0.97))}
+EQUALS_BASELINE = ("model = baseline: every coefficient is zero, each trial is predicted by "
+                   "its training mean; these are the baseline's scores")
+
+
 def electrode_map(run: Run, runs: list[Run]) -> FigureSpec:
     """Per-electrode PCC (across held-out trials) at the electrode coordinates, axial (x-y) and
-    sagittal (y-z); FDR-significant electrodes (q <= 0.05) ringed. Without coordinates the
-    scores are drawn per electrode and the figure says so."""
+    sagittal (y-z) with L/R, A/P, I/S marked; the colour scale diverges around chance
+    (:func:`chance_level`); FDR-significant electrodes (q <= 0.05) ringed. Without coordinates
+    the scores are drawn per electrode and the figure says so; a model equal to its baseline
+    says so."""
     el = electrode_table(run)
-    header = ["electrode", "label", "x", "y", "z", "pcc", "baseline_pcc", "q_fdr", "significant"]
+    header = ["electrode", "label", "x", "y", "z", "pcc", "baseline_pcc", "null_pcc_mean",
+              "q_fdr", "significant"]
     rows = [] if el is None else [
         [el["electrode"][i], el["label"][i], *(_num(el[c][i]) for c in
-         ("x", "y", "z", "pcc", "baseline_pcc", "q_fdr")), int(el["q_fdr"][i] <= FDR_Q)]
+         ("x", "y", "z", "pcc", "baseline_pcc", "null_pcc_mean", "q_fdr")),
+         int(el["q_fdr"][i] <= FDR_Q)]
         for i in range(len(el["electrode"]))]
     title = f"{_title(run, runs)}: per-electrode PCC{flag_text([run])}"
+    chance, source = chance_level(el) if el is not None else (0.0, "")
     if el is not None and np.isfinite(el["pcc"]).any():
-        # the leave-one-out per-electrode PCC is biased (the baseline scores -1): show both
         base = el["baseline_pcc"]
         base = f" (baseline {np.nanmean(base):.3f})" if np.isfinite(base).any() else ""
         title = (f"{_title(run, runs)}: per-electrode PCC, mean {np.nanmean(el['pcc']):.3f}"
                  f"{base}{flag_text([run])}")
+    same = run.equals_baseline()
 
     def draw(fig):
         if el is None:
@@ -74,8 +104,10 @@ def electrode_map(run: Run, runs: list[Run]) -> FigureSpec:
             return
         sig = el["q_fdr"] <= FDR_Q
         ring = f"FDR q <= {FDR_Q}: {int(sig.sum())} of {sig.size}"
-        lim = max(float(np.nanmax(np.abs(el["pcc"]))), 1e-6) if np.isfinite(el["pcc"]).any() else 1
-        style = dict(c=el["pcc"], cmap="coolwarm", vmin=-lim, vmax=lim, s=30)
+        dev = np.abs(el["pcc"] - chance)
+        half = max(float(np.nanmax(dev)), 1e-6) if np.isfinite(dev).any() else 1.0
+        style = dict(c=el["pcc"], cmap="RdBu_r", norm=CenteredNorm(vcenter=chance, halfrange=half),
+                     s=30, edgecolors="0.4", linewidths=0.3)
         has_xyz = np.isfinite(np.stack([el["x"], el["y"], el["z"]])).all(axis=0)
         nonull = "" if np.isfinite(el["q_fdr"]).any() else " (no permutation null: no FDR)"
         if not has_xyz.any():
@@ -83,6 +115,7 @@ def electrode_map(run: Run, runs: list[Run]) -> FigureSpec:
             sc = ax.scatter(np.arange(len(el["pcc"])), el["pcc"], **style)
             ax.scatter(np.flatnonzero(sig), el["pcc"][sig], s=90, facecolors="none",
                        edgecolors="k", label=ring)
+            ax.axhline(chance, color="0.5", ls=":", lw=1, label=f"chance ({source})")
             ax.set_xlabel("electrode (column order)")
             ax.set_ylabel("PCC across held-out trials")
             message(ax, "no coordinates recorded")
@@ -99,16 +132,39 @@ def electrode_map(run: Run, runs: list[Run]) -> FigureSpec:
                 ax.set_ylabel(f"{b} (mm)")
                 ax.set_aspect("equal", adjustable="datalim")
                 ax.set_title(name, fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
-        fig.colorbar(sc, ax=fig.axes, label="PCC")
+                for letter, x, y in ORIENTATION[name]:
+                    ax.text(x, y, letter, transform=ax.transAxes, ha="center", va="center",
+                            fontsize=10, fontweight="bold", color="0.35", gid=f"orient:{letter}")
+        if same:
+            note(fig.axes[0], EQUALS_BASELINE, gid="equals_baseline", y=0.9)
+        fig.axes[0].legend(fontsize=7, loc="lower right")
+        fig.colorbar(sc, ax=fig.axes, label=f"PCC (white: chance {chance:.3f}, {source})")
         fig.suptitle(title + nonull, fontsize=10)
 
     return FigureSpec(_stem("electrodes", run, runs), header, rows, draw, provenance_lines([run]),
-                      size=(11.0, 5.0))
+                      size=(11.0, 5.0),
+                      notes=(f"colour centre (chance): {chance!r} ({source})",
+                             *((EQUALS_BASELINE,) if same else ())))
+
+
+def null_percentile(run: Run, null: np.ndarray) -> float:
+    """The null's 95th percentile as the run recorded it (the verdict's chance level), else
+    computed from the null values (numpy's default linear interpolation, as torch.quantile)."""
+    q95 = run.score("null_pcc_across_electrodes_95", required=False)
+    return float(np.quantile(null, 0.95)) if math.isnan(q95) else q95
+
+
+def degenerate_null(null: np.ndarray, baseline: float) -> bool:
+    """Every permutation scores the baseline (to 1e-6): the permuted fits, like the model,
+    predict the training mean, so the null says nothing about the embedding."""
+    tol = 1e-6 * max(1.0, abs(baseline))
+    return bool(null.size) and bool(np.all(np.abs(null - baseline) <= tol))
 
 
 def null_histogram(run: Run, runs: list[Run]) -> FigureSpec | None:
-    """The observed PCC across electrodes on its permutation null (None without a null)."""
+    """The observed PCC across electrodes on its permutation null with the null's 95th
+    percentile (the verdict's chance level) drawn; a degenerate null (all permutations equal
+    the baseline) says so. None without a null."""
     pred = run.predictions() or {}
     null = np.asarray(pred.get("null_pcc_across_electrodes", np.empty(0)), dtype=float).ravel()
     if null.size == 0:
@@ -116,11 +172,16 @@ def null_histogram(run: Run, runs: list[Run]) -> FigureSpec | None:
     observed = run.score("pcc_across_electrodes")
     base = run.score("baseline_pcc_across_electrodes")
     p = run.score("p_pcc_across_electrodes", required=False)
+    q95 = null_percentile(run, null)
+    flat = degenerate_null(null, base)
     null_r2 = np.asarray(pred.get("null_r2_across_electrodes", np.full(null.size, math.nan)),
                          dtype=float).ravel()
     if null_r2.size != null.size:
         null_r2 = np.full(null.size, math.nan)
     rows = [[i, float(v), _num(r)] for i, (v, r) in enumerate(zip(null, null_r2))]
+    degenerate = (f"degenerate null: all {null.size} permutations score the baseline "
+                  f"({base:.3f}): the permuted fits predict the training mean (every "
+                  "coefficient zero), so this null cannot show an effect")
 
     def draw(fig):
         ax = fig.add_subplot()
@@ -132,18 +193,91 @@ def null_histogram(run: Run, runs: list[Run]) -> FigureSpec | None:
             edges = np.array([lo - 1e-4, hi + 1e-4])
         ax.hist(null, bins=edges, color="0.6", label=f"permutation null (n={null.size})")
         if edges.size == 2:
-            ax.set_xlim(lo - 2e-3, hi + 2e-3)
-        ax.axvline(observed, color="C3", lw=2, label=f"observed {observed:.3f}")
-        ax.axvline(base, color="C0", ls="--", label=f"baseline {base:.3f}")
+            ax.set_xlim(min(lo, observed, base) - 2e-3, max(hi, observed, base) + 2e-3)
+        ax.axvline(q95, color="k", ls="-.", lw=1.5, gid="null95",
+                   label=f"null 95th percentile {q95:.3f} (chance level)")
+        ax.axvline(observed, color="C3", lw=2, gid="observed", label=f"observed {observed:.3f}")
+        ax.axvline(base, color="C0", ls="--", gid="baseline", label=f"baseline {base:.3f}")
         ax.set_xlabel("PCC across electrodes, mean over held-out trials")
         ax.set_ylabel("permutations")
+        if flat:
+            note(ax, degenerate, gid="degenerate_null")
         ptxt = "" if math.isnan(p) else f", p = {p:.3g}"
         ax.set_title(f"{_title(run, runs)}: observed vs null{ptxt}{flag_text([run])}", fontsize=10)
-        ax.legend(fontsize=8)
+        fig.legend(fontsize=7, loc="outside right upper", frameon=False)
 
     return FigureSpec(_stem("null", run, runs), ["permutation", "null_pcc", "null_r2"], rows, draw,
-                      provenance_lines([run]),
-                      notes=(f"observed pcc_across_electrodes: {observed!r}; p: {p!r}",))
+                      provenance_lines([run]), size=(9.0, 4.5),
+                      notes=(f"observed pcc_across_electrodes: {observed!r}; p: {p!r}; "
+                             f"null 95th percentile: {q95!r}", *((degenerate,) if flat else ())))
+
+
+EXAMPLES = ("best", "median", "worst")
+
+
+def example_trials(pcc: np.ndarray) -> list[tuple[str, int]]:
+    """The trials with the best, median and worst per-trial PCC (ties: the lower index)."""
+    finite = np.flatnonzero(np.isfinite(pcc))
+    if finite.size == 0:
+        return []
+    order = finite[np.lexsort((finite, -pcc[finite]))]   # best first, ties by trial index
+    picks = {"best": order[0], "median": order[(order.size - 1) // 2], "worst": order[-1]}
+    return [(name, int(picks[name])) for name in EXAMPLES]
+
+
+def activity(run: Run, runs: list[Run]) -> FigureSpec | None:
+    """For the trial-mean target: the recreated activity, predicted against true high gamma
+    over the electrodes (the trial's electrode profile, as the study scores it) for the trials
+    with the best, median and worst PCC, with the baseline's profile. None for other targets
+    or without predictions.npz."""
+    if run.target_kind != "trial_mean":
+        return None
+    pred = run.predictions() or {}
+    if "pred" not in pred or "Y" not in pred:
+        return None
+    Y, P = np.asarray(pred["Y"], float), np.asarray(pred["pred"], float)
+    B = np.asarray(pred["baseline"], float) if "baseline" in pred else np.full(Y.shape, math.nan)
+    t = run.trials()
+    if len(t["trial"]) != Y.shape[0]:
+        return None
+    words = t.get("word", np.full(Y.shape[0], ""))
+    el = electrode_table(run)
+    names = (list(el["electrode"]) if el is not None and len(el["electrode"]) == Y.shape[1]
+             else [f"column {i}" for i in range(Y.shape[1])])
+    picks = example_trials(np.asarray(t["pcc"], float) if "pcc" in t else np.full(Y.shape[0], 0.0))
+    rows = [[name, i, words[i], e, names[e], float(Y[i, e]), float(P[i, e]), float(B[i, e])]
+            for name, i in picks for e in range(Y.shape[1])]
+    same = run.equals_baseline()
+
+    def draw(fig):
+        if not picks:
+            message(fig.add_subplot(), "no finite per-trial PCC in scores_trials.csv")
+            return
+        axes = fig.subplots(1, len(picks), sharey=True, squeeze=False)[0]
+        x = np.arange(Y.shape[1])
+        for ax, (name, i) in zip(axes, picks):
+            for a, lab, style in ((Y, "true", "k-"), (P, "predicted", "C3-"),
+                                  (B, "baseline (training mean)", "C0:")):
+                ax.plot(x, a[i], style, label=lab, lw=1.2, marker="." if x.size < 40 else None,
+                        gid=f"{lab.split()[0]}:{name}")
+            ax.set_title(f"{name} trial: {i} '{words[i]}'\nPCC {t['pcc'][i]:.2f}, "
+                         f"R2 {t['r2'][i]:.2f}", fontsize=8)
+            ax.set_xlabel("electrode (column order)")
+            if x.size <= 16:
+                ax.set_xticks(x, names, rotation=90, fontsize=6)
+        axes[0].set_ylabel("high-gamma, trial mean\n(the recording's units)")
+        if same:
+            note(axes[0], EQUALS_BASELINE, gid="equals_baseline")
+        fig.legend(handles=axes[0].get_lines(), fontsize=7, loc="outside right upper",
+                   frameon=False)
+        fig.suptitle(f"{_title(run, runs)}: recreated activity, predicted vs true electrode "
+                     f"profile\n(best, median, worst trial by PCC){flag_text([run])}",
+                     fontsize=10)
+
+    return FigureSpec(_stem("activity", run, runs),
+                      ["example", "trial", "word", "column", "electrode", "true", "predicted",
+                       "baseline"], rows, draw, provenance_lines([run]), size=(11.0, 4.2),
+                      notes=(EQUALS_BASELINE,) if same else ())
 
 
 def timecourse(run: Run, runs: list[Run]) -> FigureSpec | None:

@@ -143,6 +143,23 @@ class Run:
             self.score(key)
         return self
 
+    def equals_baseline(self) -> bool:
+        """Whether the model's held-out predictions are its baseline's: every coefficient zero,
+        so each fold predicts its training mean (an untrained model shrunk to nothing, or an
+        alpha above alpha_max). Read from predictions.npz (``pred`` against ``baseline``, to
+        1e-9 of the targets' scale); a run without them: its four scores equal the baseline's."""
+        if "equals_baseline" not in self._cache:
+            pred = self.predictions() or {}
+            if "pred" in pred and "baseline" in pred and pred["pred"].shape == pred["baseline"].shape:
+                p, b = np.asarray(pred["pred"], float), np.asarray(pred["baseline"], float)
+                scale = max(float(np.nanmax(np.abs(b))) if b.size else 0.0, 1e-300)
+                same = bool(b.size) and bool(np.all(np.abs(p - b) <= 1e-9 * scale))
+            else:
+                same = all(self.score(k) == self.score(f"baseline_{k}")
+                           for k in ("pcc_across_electrodes", "r2_across_electrodes"))
+            self._cache["equals_baseline"] = same
+        return self._cache["equals_baseline"]
+
     def has_null(self) -> bool:
         return self._get("scores", "p_pcc_across_electrodes", default=None) is not None
 

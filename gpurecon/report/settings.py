@@ -256,3 +256,32 @@ def split_lines(runs: list[Run]) -> list[str]:
         return []
     return [f"settings differ between runs: {', '.join(keys)} (each value its own label, "
             "column and mean; never averaged together)"]
+
+
+MODEL_NAMES = {"fasttext": "FastText", "gpt2": "GPT-2", "wav2vec2": "Wav2Vec2",
+               "planted": "planted model"}
+
+
+def human_label(run: Run, runs: list[Run], *, solver: bool = True) -> str:
+    """:func:`run_label` as a reader reads it: ``GPT-2, alpha 0.1, l1_ratio 0.5`` for
+    ``gpt2_a0.1_l0.5``; ``GPT-2 (checkpoint tiny), data.n_channels=16`` for
+    ``gpt2_ckpt-tiny_data.n_channels-16``; ``solver=False`` leaves alpha and l1_ratio out.
+    Built from the same parts as the file label, so two
+    runs have the same human label exactly when they have the same file label."""
+    same = [r for r in runs if r.model == run.model]
+    head = MODEL_NAMES.get(run.model, run.model)
+    if len({r.checkpoint for r in same}) > 1:
+        head += f" (checkpoint {run.checkpoint})"
+    parts = [head]
+    if len({r.target_kind for r in same}) > 1:
+        parts.append(f"target {run.target_kind}")
+    parts += [f"{key}={_value_text(value)}" if text == _slug(_value_text(value)) else
+              f"{key}={_value_text(value)} [{text}]"
+              for key, value, text in _split(runs)["parts"][id(run)]]
+    label = model_label(run, runs)
+    same = [r for r in runs if model_label(r, runs) == label] if solver else []
+    if len({solver_text(r.alpha) for r in same}) > 1:
+        parts.append(f"alpha {solver_text(run.alpha).replace(';', ', ')}")
+    if len({solver_text(r.l1_ratio) for r in same}) > 1:
+        parts.append(f"l1_ratio {solver_text(run.l1_ratio).replace(';', ', ')}")
+    return ", ".join(parts)
