@@ -24,7 +24,8 @@ def make_run(root: Path, name: str, *, subject: int, model: str, checkpoint: str
              coords: bool = True, seed: int = 0, grid_alphas=(0.1, 1.0),
              grid_l1s=(0.1, 0.5, 0.9), legacy: bool = False, drop: str | None = None,
              null_pcc: np.ndarray | None = None, settings: dict | None = None,
-             trial_r2: dict[int, float] | None = None) -> Path:
+             trial_r2: dict[int, float] | None = None, equals_baseline: bool = False,
+             trial_r2_floor: float | None = None) -> Path:
     """Write one finished run into ``root/name`` and return its folder.
 
     ``legacy=True`` writes what the pipeline wrote before the full contract: no coordinates,
@@ -32,7 +33,9 @@ def make_run(root: Path, name: str, *, subject: int, model: str, checkpoint: str
     ``drop``: a summary.json key left out. ``null_pcc``: the permutation null's PCC values
     (default: random around 0.1). ``settings``: dotted config keys to set in summary.json's
     ``config`` (``{"data.n_channels": 8}``). ``trial_r2``: {trial: R2} planted into the
-    per-trial scores (outliers). Where gpurecon.outputs publishes complete sets
+    per-trial scores (outliers); ``trial_r2_floor``: every per-trial R2 (model and baseline)
+    raised to at least this. ``equals_baseline``: the model predicts the training mean (all
+    coefficients zero: ``pred`` is ``baseline``). Where gpurecon.outputs publishes complete sets
     (``publish``, ``done.json``), the files are staged and published as a run does."""
     rng = np.random.default_rng(seed)
     final = root / name
@@ -42,9 +45,13 @@ def make_run(root: Path, name: str, *, subject: int, model: str, checkpoint: str
     Y = rng.gamma(2.0, 1.0, (n_trials, n_cols)) + np.linspace(1, 3, n_cols)
     pred = Y + rng.normal(0, 0.8 + 0.1 * seed, Y.shape)
     base = np.repeat(Y.mean(axis=0, keepdims=True), n_trials, axis=0)
+    if equals_baseline:
+        pred = base.copy()
     t_pcc, t_r2 = _pcc_r2(pred, Y, axis=1)
     b_pcc, b_r2 = _pcc_r2(base + rng.normal(0, 1e-3, Y.shape), Y, axis=1)
     e_pcc, e_r2 = _pcc_r2(pred, Y, axis=0)
+    if trial_r2_floor is not None:
+        t_r2, b_r2 = np.maximum(t_r2, trial_r2_floor), np.maximum(b_r2, trial_r2_floor)
     for trial, value in (trial_r2 or {}).items():
         t_r2[trial] = value
     null = rng.normal(0.1, 0.05, n_perm) if null_pcc is None else np.asarray(null_pcc, float)
@@ -104,7 +111,8 @@ def make_run(root: Path, name: str, *, subject: int, model: str, checkpoint: str
             rows.append([n, "ctx_lh_x", e_pcc[c], e_r2[c]])
             continue
         loc = list(xyz[c]) if coords else ["", "", ""]
-        rows.append([n, "ctx_lh_x", *loc, e_pcc[c], e_r2[c], -0.9, -0.1, 0.0, 0.3, p_el[c], q_el[c]])
+        rows.append([n, "ctx_lh_x", *loc, e_pcc[c], e_r2[c], -0.9, -0.1, -0.4 + 0.3 * c / n_cols, 0.3,
+                     p_el[c], q_el[c]])
     outputs.write_csv(run / "scores_electrodes.csv", header, rows, comments=comments)
     arrays = {"pred": pred, "Y": Y, "baseline": base}
     if legacy:

@@ -88,6 +88,8 @@ def draw_figure(spec: FigureSpec) -> Figure:
         height = (len(footer) * FOOTER_PT * 1.3 + 4) / 72 / spec.size[1]
         fig.get_layout_engine().set(rect=(0, height, 1, 1 - height))
         spec.draw(fig)
+        for artist in fig.findobj(lambda a: a.get_rasterized()):
+            artist.set_rasterized(False)   # colorbars rasterise their solids: keep them vector
         fig.text(0.005, 0.004, "\n".join(footer), fontsize=FOOTER_PT, color="0.2", ha="left",
                  va="bottom", gid="provenance_footer", linespacing=1.15)
     return fig

@@ -302,7 +302,9 @@ def _draw_grid(title, rows, group, honest):
             dev = np.abs(np.array([*m[np.isfinite(m)], *marked]) - centre)
             spread = float(dev.max()) if dev.size else 0.0   # the honest mark stays on the scale
             norm = CenteredNorm(vcenter=centre, halfrange=max(spread, 1e-6))
-            im = ax.imshow(m, origin="lower", aspect="auto", cmap="RdBu_r", norm=norm)
+            # pcolormesh, not imshow: cells as vector patches in PDF / SVG (imshow embeds a raster)
+            im = ax.pcolormesh(np.arange(len(l1s) + 1) - 0.5, np.arange(len(alphas) + 1) - 0.5,
+                               np.ma.masked_invalid(m), cmap="RdBu_r", norm=norm)
             for (a, l), v in np.ndenumerate(m):
                 if np.isfinite(v):  # white text on the saturated ends, black near the centre
                     ax.text(l, a, f"{v:.3f}", ha="center", va="center", fontsize=7,
