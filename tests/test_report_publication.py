@@ -134,6 +134,25 @@ def test_footer_is_legible_and_fits_the_figure(study):
             assert ax.get_tightbbox().y0 >= box.y1 - 2, (spec.stem, ax.get_title())
 
 
+def test_a_long_provenance_footer_wraps_inside_the_figure():
+    """Many checkpoints and differing settings make the footer longer than the figure is
+    wide: it wraps onto more lines, every one inside the page, the plot kept above it."""
+    from gpurecon.report.draw import FigureSpec
+
+    prov = ["gpurecon report 0.1.0", "data: real", "device: cuda:0, cuda:1",
+            "checkpoint: " + "; ".join(f"model{i}=org/a-rather-long-checkpoint-name-{i}"
+                                       for i in range(6))]
+    spec = FigureSpec("f", ["x"], [[1]], lambda fig: fig.add_subplot().plot([0, 1]), prov,
+                      size=(6.0, 4.0))
+    fig = drawn(spec)
+    footer = one(fig, "provenance_footer")
+    assert footer.get_text().count("\n") >= 2
+    assert footer.get_text().replace("\n", " ") == " | ".join(prov)
+    box = footer.get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.x1 and box.y0 >= 0
+    assert fig.axes[0].get_tightbbox().y0 >= box.y1 - 2
+
+
 # ----------------------------------------------------------------------------- figures 2-4
 
 

@@ -98,7 +98,7 @@ def draw_figure(spec: FigureSpec) -> Figure:
 def footer_lines(provenance: list[str], width_in: float) -> list[str]:
     """The first provenance lines joined by `` | `` and wrapped to the figure's width."""
     chars = max(40, int(width_in * 72 / (0.52 * FOOTER_PT)))
-    return textwrap.wrap(" | ".join(provenance[:4]), chars) or [""]
+    return textwrap.wrap(" | ".join(provenance[:4]), chars, break_on_hyphens=False) or [""]
 
 
 def write_figure(out: Path, spec: FigureSpec, formats: tuple[str, ...] = ("png",),
