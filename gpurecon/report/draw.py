@@ -130,10 +130,16 @@ def message(ax, text: str) -> None:
 
 
 def note(ax, text: str, *, gid: str, y: float = 0.98) -> None:
-    """A short remark in the axes' top left corner (what the reader must know to read it)."""
-    ax.text(0.01, y, text, transform=ax.transAxes, ha="left", va="top", fontsize=7,
-            color="0.15", gid=gid, wrap=True,
-            bbox=dict(boxstyle="round,pad=0.2", facecolor="white", edgecolor="0.7", alpha=0.9))
+    """A remark in the axes' top left corner (what the reader must know to read it), wrapped
+    to the axes' width and kept out of the layout (it never squeezes the plot)."""
+    fig = ax.get_figure()
+    width_in = fig.get_figwidth() * ax.get_position().width
+    chars = max(30, int(width_in * 72 / (0.55 * 7)))
+    t = ax.text(0.01, y, "\n".join(textwrap.wrap(text, chars, break_on_hyphens=False)),
+                transform=ax.transAxes, ha="left", va="top", fontsize=7, color="0.15", gid=gid,
+                bbox=dict(boxstyle="round,pad=0.2", facecolor="white", edgecolor="0.7",
+                          alpha=0.9))
+    t.set_in_layout(False)
 
 
 def flag_text(runs) -> str:
