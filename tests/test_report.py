@@ -112,7 +112,8 @@ def test_markdown_rows_hold_each_runs_scores_spread_p_and_flags_in_their_own_col
     for col, key in ((4, "pcc_across_electrodes"), (8, "r2_across_electrodes")):
         v = [s[(k, "fasttext")][0]["scores"][key] for k in (1, 2)]
         assert mean[col] == f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}"   # SD over participants
-    base = np.mean([s[(k, "fasttext")][0]["scores"]["baseline_r2_across_electrodes"] for k in (1, 2)])
+    base = np.mean([s[(k, "fasttext")][0]["scores"]["baseline_r2_across_electrodes"]
+                    for k in (1, 2)])
     assert mean[9] == f"{base:.3f}"
     assert "- synthetic data:" in md and "- untrained model (fasttext (tiny), gpt2 (tiny))" in md
     assert "data: synthetic" in md and "device: cpu" in md
@@ -125,7 +126,8 @@ def test_models_run_with_two_checkpoints_get_one_column_each(tmp_path):
     make_report(dirs=[tmp_path], out=tmp_path / "rep", figures=False, progress=False)
     md = (tmp_path / "rep" / "table1.md").read_text()
     models = [c[0] for c in _pivot_cells(md)[1:]]
-    assert models == ["GPT-2 (checkpoint GroNLP/gpt2-small-dutch)"] * 2 + ["GPT-2 (checkpoint tiny)"] * 2
+    assert models == (["GPT-2 (checkpoint GroNLP/gpt2-small-dutch)"] * 2
+                      + ["GPT-2 (checkpoint tiny)"] * 2)
     rows = read_table(tmp_path / "rep" / "table1.csv")
     assert [(r["checkpoint"], r["flags"]) for r in rows] == [
         ("GroNLP/gpt2-small-dutch", "synthetic"), ("tiny", "synthetic;untrained")]

@@ -62,7 +62,8 @@ def study(tmp_path_factory):
     """2 participants x 2 models, 24 trials, a permutation null."""
     root = tmp_path_factory.mktemp("pub")
     runs = [make_run(root / "multi", f"{i}_{s}_{m}", subject=s, model=m, seed=i, n_trials=24)
-            for i, (s, m) in enumerate([(1, "fasttext"), (1, "gpt2"), (2, "fasttext"), (2, "gpt2")])]
+            for i, (s, m) in enumerate([(1, "fasttext"), (1, "gpt2"), (2, "fasttext"),
+                                        (2, "gpt2")])]
     return root, runs
 
 
@@ -104,7 +105,8 @@ def test_png_pdf_svg_are_written_vector_with_embedded_fonts_at_the_dpi(tmp_path)
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--format", "png,tiff"], "--format must be a comma-separated list of png, pdf, svg, got 'png,tiff'"),
+    (["--format", "png,tiff"],
+     "--format must be a comma-separated list of png, pdf, svg, got 'png,tiff'"),
     (["--format", ""], "--format must be"),
     (["--dpi", "0"], "--dpi must be a whole number from 10 to 2400, got 0"),
 ])
@@ -367,7 +369,8 @@ def test_a_model_equal_to_its_baseline_says_so_in_figures_and_tables(tmp_path):
     cells = {c[0]: c for c in _md_rows(md) if c[1] == "sub-01"}
     assert cells["FastText"][7] == cells["FastText"][10] == "= baseline"
     assert re.fullmatch(r"0\.\d{3}", cells["GPT-2"][7])
-    assert "model = baseline" in cells["FastText"][11] and "model = baseline" not in cells["GPT-2"][11]
+    assert "model = baseline" in cells["FastText"][11]
+    assert "model = baseline" not in cells["GPT-2"][11]
     assert "- model = baseline: every coefficient is zero" in md
     assert "= baseline" in (tmp_path / "rep" / "table1.tex").read_text()
 
@@ -431,7 +434,8 @@ def test_recreated_activity_shows_the_best_median_and_worst_trials_profiles(stud
         for gid, key in (("true", "Y"), ("predicted", "pred"), ("baseline", "baseline")):
             np.testing.assert_array_equal(one(fig, f"{gid}:{name}").get_ydata(), arrays[key][trial])
     titles = [a.get_title() for a in fig.axes if a.get_title()]
-    assert titles[0].startswith(f"best trial: {want['best']} ") and f"PCC {pcc.max():.2f}" in titles[0]
+    assert titles[0].startswith(f"best trial: {want['best']} ")
+    assert f"PCC {pcc.max():.2f}" in titles[0]
 
 
 # ----------------------------------------------------------------------------- Table 1

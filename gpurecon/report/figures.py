@@ -301,7 +301,7 @@ def _draw_grid(title, rows, group, honest):
             marked = [honest[name]] if honest is not None and np.isfinite(honest[name]) else []
             dev = np.abs(np.array([*m[np.isfinite(m)], *marked]) - centre)
             spread = float(dev.max()) if dev.size else 0.0   # the honest mark stays on the scale
-            norm = CenteredNorm(vcenter=centre, halfrange=max(spread, 1e-6))
+            norm = CenteredNorm(vcenter=centre, halfrange=max(spread, 1e-3))
             # pcolormesh, not imshow: cells as vector patches in PDF / SVG (imshow embeds a raster)
             im = ax.pcolormesh(np.arange(len(l1s) + 1) - 0.5, np.arange(len(alphas) + 1) - 0.5,
                                np.ma.masked_invalid(m), cmap="RdBu_r", norm=norm)

@@ -105,7 +105,8 @@ def electrode_map(run: Run, runs: list[Run]) -> FigureSpec:
         sig = el["q_fdr"] <= FDR_Q
         ring = f"FDR q <= {FDR_Q}: {int(sig.sum())} of {sig.size}"
         dev = np.abs(el["pcc"] - chance)
-        half = max(float(np.nanmax(dev)), 1e-6) if np.isfinite(dev).any() else 1.0
+        # at least 0.01 wide: a map where every electrode sits at chance is white, not a 1e-6 scale
+        half = max(float(np.nanmax(dev)), 0.01) if np.isfinite(dev).any() else 1.0
         style = dict(c=el["pcc"], cmap="RdBu_r", norm=CenteredNorm(vcenter=chance, halfrange=half),
                      s=30, edgecolors="0.4", linewidths=0.3)
         has_xyz = np.isfinite(np.stack([el["x"], el["y"], el["z"]])).all(axis=0)

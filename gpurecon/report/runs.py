@@ -150,7 +150,8 @@ class Run:
         1e-9 of the targets' scale); a run without them: its four scores equal the baseline's."""
         if "equals_baseline" not in self._cache:
             pred = self.predictions() or {}
-            if "pred" in pred and "baseline" in pred and pred["pred"].shape == pred["baseline"].shape:
+            if "pred" in pred and "baseline" in pred and \
+                    pred["pred"].shape == pred["baseline"].shape:
                 p, b = np.asarray(pred["pred"], float), np.asarray(pred["baseline"], float)
                 scale = max(float(np.nanmax(np.abs(b))) if b.size else 0.0, 1e-300)
                 same = bool(b.size) and bool(np.all(np.abs(p - b) <= 1e-9 * scale))
