@@ -93,7 +93,10 @@ def make_run(root: Path, name: str, *, subject: int, model: str, checkpoint: str
                "solver": {"alpha": alpha, "l1_ratio": l1_ratio, "n_permutations": n_perm},
                "config": config}
     if is_grid:
-        summary["nested"] = {"chosen": [[alpha[0], l1_ratio[0]]] * n_trials}
+        # as a grid run records it: how often inner CV chose each point (the last one most)
+        counts = [{"alpha": a, "l1_ratio": l, "count": 1 + i}
+                  for i, (a, l) in enumerate((a, l) for a in alpha for l in l1_ratio)]
+        summary["nested"] = {"choice_counts": counts}
     words = [f"w{i}" for i in range(n_trials)]
     outputs.write_csv(run / "scores_trials.csv",
                       ["trial", "word", "pcc", "r2", "baseline_pcc", "baseline_r2"],

@@ -538,7 +538,11 @@ def test_end_to_end_multirun_then_report(tmp_path):
                          ("baseline_pcc", "baseline_pcc_across_electrodes"),
                          ("baseline_r2", "baseline_r2_across_electrodes")):
             assert float(row[col]) == s["scores"][key]
-        assert row["flags"] == "synthetic;untrained" and int(row["n_trials"]) == 30
+        with np.load(run / "predictions.npz") as f:   # all coefficients zero: pred is baseline
+            same = np.allclose(f["pred"], f["baseline"], rtol=0,
+                               atol=1e-9 * np.abs(f["baseline"]).max())
+        assert row["flags"] == "synthetic;untrained" + (";equals_baseline" if same else "")
+        assert int(row["n_trials"]) == 30
     stems = ["table1.md", "fig_r2_fasttext.png", "fig_r2_gpt2.png", "fig_r2_histogram.png"] + [
         f"fig_electrodes_sub-0{s}_{m}.png" for s in (1, 2) for m in ("fasttext", "gpt2")]
     for name in stems:

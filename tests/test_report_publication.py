@@ -403,7 +403,20 @@ def test_heat_map_diverges_around_the_baseline_and_marks_the_nested_score(tmp_pa
         line = one(fig, f"honest:{name}")
         assert line.get_ydata()[0] == s[key]
         assert im.norm.vmin <= s[key] <= im.norm.vmax     # on the scale, visible
+    # the nested selection's most frequent choice boxed (the fixture: the last grid point)
+    counts = {(c["alpha"], c["l1_ratio"]): c["count"]
+              for c in summary(grid)["nested"]["choice_counts"]}
+    top = max(counts, key=counts.get)
+    box = one(fig, "nested_choice:PCC")
+    pcc_ax = [ax for ax in fig.axes if ax.get_title().startswith("PCC")][0]
+    l1s = [float(t.get_text()) for t in pcc_ax.get_xticklabels()]
+    alphas = [float(t.get_text()) for t in pcc_ax.get_yticklabels()]
+    cx, cy = box.get_x() + 0.5, box.get_y() + 0.5
+    assert (alphas[round(cy)], l1s[round(cx)]) == top
+    row = next(r for r in specs["fig_grid_sub-02_gpt2"].rows if (r[0], r[1]) == top)
+    assert row[7] == pytest.approx(counts[top] / sum(counts.values()))
     sweep = drawn(specs["fig_grid_sub-01_gpt2"])
+    assert not by_gid(sweep, "nested_choice:PCC")
     assert not by_gid(sweep, "honest:PCC") and "IN HINDSIGHT" in sweep.get_suptitle()
     base = summary(tmp_path / "s" / "0")["scores"]["baseline_pcc_across_electrodes"]
     assert [ax.collections[0].norm.vcenter for ax in sweep.axes

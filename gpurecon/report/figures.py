@@ -16,7 +16,7 @@ import math
 import numpy as np
 from matplotlib.colors import CenteredNorm
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Rectangle
 from matplotlib.transforms import blended_transform_factory
 
 from .draw import FigureSpec, flag_text, message, note
@@ -232,7 +232,8 @@ def score_grid(runs: list[Run]) -> list[FigureSpec]:
     scalar runs that differ only in solver.alpha / l1_ratio (a sweep) and from grid runs'
     grid.csv. A point given twice keeps the first run's value (runs sorted by folder). The
     colour scale diverges around the baseline's score; a grid run's nested selection (the
-    honest score: each held-out trial's setting chosen without it) is marked on the scale."""
+    honest score: each held-out trial's setting chosen without it) is marked on the scale,
+    and the cell it chose most often (summary.json ``nested.choice_counts``) is boxed."""
     specs = []
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
@@ -244,20 +245,34 @@ def score_grid(runs: list[Run]) -> list[FigureSpec]:
                 points.setdefault((p[0], p[1]), p)
         if len(points) < 2:
             continue
-        rows = [points[k] for k in sorted(points)]
         grids = [r for r in sorted(group, key=lambda r: r.name) if r.is_grid]
+        share = choice_shares(grids[0]) if grids else {}
+        rows = [[*points[k], share.get(k, "")] for k in sorted(points)]
         honest = ({"PCC": grids[0].score("pcc_across_electrodes"),
                    "R2": grids[0].score("r2_across_electrodes")} if grids else None)
         name = human_label(group[0], runs, solver=False)
         specs.append(FigureSpec(
             f"fig_grid_{subject_label(subject)}_{label}",
-            ["alpha", "l1_ratio", "pcc", "r2", "baseline_pcc", "baseline_r2", "run"], rows,
+            ["alpha", "l1_ratio", "pcc", "r2", "baseline_pcc", "baseline_r2", "run",
+             "nested_choice_share"], rows,
             _draw_grid(f"{subject_label(subject)} {name}", rows, group, honest),
             provenance_lines(group), size=(10.0, 4.8),
             notes=(("in-hindsight scores: each cell is scored on the trials used to pick it",)
                    + ((f"nested selection (honest) of {grids[0].name}: pcc {honest['PCC']!r}, "
                        f"r2 {honest['R2']!r}",) if honest else ()))))
     return specs
+
+
+def choice_shares(run: Run) -> dict[tuple[float, float], float]:
+    """{(alpha, l1_ratio): share of the nested selection's (outer fold, target) choices} of a
+    grid run (summary.json ``nested.choice_counts``); empty when the run did not record it."""
+    counts = (run.summary.get("nested") or {}).get("choice_counts") or []
+    try:
+        pairs = {(float(c["alpha"]), float(c["l1_ratio"])): float(c["count"]) for c in counts}
+    except (KeyError, TypeError, ValueError):
+        return {}
+    total = sum(pairs.values())
+    return {k: v / total for k, v in pairs.items()} if total > 0 else {}
 
 
 def _points(run: Run) -> list[list]:
@@ -314,6 +329,14 @@ def _draw_grid(title, rows, group, honest):
             ax.set_xlabel("l1_ratio")
             ax.set_ylabel("alpha")
             ax.set_title(f"{name} across electrodes{btxt}", fontsize=8)
+            shares = {(r[0], r[1]): r[7] for r in rows if r[7] != ""}
+            if shares:   # the cell the nested selection chose most often (ties: the first)
+                (a, l), top = max(shares.items(), key=lambda kv: kv[1])
+                ax.add_patch(Rectangle((l1s.index(l) - 0.5, alphas.index(a) - 0.5), 1, 1,
+                                       fill=False, edgecolor="k", lw=2.5,
+                                       gid=f"nested_choice:{name}"))
+                ax.set_xlabel(f"l1_ratio (boxed: the nested selection's most frequent "
+                              f"choice, {top:.0%})")
             bar = fig.colorbar(im, ax=ax, label=f"{name} (red: above the baseline)")
             if honest is not None and np.isfinite(honest[name]):
                 bar.ax.axhline(honest[name], color="k", lw=2, gid=f"honest:{name}")
