@@ -139,8 +139,11 @@ def test_footer_is_legible_and_fits_the_figure(study):
         box = footer.get_window_extent()
         assert box.x1 <= fig.bbox.x1 + 1 and box.y0 >= -1, spec.stem
         assert "gpurecon report" in footer.get_text()
-        for ax in fig.axes:   # nothing drawn over the footer
-            assert ax.get_tightbbox().y0 >= box.y1 - 2, (spec.stem, ax.get_title())
+        for ax in fig.axes:   # nothing drawn over the footer, nothing off the page
+            tight = ax.get_tightbbox()
+            assert tight.y0 >= box.y1 - 2, (spec.stem, ax.get_title())
+            assert tight.x0 >= -1 and tight.x1 <= fig.bbox.x1 + 1, (spec.stem, ax.get_title())
+            assert tight.y1 <= fig.bbox.y1 + 1, (spec.stem, ax.get_title())
 
 
 def test_a_long_provenance_footer_wraps_inside_the_figure():

@@ -131,7 +131,7 @@ def electrode_map(run: Run, runs: list[Run]) -> FigureSpec:
                            label=ring)
                 ax.set_xlabel(f"{a} (mm)")
                 ax.set_ylabel(f"{b} (mm)")
-                ax.set_aspect("equal", adjustable="datalim")
+                _square_limits(ax, el[a][has_xyz], el[b][has_xyz])
                 ax.set_title(name, fontsize=9)
                 for letter, x, y in ORIENTATION[name]:
                     ax.text(x, y, letter, transform=ax.transAxes, ha="center", va="center",
@@ -146,6 +146,16 @@ def electrode_map(run: Run, runs: list[Run]) -> FigureSpec:
                       size=(11.0, 5.0),
                       notes=(f"colour centre (chance): {chance!r} ({source})",
                              *((EQUALS_BASELINE,) if same else ())))
+
+
+def _square_limits(ax, u: np.ndarray, v: np.ndarray) -> None:
+    """Equal mm on both axes in a square box set before the layout (``datalim`` changed the
+    limits after it, and the wider tick labels ran off the figure)."""
+    half = max(float(np.ptp(u)), float(np.ptp(v))) / 2 * 1.15 + 5.0
+    cu, cv = (float(u.min() + u.max()) / 2, float(v.min() + v.max()) / 2)
+    ax.set_xlim(cu - half, cu + half)
+    ax.set_ylim(cv - half, cv + half)
+    ax.set_aspect("equal", adjustable="box")
 
 
 def null_percentile(run: Run, null: np.ndarray) -> float:
