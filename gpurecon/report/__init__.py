@@ -3,7 +3,8 @@
 ``python -m gpurecon.report DIR [DIR ...] --out OUT`` (see :mod:`.__main__`), or from Python::
 
     from gpurecon.report import make_report
-    make_report(dirs=["multirun/2026-11-30/10-00-00"], out="report")
+    make_report(dirs=["multirun/2026-11-30/10-00-00"], out="report",
+                formats="png,pdf,svg", dpi=300)
 
 Rules (also in the README, section Report):
 
@@ -13,14 +14,18 @@ Rules (also in the README, section Report):
 - Real and synthetic runs together are an error (their scores cannot share a table); so are
   two runs of the same subject, model and settings (duplicates). Runs that differ in any other
   result-changing setting (data root, data.n_channels, target.window, n_permutations, layer,
-  ...) are never averaged together: the differing keys split the labels (own column, mean and
-  figures), are named in table1.md, in table1.csv (column ``settings``) and on stderr. Synthetic data
-  and untrained models are flagged (column ``flags``, footnotes, figure titles).
+  ...) are never averaged together: the differing keys split the labels (own rows, mean and
+  figures), are named in table1.md / .tex, in table1.csv (column ``settings``) and on stderr.
+  Synthetic data, untrained models and models identical to their baseline are flagged (column
+  ``flags``, the notes column and footnotes, figure titles and notes).
 - Table 1 has one row per (subject, model, setting); a sweep over alpha / l1_ratio gives one
-  row per setting, the Markdown one pivot table per setting, and a heat map per participant
-  and model.
-- Every file records its provenance; CSV and Markdown hold no timestamps and sorted orders,
-  so the same runs give byte-identical files. Nothing is written until every input was read.
+  row per setting, one Markdown / LaTeX table per setting (a block per model with its mean
+  row), and a heat map per participant and model.
+- Every file records its provenance (a CSV in its ``<name>.csv.provenance.json`` sidecar, so
+  the CSV itself is plain and pandas / spreadsheets read it with their defaults); no file
+  holds a timestamp and orders are sorted, so the same runs give byte-identical CSV, JSON,
+  Markdown, LaTeX, PDF and SVG files. Nothing is written until every input was read.
+- Figures in any of PNG (``dpi``), PDF and SVG (vector, fonts embedded; :mod:`.draw`).
 - The output is a complete set or nothing: every file is first written into a staging folder
   inside OUT (``.report-staging-*``) and moved into OUT only when all were written; on failure
   only the staging folder is removed (never a file the report did not write).
