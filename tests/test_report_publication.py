@@ -487,6 +487,19 @@ def test_table1_csv_reads_with_pandas_defaults_and_keeps_provenance_in_a_sidecar
     assert "pcc_sd_trials" in side["columns"]
 
 
+def test_table1_csv_with_non_ascii_text_opens_in_excel_and_pandas(tmp_path):
+    """A folder name with a non-ASCII letter: UTF-8 with a BOM (Excel's default reads a BOM-less
+    file in the local code page), which pandas' defaults skip. Kills: no BOM, a BOM that
+    pandas reads into the first column name."""
+    pd = pytest.importorskip("pandas")
+    folder = make_run(tmp_path / "runs", "zoë", subject=1, model="gpt2")
+    make_report(dirs=[tmp_path / "runs"], out=tmp_path / "rep", figures=False, progress=False)
+    raw = (tmp_path / "rep" / "table1.csv").read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbfsubject,")
+    frame = pd.read_csv(tmp_path / "rep" / "table1.csv")
+    assert frame.columns[0] == "subject" and frame["run"][0] == str(folder)
+
+
 def test_table1_tex_is_a_well_formed_booktabs_table_with_the_runs_values(study, tmp_path):
     """Kills: unescaped `_` / `%` / `&` (a label such as fasttext_a0.1 or a path), rows with
     another number of cells than the column spec, a missing booktabs rule, values not the runs'."""

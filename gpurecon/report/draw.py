@@ -55,17 +55,21 @@ def write_plain_csv(path: Path, header: list[str], rows: list[list], provenance:
                     notes: tuple[str, ...] | list[str] = (), columns: dict | None = None
                     ) -> list[Path]:
     """``path`` as a plain CSV (header, then rows; RFC 4180 quoting; floats as ``repr``; NaN
-    and None as empty cells) and its provenance sidecar (JSON: ``provenance`` lines, ``notes``,
+    and None as empty cells; UTF-8, with a BOM only when a cell is not ASCII, so that Excel's
+    defaults read it) and its provenance sidecar (JSON: ``provenance`` lines, ``notes``,
     optional ``columns`` definitions). Both atomic."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
     for row in rows:
         writer.writerow([_cell(v) for v in row])
+    text = buf.getvalue()
+    if not text.isascii():   # a UTF-8 BOM: Excel then reads it as UTF-8 (pandas skips it)
+        text = "\ufeff" + text
     side = {"file": path.name, "provenance": list(provenance), "notes": list(notes)}
     if columns:
         side["columns"] = columns
-    return [outputs.write_text(path, buf.getvalue()),
+    return [outputs.write_text(path, text),
             outputs.write_text(path.with_name(sidecar_name(path.name)),
                                json.dumps(side, indent=1, sort_keys=True) + "\n")]
 
