@@ -511,6 +511,10 @@ def test_table1_tex_is_a_well_formed_booktabs_table_with_the_runs_values(study, 
     trials = read_table(runs[3] / "scores_trials.csv")
     sd = np.std([float(t["pcc"]) for t in trials], ddof=1)
     assert f"GPT-2 & sub-02 & 24 & 6 & ${s['pcc_across_electrodes']:.3f} \\pm {sd:.3f}$" in tex
+    row = next(ln for ln in tex.splitlines() if ln.startswith("GPT-2 & sub-02 &"))
+    assert row.endswith(r"& a,b \\")   # flags as footnote letters, never inside a number
+    assert r"\textsuperscript{a}synthetic data:" in tex
+    assert r"\textsuperscript{b}untrained model" in tex
 
 
 def test_table1_tex_escapes_labels_and_paths(tmp_path):

@@ -227,30 +227,31 @@ def markdown(runs: list[Run]) -> str:
         for block in blocks:
             lines += ["| " + " | ".join(_cells(line)) + " |" for line in block]
         lines.append("")
-    lines += [f"- {n}" for n in _footnotes(runs)]
+    lines += [f"- {n}" for _, n in _footnotes(runs)]
     return "\n".join(lines) + "\n"
 
 
-def _footnotes(runs: list[Run]) -> list[str]:
-    notes = []
+def _footnotes(runs: list[Run]) -> list[tuple[str | None, str]]:
+    """(flag or None, text) per footnote; the last is the provenance."""
+    notes: list[tuple[str | None, str]] = []
     keys = all_split_keys(runs)
     if keys:
         labels = sorted({(human_label(r, runs), settings_text(r, runs)) for r in runs})
-        notes.append(f"Settings differ between these runs in {', '.join(keys)}: each value is "
-                     "its own model row block (and mean), never averaged with another; "
-                     + "; ".join(f"{label}: {text}" for label, text in labels) + ".")
+        notes.append((None, f"Settings differ between these runs in {', '.join(keys)}: each "
+                      "value is its own model row block (and mean), never averaged with another; "
+                      + "; ".join(f"{label}: {text}" for label, text in labels) + "."))
     if any(r.data == "synthetic" for r in runs):
-        notes.append("synthetic data: these runs used the synthetic dataset (planted ground "
-                     "truth), not recordings; the scores test the pipeline, not the study.")
+        notes.append(("synthetic", "synthetic data: these runs used the synthetic dataset (planted ground "
+                     "truth), not recordings; the scores test the pipeline, not the study."))
     if any(r.untrained for r in runs):
         names = sorted({f"{r.model} ({r.checkpoint})" for r in runs if r.untrained})
-        notes.append(f"untrained model ({', '.join(names)}): random weights, its scores say "
-                     "nothing about the trained model.")
+        notes.append(("untrained", f"untrained model ({', '.join(names)}): random weights, its "
+                      "scores say nothing about the trained model."))
     if any(r.equals_baseline() for r in runs):
-        notes.append("model = baseline: every coefficient is zero, the model predicts each "
-                     "trial's training mean; its scores are the baseline's and a permutation "
-                     "p would be 1 by construction, so none is given.")
-    notes.append("Provenance: " + " | ".join(provenance_lines(runs)) + ".")
+        notes.append((EQUALS, "model = baseline: every coefficient is zero, the model predicts "
+                      "each trial's training mean; its scores are the baseline's and a "
+                      "permutation p would be 1 by construction, so none is given."))
+    notes.append((None, "Provenance: " + " | ".join(provenance_lines(runs)) + "."))
     return notes
 
 
@@ -277,13 +278,14 @@ def _tex_pm(pair: tuple[float, float]) -> str:
     return f"${value:.3f}$" if math.isnan(sd) else f"${value:.3f} \\pm {sd:.3f}$"
 
 
-def _tex_cells(line: Line) -> list[str]:
+def _tex_cells(line: Line, letters: dict[str, str]) -> list[str]:
+    """The row's LaTeX cells; flags as footnote letters (the page has no room for words)."""
     cells = [tex_escape(line.model) if not line.mean else "",
              tex_escape(line.who) if not line.mean else r"\emph{" + tex_escape(line.who) + "}",
              line.trials, line.electrodes, _tex_pm(line.pcc), _tex_num(line.base_pcc),
              _tex_num(line.null95), tex_escape(line.p_pcc), _tex_pm(line.r2),
              _tex_num(line.base_r2), tex_escape(line.p_r2),
-             tex_escape("; ".join(FLAG_TEXT[f] for f in line.notes))]
+             ",".join(letters[f] for f in line.notes)]
     return cells
 
 
@@ -304,6 +306,8 @@ def latex(runs: list[Run]) -> str:
               r"\begin{tabular}{" + TEX_SPEC + "}", r"\toprule",
               " & ".join(TEX_HEAD) + r" \\", r"\midrule"]
     secs = sections(runs)
+    notes = _footnotes(runs)
+    letters = {flag: chr(ord("a") + i) for i, flag in enumerate(f for f, _ in notes if f)}
     for k, (heading, blocks) in enumerate(secs):
         if len(secs) > 1:
             lines.append(rf"\multicolumn{{{ncol}}}{{l}}{{\textit{{{tex_escape(heading)}}}}} \\")
@@ -311,12 +315,13 @@ def latex(runs: list[Run]) -> str:
             for line in block:
                 if line.mean:
                     lines.append(rf"\cmidrule(l){{2-{ncol}}}")
-                lines.append(" & ".join(_tex_cells(line)) + r" \\")
+                lines.append(" & ".join(_tex_cells(line, letters)) + r" \\")
             if j < len(blocks) - 1 or k < len(secs) - 1:
                 lines.append(r"\midrule")
     lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip",
               r"\begin{minipage}{\linewidth}\scriptsize"]
-    lines += [tex_escape(n) + r"\par" for n in _footnotes(runs)[:-1]]
+    lines += [(f"\\textsuperscript{{{letters[flag]}}}" if flag else "") + tex_escape(n) + r"\par"
+              for flag, n in notes[:-1]]
     lines += [r"\end{minipage}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
