@@ -6,8 +6,9 @@ means for this kind of run, and the long per-trial arrays in the run's ``.npz`` 
 - key order: ``verdict``, ``above_chance``, ``expected`` (a note for runs whose outcome is
   known in advance, see :func:`expected_note`), ``scores``, then every other block as the run
   made it (``provenance``, ``score_definitions``, ..., ``config``);
-- per-trial, per-fold and per-channel lists (:data:`MOVED`, and any other flat list of numbers
-  longer than :data:`LONG`) are written into the run's ``.npz`` file of their stage
+- per-trial, per-fold and per-channel lists (:data:`MOVED`: always, whatever their length, so
+  a reader never has to guess where one is) are written into the run's ``.npz`` file of their
+  stage
   (:data:`NPZ_OF_BLOCK`) under their dotted path (``embedding.n_tokens`` in
   ``embeddings.npz``); summary.json keeps, in their place, where they went:
   ``{"npz": "embeddings.npz", "key": "embedding.n_tokens", "length": 100}``.
@@ -22,9 +23,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-LONG = 16
-# Lists with one entry per trial, fold or channel: always in an .npz, whatever their length
-# (a reader never has to guess where to look).
+# Lists with one entry per trial, fold or channel (a new one belongs here too: tests/test_talk.py
+# fails on a run whose summary.json holds a long flat list).
 MOVED = ("target.good", "embedding.n_tokens", "solver.n_features_per_fold",
          "nested.alpha_per_fold", "nested.l1_ratio_per_fold")
 # Which .npz takes the lists of each summary block (others: predictions.npz).
@@ -94,14 +94,14 @@ def _is_flat_numbers(value: Any) -> bool:
 
 
 def _long_lists(node: Any, prefix: str = "") -> list[str]:
-    """Dotted paths of the flat number lists below ``node`` that go into an .npz."""
+    """Dotted paths of the :data:`MOVED` lists below ``node`` (each goes into an .npz)."""
     out = []
     if isinstance(node, dict):
         for key, value in node.items():
             path = f"{prefix}{key}"
             if prefix == "" and key in NOT_SEARCHED + FIRST:
                 continue
-            if _is_flat_numbers(value) and (path in MOVED or len(value) > LONG):
+            if path in MOVED and _is_flat_numbers(value):
                 out.append(path)
             elif isinstance(value, dict):
                 out += _long_lists(value, f"{path}.")
