@@ -128,6 +128,17 @@ def test_a_bad_heartbeat_interval_is_one_error_naming_the_variable(monkeypatch, 
             pass
 
 
+@pytest.mark.parametrize("multirun", [False, True])
+def test_a_bad_heartbeat_variable_stops_the_cli_before_anything_is_made(tmp_path, multirun):
+    args = ["-m", *SMALL, "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"] if multirun else SMALL
+    proc, out = run_cli(args, tmp_path, env_extra={"GPURECON_HEARTBEAT": "soon"})
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "gpurecon: error: $GPURECON_HEARTBEAT must be a number of seconds >= 0 (0: no heartbeat "
+        "lines), got 'soon'"]
+    assert not out.exists() and not (tmp_path / "sweep").exists() and not (tmp_path / "cache").exists()
+
+
 def test_a_run_logged_to_a_file_gets_solver_heartbeats_with_done_of_total(tmp_path):
     n_channels, n_perm = 6, 39
     proc, out = run_cli([*SMALL, f"solver.n_permutations={n_perm}"], tmp_path,
