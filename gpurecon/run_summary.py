@@ -8,8 +8,7 @@ means for this kind of run, and the long per-trial arrays in the run's ``.npz`` 
   made it (``provenance``, ``score_definitions``, ..., ``config``);
 - per-trial, per-fold and per-channel lists (:data:`MOVED`: always, whatever their length, so
   a reader never has to guess where one is) are written into the run's ``.npz`` file of their
-  stage
-  (:data:`NPZ_OF_BLOCK`) under their dotted path (``embedding.n_tokens`` in
+  stage (:data:`NPZ_OF_BLOCK`) under their dotted path (``embedding.n_tokens`` in
   ``embeddings.npz``); summary.json keeps, in their place, where they went:
   ``{"npz": "embeddings.npz", "key": "embedding.n_tokens", "length": 100}``.
   :func:`read_summary` puts them back (for readers that want the old layout).
@@ -30,8 +29,8 @@ MOVED = ("target.good", "embedding.n_tokens", "solver.n_features_per_fold",
 # Which .npz takes the lists of each summary block (others: predictions.npz).
 NPZ_OF_BLOCK = {"target": "targets.npz", "embedding": "embeddings.npz"}
 DEFAULT_NPZ = "predictions.npz"
-# Blocks never searched: the user's config (lists there are settings: a grid, band-stops) and
-# the score definitions (text).
+# Blocks never searched: the user's config (lists there are settings: a grid, band-stops), the
+# score definitions (text) and the provenance.
 NOT_SEARCHED = ("config", "score_definitions", "provenance")
 FIRST = ("verdict", "above_chance", "expected", "scores")
 
@@ -93,7 +92,7 @@ def _is_flat_numbers(value: Any) -> bool:
         v is None or isinstance(v, (bool, int, float)) for v in value)
 
 
-def _long_lists(node: Any, prefix: str = "") -> list[str]:
+def _moved_lists(node: Any, prefix: str = "") -> list[str]:
     """Dotted paths of the :data:`MOVED` lists below ``node`` (each goes into an .npz)."""
     out = []
     if isinstance(node, dict):
@@ -104,7 +103,7 @@ def _long_lists(node: Any, prefix: str = "") -> list[str]:
             if path in MOVED and _is_flat_numbers(value):
                 out.append(path)
             elif isinstance(value, dict):
-                out += _long_lists(value, f"{path}.")
+                out += _moved_lists(value, f"{path}.")
     return out
 
 
@@ -113,13 +112,13 @@ def _npz_for(path: str) -> str:
 
 
 def layout(summary: dict) -> tuple[dict, dict[str, dict[str, list]]]:
-    """The summary in reading order with its long lists replaced by where they went, and
+    """The summary in reading order with its :data:`MOVED` lists replaced by where they went, and
     those lists per .npz file: ``(summary, {npz name: {dotted path: list}})``."""
     import copy
 
     body = copy.deepcopy(summary)
     moved: dict[str, dict[str, list]] = {}
-    for path in _long_lists(body):
+    for path in _moved_lists(body):
         *parents, leaf = path.split(".")
         node = body
         for key in parents:
@@ -154,7 +153,7 @@ def _add_to_npz(path: Path, arrays: dict[str, list], provenance: dict | None) ->
 
 
 def write_summary(out_dir: str | os.PathLike, summary: dict) -> Path:
-    """``out_dir/summary.json`` in :func:`layout`'s order, its long lists added to the .npz
+    """``out_dir/summary.json`` in :func:`layout`'s order, its :data:`MOVED` lists added to the .npz
     files of ``out_dir`` (written by the run before it). Returns the summary's path."""
     from .outputs import write_json
 
