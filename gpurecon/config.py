@@ -261,6 +261,9 @@ def register_configs() -> None:
     from .sweep import register_resolvers  # ${job_dirname:}: sweep job folder names
 
     register_resolvers()
+    from .cli_help import register_help_resolvers  # the --help page's lists of conf/
+
+    register_help_resolvers()
     for resolver, fn in (("gpurecon_free_gpu", "claim_free_gpu"), ("gpurecon_pool_size", "pool_size")):
         if not OmegaConf.has_resolver(resolver):
             OmegaConf.register_new_resolver(resolver, _pool_resolver(fn), use_cache=True)

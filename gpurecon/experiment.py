@@ -29,6 +29,7 @@ from .device import describe_device, resolve_device
 from .errors import ConfigError, DataError, StorageError
 from .outputs import DISK_FULL, discard_staging, is_complete, make_staging, publish, write_text
 from .progress import chain, stage_bar
+from .run_summary import verdict_line, write_summary
 
 if TYPE_CHECKING:
     from .evaluation import GridEvaluation
@@ -590,7 +591,7 @@ def run(cfg: DictConfig, out_dir: str | os.PathLike, record: dict[str, str] | No
              s["pcc_across_electrodes"], s["baseline_pcc_across_electrodes"], s["r2_across_electrodes"],
              s["baseline_r2_across_electrodes"], s["pcc_per_electrode_mean"],
              s["baseline_pcc_per_electrode_mean"], out_dir)
-    log.info("%s", scores.main.verdict())  # the run's last line: above chance or not
+    log.info("%s", verdict_line(scores.main.verdict(), provenance))  # last line: above chance?
     return s
 
 
@@ -668,7 +669,7 @@ def write_outputs(out_dir: Path, rec, prov: Provenance, cfg: DictConfig, Y: torc
     evaluation (the nested selection with a grid) fills predictions.npz and the score files.
     """
     from .evaluation import SCORE_DEFINITIONS
-    from .outputs import write_csv, write_json, write_npz
+    from .outputs import write_csv, write_npz
 
     header = prov.comments()
     names, labels, coords = _column_info(rec, Y.shape[1])
@@ -735,4 +736,4 @@ def write_outputs(out_dir: Path, rec, prov: Provenance, cfg: DictConfig, Y: torc
     if nested is not None:
         summary["nested"] = nested
     summary.update({"timings": timings, "config": OmegaConf.to_container(cfg, resolve=True)})
-    write_json(out_dir / "summary.json", summary)
+    write_summary(out_dir, summary)   # verdict first; per-trial lists into the .npz files

@@ -4,7 +4,9 @@
 ``.hydra/`` files there: an output folder that cannot be created or written is one line naming
 it and exit status 1, instead of a traceback from inside Hydra. For a single run it also locks
 the run folder and refuses one that is not the run's to write (the user's files, a run of other
-settings: :mod:`gpurecon.run_folder`) before Hydra opens its log there.
+settings: :mod:`gpurecon.run_folder`) before Hydra opens its log there. The app's environment
+settings that no config key checks (``$GPURECON_HEARTBEAT``) are checked here too, before any
+folder is made.
 """
 
 from __future__ import annotations
@@ -28,6 +30,19 @@ def _check(folder: str, key: str) -> None:
         print(f"gpurecon: error: the output folder {path} ({key}) cannot be written: "
               f"{err.strerror or err}; choose another with {key}=DIR or $GPURECON_OUTPUTS",
               file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _check_environment() -> None:
+    """``$GPURECON_HEARTBEAT`` (:func:`gpurecon.progress.heartbeat_interval`): one line and
+    exit status 1 before anything is made, not an error in the middle of a run."""
+    from .errors import GpureconError
+    from .progress import heartbeat_interval
+
+    try:
+        heartbeat_interval()
+    except GpureconError as err:
+        print(f"gpurecon: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
@@ -57,6 +72,7 @@ class CheckOutputFolder(Callback):
     the run folder is not this run's to write (see :mod:`gpurecon.run_folder`)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_environment()
         _check(config.hydra.run.dir, "hydra.run.dir")
         _claim(config)
 
@@ -64,6 +80,7 @@ class CheckOutputFolder(Callback):
         from .errors import GpureconError
         from .run_folder import check_sweep_folder
 
+        _check_environment()
         _check(config.hydra.sweep.dir, "hydra.sweep.dir")
         try:   # before Hydra writes multirun.yaml there
             check_sweep_folder(config.hydra.sweep.dir, bool(config.get("overwrite", False)))

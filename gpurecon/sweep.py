@@ -156,6 +156,9 @@ class RecordFailures(Callback):
         path = Path(str(config.hydra.sweep.dir)) / FAILURES_FILE
         data = _read(path)
         failures = data.get("failures", []) if data.get("sweep_started") == self.sweep_id else []
+        # stdout, as the jobs' log lines: what ran, what it found, and what to run next
+        sys.stdout.write("\n".join(summary_lines(str(config.hydra.sweep.dir), failures)) + "\n")
+        sys.stdout.flush()
         if not failures:
             return
         # stderr, not the logger: logging still writes into the last job's log file
@@ -164,3 +167,87 @@ class RecordFailures(Callback):
         sys.stderr.write("\n".join(lines) + "\n")
         sys.stderr.flush()
         raise SystemExit(1)
+
+
+# ----------------------------------------------------------------------------- the summary
+
+@dataclass
+class JobOutcome:
+    """One job folder of the sweep that just ended, as its files tell it."""
+
+    folder: Path
+    status: str                      # "finished" | "skipped" | "failed"
+    above_chance: bool | None = None
+    untrained: bool = False
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def sweep_outcomes(sweep_dir: str | os.PathLike, failures: list[dict]) -> list[JobOutcome]:
+    """The jobs of the sweep that wrote ``sweep_dir/multirun.yaml`` last, read from their
+    folders, so it works whichever launcher ran them (in this process, a pool, SLURM).
+
+    A job folder is this sweep's when its log was written after ``multirun.yaml`` (Hydra writes
+    it before launching the jobs, on the same file system: no clock of another machine is
+    compared); folders of an earlier sweep into the same folder are left out. A job is
+    ``failed`` when it is recorded in ``sweep_failures.json`` or did not finish (no complete
+    set); ``skipped`` when its complete set is older than the sweep (``resume=true``);
+    ``finished`` otherwise.
+    """
+    from .outputs import DONE, is_complete
+    from .run_summary import above_chance
+
+    root = Path(sweep_dir)
+    start = _mtime(root / "multirun.yaml")
+    failed = {str(Path(r.get("output_dir", "")).resolve()) for r in failures}
+    out = []
+    for folder in sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                         key=lambda p: p.name) if root.is_dir() else []:
+        logs = [m for m in map(_mtime, folder.glob("*.log")) if m is not None]
+        if not logs or (start is not None and max(logs) < start):
+            continue   # not a job folder, or a job of an earlier sweep
+        if str(folder.resolve()) in failed or not is_complete(folder):
+            out.append(JobOutcome(folder, "failed"))
+            continue
+        done = _mtime(folder / DONE)
+        status = "skipped" if start is not None and done is not None and done < start else "finished"
+        summary = _read(folder / "summary.json")
+        verdict = summary.get("above_chance")
+        if not isinstance(verdict, bool):   # a run older than the field
+            verdict = above_chance(summary.get("scores") or {})
+        untrained = bool((summary.get("provenance") or {}).get("untrained", False))
+        out.append(JobOutcome(folder, status, verdict, untrained))
+    return out
+
+
+def summary_lines(sweep_dir: str, failures: list[dict]) -> list[str]:
+    """The lines a sweep ends with: jobs finished / skipped / failed, above chance k of N,
+    the sweep folder and the report command to run next."""
+    import shlex
+
+    jobs = sweep_outcomes(sweep_dir, failures)
+    count = {s: sum(j.status == s for j in jobs) for s in ("finished", "skipped", "failed")}
+    results = [j for j in jobs if j.status != "failed"]
+    lines = [f"gpurecon sweep: {len(jobs)} job(s): {count['finished']} finished, "
+             f"{count['skipped']} skipped (already complete, resume=true), {count['failed']} failed"]
+    if results:
+        k = sum(j.above_chance is True for j in results)
+        line = (f"gpurecon sweep: above chance in {k} of {len(results)} run(s) (PCC across electrodes "
+                "above its permutation null's 95th percentile, or its baseline without a null)")
+        n_untrained = sum(j.untrained for j in results)
+        if n_untrained:
+            line += (f"; {n_untrained} of them with an UNTRAINED model (model.checkpoint=tiny), "
+                     "expected at chance on synthetic data")
+        lines.append(line)
+    lines.append(f"gpurecon sweep: folder {sweep_dir}")
+    if results:
+        folder = shlex.quote(str(sweep_dir))
+        report = shlex.quote(str(Path(sweep_dir) / "report"))
+        lines.append(f"gpurecon sweep: next, Table 1 and the figures: "
+                     f"python -m gpurecon.report {folder} --out {report}")
+    return lines

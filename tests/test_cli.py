@@ -12,6 +12,8 @@ import pytest
 
 from _cli_helpers import SMALL, result_files, run_cli
 
+from gpurecon.run_summary import read_summary
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -119,7 +121,7 @@ def test_permutation_null_and_fold_wise_pca_for_wav2vec2(tmp_path):
 
     proc, out = run_cli([*SMALL, "model=wav2vec2", "model.checkpoint=tiny"], tmp_path, name="w2v")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
+    summary = read_summary(out)   # per-fold lists put back from predictions.npz
     assert summary["solver"]["fold_preprocessing"] == "pca:0.9"
     assert len(summary["solver"]["n_features_per_fold"]) == 20
     assert summary["embedding"]["untrained"] is True and summary["provenance"]["untrained"] is True

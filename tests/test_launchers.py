@@ -47,6 +47,10 @@ def test_local_pool_runs_two_jobs_through_joblib(tmp_path):
         summary = json.loads((run / "summary.json").read_text())
         assert summary["provenance"]["device"] == "cpu"
         assert summary["config"]["device"] == "cpu"
+    # the sweep's summary counts the jobs the pool's workers ran (read from their folders)
+    assert ("gpurecon sweep: 2 job(s): 2 finished, 0 skipped (already complete, resume=true), "
+            "0 failed") in proc.stdout
+    assert f"gpurecon sweep: folder {runs[0].parent}\n" in proc.stdout
 
 
 def test_gpu_claims_never_give_one_gpu_to_two_workers(tmp_path, monkeypatch):

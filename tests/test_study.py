@@ -21,6 +21,7 @@ from sklearn.metrics import r2_score
 from gpurecon.config import SolverConfig
 from gpurecon.evaluation import GRID_COLUMNS, GRID_NULL_COLUMNS, SCORE_DEFINITIONS
 from gpurecon.experiment import NESTED_INNER_CV, evaluate, fit_cross_validated
+from gpurecon.run_summary import read_summary
 from gpurecon.solver import kfold
 
 SMALL = ["data.n_channels=6", "data.n_words=20", "device=cpu"]
@@ -154,7 +155,8 @@ def test_planted_model_beats_its_null_and_recovers_the_planted_map(planted):
     assert s["scores"]["p_r2_across_electrodes"] < 0.01
     last_line = planted.proc.stdout.strip().splitlines()[-1]   # Hydra logs to stdout
     assert s["verdict"] in last_line and "> null 95th percentile" in last_line
-    assert last_line.endswith(": above chance")
+    verdict, expected = last_line.split(". Expected: ")   # what planted features should give
+    assert verdict.endswith(": above chance") and expected.startswith("above chance for model=planted")
     truth = load_ground_truth(s["provenance"]["data_root"], 1)
     X = np.load(planted.out / "embeddings.npz")["X"].astype(np.float64)
     Y = np.load(planted.out / "targets.npz")["Y"].astype(np.float64)
@@ -259,7 +261,7 @@ def grid_run(tmp_path_factory):
                          "solver.l1_ratio=[0.1,0.9]", "solver.n_permutations=19"], tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return SimpleNamespace(out=out, missing=missing, root=root, tmp=tmp,
-                           summary=json.loads((out / "summary.json").read_text()))
+                           summary=read_summary(out))   # per-fold lists put back from the .npz
 
 
 def test_grid_row_equals_a_separate_scalar_run(grid_run):

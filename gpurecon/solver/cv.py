@@ -256,6 +256,8 @@ def cross_val_predict(X, Y, alphas=1.0, l1_ratios=0.5, *, folds=None, preprocess
     solved = torch.zeros(T_all, dtype=torch.bool, device=dev)
     n_features = None
     done = [0]
+    if progress is not None:   # the total is known before the first chunk: a heartbeat can say it
+        progress(0, T_all)
     if transform is None:
         if P:
             problem = _replace_targets(problem, Y_all)
