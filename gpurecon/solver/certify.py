@@ -76,8 +76,11 @@ SHARED_ROUNDS = 8
 LASSO_JITTER = 1e-12
 # Iterative-refinement steps after each sign-pattern solve.
 REFINE_STEPS = 2
-# Sign-flip drops within one round's solve.
+# Sign-flip drops within one round's solve (the first FAST_ROUNDS rounds; from a warm start
+# they settle most problems at once). Later rounds are feature-sign search: one solve, then the
+# exact line search that makes every round lower the objective.
 MAX_DROPS = 8
+FAST_ROUNDS = 3
 
 
 def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alpha, l1_ratio, t_idx,
@@ -133,10 +136,12 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
     gap = torch.zeros((K, F), dtype=F64, device=dev)
     score = torch.zeros((K, p + 1), dtype=sol.score.dtype, device=dev) if F == 1 else None
     x = w
-    for _ in range(max_rounds):
+    cap = torch.full((K * F,), p + 1, dtype=torch.int64, device=dev)              # violators entering next
+    for i in range(max_rounds):
         # 1) exact solve of each open problem's sign pattern (certified ones keep theirs)
         open_ = lasso_like & ~certified
         spent += open_
+        fast = i < FAST_ROUNDS
         # where there is a ridge term and most of a group's folds are open, primal-dual
         # active-set steps on the working set with one shared inverse per group (Woodbury per
         # fold: cheap for many folds of one design); direct sign-pattern solves for the lasso,
@@ -144,14 +149,25 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
         n_open, n_busy = (int(v) for v in torch.stack([open_.sum(), open_.any(1).sum() * F]).tolist())
         # (only below n features: wider sets need the n x n Woodbury form, whose explicit
         # inverse loses the digits the certificate asks for at small alpha)
-        if F > 1 and n_open >= SHARED_FRACTION * n_busy and ws.shape[1] <= design.n:
+        if fast and F > 1 and n_open >= SHARED_FRACTION * n_busy and ws.shape[1] <= design.n:
             x_new, solved = _solve_shared_inverse(d64, f64, ws, active, sign, yc, a, b, open_, alpha, l1_ratio,
                                                   max_elems)
         else:
             x_new, solved = torch.zeros_like(x), torch.zeros_like(open_)
         rest = open_ & ~solved
         if bool(rest.any()):
-            x_rest, solved_rest = _solve_patterns(d64, f64, ws, active, sign, yc, a, b, rest, max_elems)
+            x_rest, solved_rest = _solve_patterns(d64, f64, ws, active, sign, yc, a, b, rest, max_elems,
+                                                  MAX_DROPS if fast else 1)
+            if not fast:
+                # feature-sign search: move only as far along the segment to the pattern's
+                # solution as the objective keeps falling. Pattern solves alone can cycle
+                # (near-collinear columns, tiny ridge terms, rank-saturated lasso folds); with
+                # the line search every round lowers the objective, so no pattern repeats
+                x_rest, full_step, moved = _line_search(d64, f64, ws, x, x_rest, yc, a, b, rest, sign)
+                solved_rest = solved_rest & full_step
+                # a step that could not lower the objective had too many violators entering at
+                # once: next time only the strongest enters (that step always descends)
+                cap.view(K, F)[rest] = torch.where(moved, p + 1, 1)[rest]
             x_new = torch.where(rest[..., None], x_rest, x_new)
             solved = torch.where(rest, solved_rest, solved)
         x = torch.where(open_[..., None], x_new, x)
@@ -169,14 +185,18 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
         # 3) the strongest violators enter the active set with the sign of x_j^T r; at most
         #    ADD_FRACTION of the set's size per round (all at once overshoots: hundreds enter,
         #    the solve flips most of them, and the pattern oscillates)
-        viol = _strongest(viol & ~ok_now[:, None], g, active.reshape(K * F, -1)[probs].sum(-1))
+        # (in the feature-sign rounds only once the point is optimal on its own active set:
+        # then the step to the wider pattern is a descent direction)
+        limit = cap[probs] if fast else torch.where(stat_ok, cap[probs], 0)
+        viol = _strongest(viol & ~ok_now[:, None], g, active.reshape(K * F, -1)[probs].sum(-1), limit)
         ws, x, active, sign = _enter(ws, x, active, sign, probs, viol, g, p)
     # the answer: certified problems their exact solution, the others the engine's iterate
-    # (on the possibly wider working set)
+    # (on the possibly wider working set) or the rounds' last point, whichever is lower
     keep = ~certified
     if bool(keep.any()):
         w_eng = _carry(sol.ws, sol.coef.to(F64), ws, p)
-        x = torch.where(keep[..., None], w_eng, x)
+        lower = _objective(d64, f64, ws, x, yc, a, b) < _objective(d64, f64, ws, w_eng, yc, a, b)
+        x = torch.where((keep & ~lower)[..., None], w_eng, x)
         probs = torch.nonzero(keep.reshape(-1)).squeeze(1)
         r, g, _, _ = _kkt(d64, f64, ws, x, yc, a, b, x != 0, torch.sign(x), col_norm, probs)
         _record(gap, score, probs, torch.ones_like(probs, dtype=torch.bool), r, g, x, ws, yc, a, b, F)
@@ -185,6 +205,79 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
         score = sol.score
     return replace(sol, ws=ws, coef=x.to(sol.coef.dtype), gap=gap, converged=converged, certified=certified,
                    score=score, n_iter=sol.n_iter + spent)
+
+
+def _objective(design, folds, ws, x, yc, a, b):
+    """sklearn's objective times the training size, (K, F) float64."""
+    r = yc - _fit(design, folds, ws, x)
+    return 0.5 * r.square().sum(-1) + a * x.abs().sum(-1) + 0.5 * b * x.square().sum(-1)
+
+
+def alpha_max(design, Y, folds, l1_ratio, t_idx):
+    """Each group's smallest alpha with an all-zero solution on every fold, (K,) float64."""
+    n = design.n
+    Y64, train = Y.to(F64), folds.train.to(F64)
+    ybar, _ = target_stats(Y64, folds)
+    yk = Y64[:n, t_idx].T
+    yc = (yk[:, None, :] - (ybar.T[t_idx][:, :, None] if folds.center else 0.0)) * train
+    X64 = design.X[:n, :design.p].to(F64)
+    if folds.center:
+        X64 = X64 - X64.mean(0)
+    g = (yc @ X64).abs().amax(-1) / folds.n_train[None, :]                        # (K, F)
+    return g.amax(1) / l1_ratio.clamp_min(1e-3)
+
+
+def _fit(design, folds, ws, x):
+    """Fold-centred training predictions ``X_f x`` (K, F, n) of coefficients ``x`` on ``ws``."""
+    n = design.n
+    xw = design.X[:n][:, ws].permute(1, 0, 2)                                   # (K, n, s)
+    z = torch.bmm(x, xw.transpose(1, 2))                                        # (K, F, n)
+    if folds.center:
+        z = z - (z * folds.train).sum(-1, keepdim=True) / folds.n_train[:, None]
+    return z * folds.train
+
+
+def _line_search(design, folds, ws, x0, x1, yc, a, b, open_, sign):
+    """The minimiser of the objective on the segment from ``x0`` to ``x1`` for the open
+    problems (K, F); returns (x, full_step): ``x1`` itself where the minimum is at its end.
+
+    Along ``x0 + t d`` the objective ``0.5 ||r0 - t u||^2 + a ||x0 + t d||_1 + 0.5 b ||x0 + t d||^2``
+    (``u = X_f d``) is a convex piecewise quadratic whose kinks are the coordinates crossing
+    zero; its slope rises by ``2 a |d_j|`` at each. The minimiser is exact: the first piece
+    whose slope reaches zero. A coordinate that stops at its kink is set to exactly zero.
+    The projection of ``x1`` on the pattern's orthant (coordinates whose sign left ``sign``
+    set to zero; one step drops them all) replaces that point where its objective is lower.
+    Also returns ``moved`` (K, F): the step lowered the objective."""
+    K, F, s = x0.shape
+    d = torch.where(open_[..., None], x1 - x0, 0.0)
+    r0 = yc - _fit(design, folds, ws, x0)
+    u = _fit(design, folds, ws, d)
+    a3, b1 = a[..., None], b
+    curv = u.square().sum(-1) + b1 * d.square().sum(-1)                          # (K, F)
+    slope0 = (-(r0 * u).sum(-1) + b1 * (x0 * d).sum(-1)
+              + (a3 * torch.where(x0 != 0, torch.sign(x0) * d, d.abs())).sum(-1))
+    cross = (x0 * d) < 0
+    kink = torch.where(cross, -x0 / torch.where(cross, d, 1.0), torch.inf)          # (K, F, s) in (0, inf]
+    kink, order = torch.sort(kink, dim=-1)
+    jump = torch.where(cross, 2.0 * a3 * d.abs(), 0.0).gather(-1, order).cumsum(-1)
+    left = torch.cat([torch.zeros_like(kink[..., :1]), kink], -1)                 # piece k: [left_k, right_k)
+    right = torch.cat([kink, torch.full_like(kink[..., :1], torch.inf)], -1)
+    slope = slope0[..., None] + torch.cat([torch.zeros_like(jump[..., :1]), jump], -1) \
+        + torch.where(torch.isfinite(left), left, 0.0) * curv[..., None]         # right-slope at left_k
+    stat = left - slope / curv.clamp_min(torch.finfo(F64).tiny)[..., None]
+    cand = torch.where(slope >= 0, left, torch.where(stat <= right, stat, torch.inf))
+    t = cand.amin(-1).clamp(0.0, 1.0)                                             # (K, F)
+    # at t = 1 (up to rounding of the slopes) the step is the pattern's solution itself
+    full = (t >= 1.0 - 1e-9) | (curv == 0)
+    x = torch.where(full[..., None], x1, x0 + t[..., None] * d)
+    stop = cross & (-x0 / torch.where(cross, d, 1.0) == t[..., None]) & ~full[..., None]
+    x = torch.where(stop, 0.0, x)
+    proj = torch.where(torch.sign(x1) == sign, x1, 0.0)
+    f_line, f_proj = _objective(design, folds, ws, x, yc, a, b), _objective(design, folds, ws, proj, yc, a, b)
+    better = (f_proj < f_line) & ~full
+    x = torch.where(better[..., None], proj, x)
+    moved = (t > 0) | full | better
+    return torch.where(open_[..., None], x, x0), full & open_, moved
 
 
 def _solve_shared_inverse(design, folds, ws, active, sign, yc, a, b, open_, alpha, l1_ratio, max_elems):
@@ -217,7 +310,7 @@ def _solve_shared_inverse(design, folds, ws, active, sign, yc, a, b, open_, alph
     return x, settled
 
 
-def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems):
+def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems, max_drops=MAX_DROPS):
     """Solve ``(H_f + b I)_AA w_A = c_A - a s_A`` for every open problem, dropping coordinates
     whose sign flips (up to MAX_DROPS times); returns (x (K, F, s), solved (K, F)).
 
@@ -248,19 +341,19 @@ def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems)
     for lo in range(0, probs.numel(), step):
         sl = slice(lo, lo + step)
         x_f[sl], ok_f[sl] = _solve_some(xt, folds, fold_f[sl], ws_f[sl], act_f[sl], sign_f[sl], yc_f[sl],
-                                        a_f[sl], b_f[sl], p)
+                                        a_f[sl], b_f[sl], p, max_drops)
     x.view(K * F, s)[probs] = x_f
     solved.view(-1)[probs] = ok_f
     return x, solved
 
 
-def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p):
+def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p, max_drops=MAX_DROPS):
     """Sign-pattern solves of a batch of P problems (flat); see ``_solve_patterns``."""
     P, s = act.shape
     n = xt.shape[1]
     train = folds.train[fold]                                                    # (P, n) float64
     n_train = folds.n_train[fold]
-    for _ in range(MAX_DROPS):
+    for _ in range(max_drops):
         k = max(int(act.sum(1).max()), 1)
         pos = torch.argsort((~act).to(torch.int8), dim=1, stable=True)[:, :k]  # active positions first
         valid = torch.arange(k, device=act.device)[None, :] < act.sum(1, keepdim=True)
@@ -307,13 +400,16 @@ def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p):
     return out, ok & ~flip.any(1)
 
 
-def _strongest(viol, g, n_active):
-    """The ``max(MIN_ADD, ADD_FRACTION * |A|)`` violators with the largest ``|x_j^T r|`` per problem."""
+def _strongest(viol, g, n_active, limit=None):
+    """The ``max(MIN_ADD, ADD_FRACTION * |A|)`` violators (at most ``limit``) with the largest
+    ``|x_j^T r|`` per problem."""
     m = torch.clamp((n_active * ADD_FRACTION).long(), min=MIN_ADD)
+    if limit is not None:
+        m = torch.minimum(m, limit)
     m = torch.minimum(m, viol.sum(-1))
     k = int(m.max())
     if not k:
-        return viol
+        return torch.zeros_like(viol)
     top = torch.topk(torch.where(viol, g.abs(), -1.0), k, dim=-1).indices
     keep = torch.arange(k, device=g.device) < m[..., None]
     return torch.zeros_like(viol).scatter_(-1, top, keep) & viol

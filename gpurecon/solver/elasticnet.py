@@ -51,7 +51,7 @@ from sklearn.exceptions import ConvergenceWarning as _BaseConvergenceWarning
 
 from ..device import resolve_device
 from . import working_set
-from .certify import certify
+from .certify import alpha_max, certify
 from .options import (BUCKET_RATIO, FOLD_INNER_FRACTION, FOLD_STOP_FRACTION, FULL_INNER_FRACTION, MIXED_PRECISION_TOL,
                       ONE_BATCH_BUDGET, Options)
 
@@ -62,10 +62,14 @@ log = logging.getLogger("gpurecon")
 # engine takes the groups still uncertified. Leave-one-out folds need 1-3; k-fold folds at small
 # alpha, whose supports fill the training size (|A| ~ n), converge slowly but surely (heavy-tailed
 # 10-fold at 0.01 x alpha_max: 38 rounds, 0.8 s, where the engine took 2.7 s after 10).
-WARM_ROUNDS = 40
+WARM_ROUNDS = 400
 # Active-set rounds a cold fit (the full-data fit, a single fit) gets from zero, the set growing
 # by the strongest KKT violators, before the iterative engine takes what is left uncertified.
-COLD_ROUNDS = 40
+COLD_ROUNDS = 400
+# Cold starts walk down the path alpha_max * PATH_RATIO**k to the target alpha, PATH_ROUNDS
+# active-set rounds at each step.
+PATH_RATIO = 0.3
+PATH_ROUNDS = 12
 
 # The CPU's default memory budget (bytes): fixed, so that chunking, and with it rounding, is the
 # same from run to run (see default_memory_budget).
@@ -343,8 +347,11 @@ def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
     def finish(folds, ws, coef, score, rounds, opts):
         """Active-set rounds from (ws, coef) (None: from zero); the iterative engine, then the
         certificate again, only for the groups they leave uncertified."""
-        first = certify(problem.design, problem.Y, folds, _start(problem, folds, t_idx, ws, coef, score),
-                        **params, max_elems=elems, max_rounds=rounds)
+        start = _start(problem, folds, t_idx, ws, coef, score)
+        rounds = min(rounds, problem.max_iter)      # max_iter bounds every phase's iterations
+        if ws is None:
+            start = _path(problem, folds, start, alpha, l1, t_idx, elems)
+        first = certify(problem.design, problem.Y, folds, start, **params, max_elems=elems, max_rounds=rounds)
         open_ = torch.nonzero(~first.certified.all(1)).squeeze(1)
         if not open_.numel():
             return first
@@ -367,6 +374,21 @@ def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
     #    usually certifies in 1-2 rounds (the engine warm-starts the rest from the same point)
     ws, coef = working_set.warm_start_from_full(full, problem.folds.train.shape[0], problem.design.p)
     return finish(problem.folds, ws, coef, full.score, WARM_ROUNDS, opts_folds)
+
+
+def _path(problem: Problem, folds, start, alpha, l1, t_idx, elems) -> working_set.Solution:
+    """A cold start walked down the regularisation path: at small alpha the support is wide
+    (up to and past n features), and active-set rounds from zero need dozens of rounds to find
+    it; from the solution at PATH_RATIO times a larger alpha, the support moves a little and
+    each step settles in a few rounds (glmnet's pathwise warm starts)."""
+    amax = alpha_max(problem.design, problem.Y, folds, l1, t_idx)
+    for k in range(1, 64):
+        step = torch.maximum(alpha, amax * PATH_RATIO ** k)
+        if not bool((step > alpha).any()):
+            break
+        start = certify(problem.design, problem.Y, folds, start, alpha=step, l1_ratio=l1, t_idx=t_idx,
+                        max_elems=elems, max_rounds=min(PATH_ROUNDS, problem.max_iter))
+    return start
 
 
 def _start(problem: Problem, folds, t_idx, ws, coef, score) -> working_set.Solution:
