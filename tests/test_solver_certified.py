@@ -117,6 +117,9 @@ CASES = {
     "heavy_768_k10": ("heavy_tails", 100, 768, "k10", (0.1,), (0.5,)),
     "outlier_768_k10": ("outlier_rows", 100, 768, "k10", (0.1,), (0.5,)),
     "collinear_768_k10": ("collinear_blocks", 100, 768, "k10", (0.1,), (0.05,)),
+    # p >> n at a tiny alpha: supports wider than the training size with a tiny ridge term, where
+    # pattern solves overshoot and plain active-set rounds cycle (the feature-sign rounds' case)
+    "wide_tiny_alpha_k10": ("heavy_tails", 40, 400, "k10", (1e-3,), (0.5,)),
 }
 SEED = {name: i for i, name in enumerate(CASES)}
 
