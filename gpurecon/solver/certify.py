@@ -76,11 +76,12 @@ SHARED_ROUNDS = 8
 LASSO_JITTER = 1e-12
 # Iterative-refinement steps after each sign-pattern solve.
 REFINE_STEPS = 2
-# Sign-flip drops within one round's solve (the first FAST_ROUNDS rounds; from a warm start
-# they settle most problems at once). Later rounds are feature-sign search: one solve, then the
-# exact line search that makes every round lower the objective.
+# Sign-flip drops within one round's solve (primal-dual active-set rounds: from a warm start
+# they settle most problems at once). A problem whose objective rises in such a round (the
+# method cycles) continues with feature-sign rounds: one solve, then the exact line search that
+# makes every round lower the objective; every problem does after MAX_FAST_ROUNDS rounds.
 MAX_DROPS = 8
-FAST_ROUNDS = 3
+MAX_FAST_ROUNDS = 20
 
 
 def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alpha, l1_ratio, t_idx,
@@ -137,11 +138,17 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
     score = torch.zeros((K, p + 1), dtype=sol.score.dtype, device=dev) if F == 1 else None
     x = w
     cap = torch.full((K * F,), p + 1, dtype=torch.int64, device=dev)              # violators entering next
+    # per problem: primal-dual active-set rounds (fast from a warm start) while they lower the
+    # objective, feature-sign rounds (monotone) from the first round that raises it
+    mono = torch.zeros((K, F), dtype=torch.bool, device=dev)
+    f_prev = _objective(d64, f64, ws, x, yc, a, b)
     for i in range(max_rounds):
         # 1) exact solve of each open problem's sign pattern (certified ones keep theirs)
-        open_ = lasso_like & ~certified
-        spent += open_
-        fast = i < FAST_ROUNDS
+        open_all = lasso_like & ~certified
+        spent += open_all
+        if i >= MAX_FAST_ROUNDS:
+            mono |= open_all
+        open_ = open_all & ~mono
         # where there is a ridge term and most of a group's folds are open, primal-dual
         # active-set steps on the working set with one shared inverse per group (Woodbury per
         # fold: cheap for many folds of one design); direct sign-pattern solves for the lasso,
@@ -149,27 +156,30 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
         n_open, n_busy = (int(v) for v in torch.stack([open_.sum(), open_.any(1).sum() * F]).tolist())
         # (only below n features: wider sets need the n x n Woodbury form, whose explicit
         # inverse loses the digits the certificate asks for at small alpha)
-        if fast and F > 1 and n_open >= SHARED_FRACTION * n_busy and ws.shape[1] <= design.n:
+        if F > 1 and n_open and n_open >= SHARED_FRACTION * n_busy and ws.shape[1] <= design.n:
             x_new, solved = _solve_shared_inverse(d64, f64, ws, active, sign, yc, a, b, open_, alpha, l1_ratio,
                                                   max_elems)
         else:
             x_new, solved = torch.zeros_like(x), torch.zeros_like(open_)
         rest = open_ & ~solved
         if bool(rest.any()):
-            x_rest, solved_rest = _solve_patterns(d64, f64, ws, active, sign, yc, a, b, rest, max_elems,
-                                                  MAX_DROPS if fast else 1)
-            if not fast:
-                # feature-sign search: move only as far along the segment to the pattern's
-                # solution as the objective keeps falling. Pattern solves alone can cycle
-                # (near-collinear columns, tiny ridge terms, rank-saturated lasso folds); with
-                # the line search every round lowers the objective, so no pattern repeats
-                x_rest, full_step, moved = _line_search(d64, f64, ws, x, x_rest, yc, a, b, rest, sign)
-                solved_rest = solved_rest & full_step
-                # a step that could not lower the objective had too many violators entering at
-                # once: next time only the strongest enters (that step always descends)
-                cap.view(K, F)[rest] = torch.where(moved, p + 1, 1)[rest]
+            x_rest, solved_rest = _solve_patterns(d64, f64, ws, active, sign, yc, a, b, rest, max_elems)
             x_new = torch.where(rest[..., None], x_rest, x_new)
             solved = torch.where(rest, solved_rest, solved)
+        slow = open_all & mono
+        if bool(slow.any()):
+            x_slow, solved_slow = _solve_patterns(d64, f64, ws, active, sign, yc, a, b, slow, max_elems, 1)
+            # feature-sign search: move only as far along the segment to the pattern's
+            # solution as the objective keeps falling. Pattern solves alone can cycle
+            # (near-collinear columns, tiny ridge terms, rank-saturated lasso folds); with the
+            # line search every round lowers the objective, so no pattern repeats
+            x_slow, full_step, moved = _line_search(d64, f64, ws, x, x_slow, yc, a, b, slow, sign)
+            # a step that could not lower the objective had too many violators entering at
+            # once: next time only the strongest enters (that step always descends)
+            cap.view(K, F)[slow] = torch.where(moved, p + 1, 1)[slow]
+            x_new = torch.where(slow[..., None], x_slow, x_new)
+            solved = torch.where(slow, solved_slow & full_step, solved)
+        open_ = open_all
         x = torch.where(open_[..., None], x_new, x)
         active = torch.where(open_[..., None], x != 0, active)
         sign = torch.where(open_[..., None], torch.sign(x), sign)
@@ -178,6 +188,11 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
         r, g, viol, stat_ok = _kkt(d64, f64, ws, x, yc, a, b, active, sign, col_norm, probs)
         ok_now = solved.reshape(-1)[probs] & stat_ok & ~viol.any(-1)
         certified.view(-1)[probs] |= ok_now
+        x_p = x.reshape(K * F, -1)[probs]
+        f_now = (0.5 * r.square().sum(-1) + a.reshape(-1)[probs] * x_p.abs().sum(-1)
+                 + 0.5 * b.reshape(-1)[probs] * x_p.square().sum(-1))
+        mono.view(-1)[probs] |= f_now > f_prev.reshape(-1)[probs]
+        f_prev.view(-1)[probs] = torch.minimum(f_now, f_prev.reshape(-1)[probs])
         # the gap (and the full fit's KKT scores) of what this round certified, from this check
         _record(gap, score, probs, ok_now, r, g, x, ws, yc, a, b, F)
         if bool(ok_now.all()):
@@ -187,7 +202,7 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
         #    the solve flips most of them, and the pattern oscillates)
         # (in the feature-sign rounds only once the point is optimal on its own active set:
         # then the step to the wider pattern is a descent direction)
-        limit = cap[probs] if fast else torch.where(stat_ok, cap[probs], 0)
+        limit = torch.where(stat_ok | ~mono.reshape(-1)[probs], cap[probs], 0)
         viol = _strongest(viol & ~ok_now[:, None], g, active.reshape(K * F, -1)[probs].sum(-1), limit)
         ws, x, active, sign = _enter(ws, x, active, sign, probs, viol, g, p)
     # the answer: certified problems their exact solution, the others the engine's iterate
@@ -337,18 +352,29 @@ def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems,
     x_f = torch.zeros((probs.numel(), s), dtype=F64, device=dev)
     ok_f = torch.zeros((probs.numel(),), dtype=torch.bool, device=dev)
     width = int(act_f.sum(1).max())
+    # each group's all-rows Gram and X^T y on its working set, once: a fold's system is then a
+    # gather plus a downdate by its few held-out rows (and the centring term), instead of
+    # products over all n rows per problem
+    shared = None
+    if width <= n and K * s * s <= max_elems // 4:
+        xw = design.X[:n][:, ws].permute(1, 0, 2)                               # (K, n, s)
+        shared = (torch.bmm(xw.transpose(1, 2), xw).reshape(-1), torch.bmm(yc, xw).reshape(K * F, s)[probs],
+                  probs // F, design.X)
     step = max(1, int(max_elems // max(1, 3 * width * n + 3 * min(width, n) ** 2 + 4 * s)))
     for lo in range(0, probs.numel(), step):
         sl = slice(lo, lo + step)
+        sub = None if shared is None else (shared[0], shared[1][sl], shared[2][sl], shared[3])
         x_f[sl], ok_f[sl] = _solve_some(xt, folds, fold_f[sl], ws_f[sl], act_f[sl], sign_f[sl], yc_f[sl],
-                                        a_f[sl], b_f[sl], p, max_drops)
+                                        a_f[sl], b_f[sl], p, max_drops, sub)
     x.view(K * F, s)[probs] = x_f
     solved.view(-1)[probs] = ok_f
     return x, solved
 
 
-def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p, max_drops=MAX_DROPS):
-    """Sign-pattern solves of a batch of P problems (flat); see ``_solve_patterns``."""
+def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p, max_drops=MAX_DROPS, shared=None):
+    """Sign-pattern solves of a batch of P problems (flat); see ``_solve_patterns``. With
+    ``shared`` = (the groups' flat all-rows Grams on their working sets, each problem's
+    ``X^T y_c`` there (P, s), its group (P,), the padded design): systems by downdate."""
     P, s = act.shape
     n = xt.shape[1]
     train = folds.train[fold]                                                    # (P, n) float64
@@ -358,13 +384,18 @@ def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p, max_drops=MAX_DROPS
         pos = torch.argsort((~act).to(torch.int8), dim=1, stable=True)[:, :k]  # active positions first
         valid = torch.arange(k, device=act.device)[None, :] < act.sum(1, keepdim=True)
         feat = torch.where(valid, ws.gather(1, pos), p)                          # (P, k); p: zero column
-        xa = xt[feat]                                                             # (P, k, n)
-        if folds.center:
-            xa = xa - (xa * train[:, None, :]).sum(-1, keepdim=True) / n_train[:, None, None]
-        xa = xa * train[:, None, :] * valid[..., None]
-        c = torch.bmm(xa, yc[..., None])[..., 0]                                  # (P, k)
-        rhs = torch.where(valid, c - a[:, None] * sign.gather(1, pos), 0.0)
         diag = torch.where(valid, b[:, None], 1.0)                              # padding: identity
+        if shared is not None and k <= n:
+            gram, c = _downdated_gram(shared, folds, fold, pos, feat, valid, s)
+            xa = None
+        else:
+            xa = xt[feat]                                                         # (P, k, n)
+            if folds.center:
+                xa = xa - (xa * train[:, None, :]).sum(-1, keepdim=True) / n_train[:, None, None]
+            xa = xa * train[:, None, :] * valid[..., None]
+            c = torch.bmm(xa, yc[..., None])[..., 0]                              # (P, k)
+            gram = None
+        rhs = torch.where(valid, c - a[:, None] * sign.gather(1, pos), 0.0)
         if k > n and bool((b > 0).all()):
             # Woodbury: (A^T A + b I)^-1 v = (v - A^T (A A^T + b I)^-1 A v) / b, A = xa^T (n x k)
             m = torch.bmm(xa.transpose(1, 2), xa) + b[:, None, None] * torch.eye(n, dtype=F64, device=xa.device)
@@ -374,7 +405,8 @@ def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p, max_drops=MAX_DROPS
                 av = torch.bmm(xa.transpose(1, 2), v[..., None])                  # (P, n, 1)
                 return (v - torch.bmm(xa, torch.cholesky_solve(av, chol))[..., 0]) / diag
         else:
-            gram = torch.bmm(xa, xa.transpose(1, 2))
+            if gram is None:
+                gram = torch.bmm(xa, xa.transpose(1, 2))
             # the lasso (b = 0) with linearly dependent active columns (duplicated features) has a
             # singular but consistent system: factorise with a jitter far below rounding of the
             # answer's scale, and let the refinement steps (with the true matrix) remove it
@@ -387,7 +419,10 @@ def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p, max_drops=MAX_DROPS
         for _refine in range(REFINE_STEPS):
             # iterative refinement: the Woodbury form divides by b, which loses digits when b is
             # small next to X_A^T X_A (small alpha); a residual step with the same factors restores them
-            hx = torch.bmm(xa, torch.bmm(xa.transpose(1, 2), sol[..., None]))[..., 0] + diag * sol
+            if gram is None:
+                hx = torch.bmm(xa, torch.bmm(xa.transpose(1, 2), sol[..., None]))[..., 0] + diag * sol
+            else:
+                hx = torch.bmm(gram, sol[..., None])[..., 0] + diag * sol
             sol = sol + inv(torch.where(valid, rhs - hx, 0.0))
         ok = (info == 0) & torch.isfinite(sol).all(-1)
         sol = torch.where(valid & ok[:, None], sol, 0.0)
@@ -398,6 +433,23 @@ def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p, max_drops=MAX_DROPS
             break
         act = act & ~flip
     return out, ok & ~flip.any(1)
+
+
+def _downdated_gram(shared, folds, fold, pos, feat, valid, s):
+    """Fold Grams (P, k, k) and ``X_f^T y_c`` (P, k) on each problem's active features from
+    its group's all-rows Gram: ``H_f = G - X_h^T X_h - (sum X_h)(sum X_h)^T / n_f`` (held-out
+    rows ``h``; the last term re-centres on the training rows, the design being centred on all
+    rows). ``X_f^T y_c = X^T y_c``: the centred targets are zero on held-out rows."""
+    gflat, c_ws, grp, X = shared
+    idx = (grp[:, None, None] * s + pos[:, :, None]) * s + pos[:, None, :]
+    gram = gflat[idx]                                                            # (P, k, k)
+    xo = X[folds.held_out[fold][:, :, None], feat[:, None, :]]                   # (P, h, k); pads read 0
+    gram = gram - torch.bmm(xo.transpose(1, 2), xo)
+    if folds.center:
+        so = xo.sum(1)
+        gram = gram - so[:, :, None] * so[:, None, :] / folds.n_train[fold][:, None, None]
+    both = valid[:, :, None] & valid[:, None, :]
+    return torch.where(both, gram, 0.0), torch.where(valid, c_ws.gather(1, pos), 0.0)
 
 
 def _strongest(viol, g, n_active, limit=None):
