@@ -35,7 +35,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 DONE = "done.json"
-# Every file a run publishes (experiment.write_outputs; grid.csv with a grid), and the folder of
+# Every file a run publishes (results.write_outputs; grid.csv with a grid), and the folder of
 # Hydra's record of the run's settings, which the app writes itself (gpurecon.run_folder).
 RESULT_FILES = frozenset({"summary.json", "targets.npz", "embeddings.npz", "predictions.npz",
                           "scores_trials.csv", "scores_electrodes.csv", "grid.csv"})

@@ -231,7 +231,7 @@ def test_a_bug_leaves_no_result_files(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("a bug in a stage")
 
-    monkeypatch.setattr(experiment, "evaluate", broken)
+    monkeypatch.setattr(experiment, "evaluate_fit", broken)
     cfg = _compose(["device=cpu", "data.n_channels=2", "data.n_words=12", "progress=false",
                     f"cache_dir={tmp_path / 'cache'}"])
     out = tmp_path / "out"
@@ -270,7 +270,7 @@ def test_layer_range_is_checked_from_a_local_config_without_weights(tmp_path, la
     from transformers import GPT2Config
 
     from gpurecon.errors import ModelError
-    from gpurecon.experiment import check_checkpoint
+    from gpurecon.embeddings.stage import check_checkpoint
 
     GPT2Config(n_layer=3, n_embd=8, n_head=2).save_pretrained(tmp_path / "ckpt")
     cfg = OmegaConf.create({"name": "gpt2", "checkpoint": str(tmp_path / "ckpt"), "layer": layer})
