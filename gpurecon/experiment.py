@@ -25,14 +25,15 @@ from .data.source import (Dataset, check_subject, ensure_synthetic, is_generated
                           synthetic_layout)
 from .device import resolve_device
 from .embeddings import Embeddings
-from .embeddings.stage import check_checkpoint, compute_embeddings
+from .embeddings.stage import (check_checkpoint, compute_embeddings, main_layer, n_layers_requested,
+                               split_layers)
 from .errors import ConfigError
 from .evaluation import GridEvaluation, evaluate_fit
 from .killpoints import kill_after_first, kill_point
 from .outputs import DISK_FULL, discard_staging, make_staging, publish, write_text
 from .progress import chain, stage_bar
-from .results import (Provenance, disk_full_error, excluded_text, finished_summary,
-                      provenance_for, write_outputs)
+from .results import (Layerwise, LayerResult, Provenance, disk_full_error, excluded_text,
+                      finished_summary, provenance_for, write_outputs)
 from .signal.targets import Targets, build_targets, target_window
 from .solver.fit import CrossValidatedFit, fit_cross_validated
 
@@ -60,9 +61,10 @@ class StageResults:
     rec: object                         # gpurecon.data.Recording
     targets: Targets
     emb: Embeddings
-    fit: CrossValidatedFit
+    fit: CrossValidatedFit              # a layer-wise run: its main layer's (also emb, scores)
     scores: GridEvaluation
     provenance: Provenance
+    layerwise: Layerwise | None = None  # model.layer=all or a list: every layer
 
 
 def run(cfg: DictConfig, out_dir: str | os.PathLike, record: dict[str, str] | None = None) -> dict:
@@ -91,7 +93,8 @@ def run(cfg: DictConfig, out_dir: str | os.PathLike, record: dict[str, str] | No
         cache.remove_stale()
         results = run_stages(cfg, setup)
         write_outputs(staging, results.rec, results.provenance, cfg, results.targets.Y, results.emb,
-                      results.fit, results.scores, results.targets.meta, setup.timings)
+                      results.fit, results.scores, results.targets.meta, setup.timings,
+                      results.layerwise)
         for rel, text in (record or {}).items():   # the settings travel with the outputs
             write_text(staging / rel, text)
         kill_point("writing")
@@ -121,7 +124,8 @@ def prepare(cfg: DictConfig, t_start: float) -> Setup:
         if cfg.data.n_channels is not None:   # so is its size: refuse a run that cannot finish
             check_solver_cost(cfg, n_trials=len(layout["onsets_s"]), device_type=device.type,
                               n_targets=int(cfg.data.n_channels)
-                              * n_frames_for(cfg.target, layout["sfreq"], window))
+                              * n_frames_for(cfg.target, layout["sfreq"], window),
+                              n_layers=n_layers_requested(cfg.model))
     return Setup(dataset, device, cache, window, show=bool(cfg.get("progress", True)), t_start=t_start)
 
 
@@ -152,15 +156,37 @@ def run_stages(cfg: DictConfig, setup: Setup) -> StageResults:
         log.warning("model %s is an UNTRAINED tiny model: its scores say nothing about %s",
                     emb.meta.get("checkpoint"), cfg.model.name)
 
+    layers = split_layers(emb)
+    if layers is None:
+        fit, scores = _fit(cfg, emb, targets.Y, setup, "solver (targets)")
+        layerwise = None
+    else:   # model.layer=all or a list: every layer fitted here, the same folds and permutations
+        main, why = main_layer(cfg.model.name, [one.layer for one in layers], int(emb.meta["n_blocks"]))
+        log.info("%d layers %s from one forward pass; main scores: layer %d, %s",
+                 len(layers), [one.layer for one in layers], main, why)
+        layerwise = Layerwise([LayerResult(one.layer, *_fit(cfg, one.emb, targets.Y, setup,
+                                                            f"solver (layer {one.layer})", one.layer))
+                               for one in layers], main, why)
+        fit, scores = layerwise.main.fit, layerwise.main.scores
+        emb = Embeddings(next(one.emb.X for one in layers if one.layer == main),
+                         {**emb.meta, "main_layer": main})
+    timings["total_s"] = time.perf_counter() - setup.t_start
+    return StageResults(rec, targets, emb, fit, scores, prov, layerwise)
+
+
+def _fit(cfg: DictConfig, emb: Embeddings, Y: torch.Tensor, setup: Setup, label: str,
+         layer: int | None = None) -> tuple[CrossValidatedFit, GridEvaluation]:
+    """The solver and evaluation stages for one layer's embeddings."""
     t = time.perf_counter()
-    with stage_bar("solver (targets)", enabled=show) as bar:
-        fit = fit_cross_validated(emb, targets.Y, cfg.solver, device, seed=int(cfg.seed),
+    with stage_bar(label, enabled=setup.show) as bar:
+        fit = fit_cross_validated(emb, Y, cfg.solver, setup.device, seed=int(cfg.seed),
                                   progress=chain(bar, kill_after_first("solver")),
                                   devices=int(cfg.devices))
-    timings["solver_s"] = time.perf_counter() - t
-    scores = evaluate_fit(fit, targets.Y, cfg.solver.cv)
-    timings["total_s"] = time.perf_counter() - setup.t_start
-    return StageResults(rec, targets, emb, fit, scores, prov)
+    setup.timings["solver_s"] = setup.timings.get("solver_s", 0.0) + time.perf_counter() - t
+    scores = evaluate_fit(fit, Y, cfg.solver.cv)
+    if layer is not None:
+        log.info("layer %d: %s", layer, scores.main.verdict())
+    return fit, scores
 
 
 def _load(cfg: DictConfig, setup: Setup):
@@ -184,7 +210,8 @@ def _load(cfg: DictConfig, setup: Setup):
                            duration_s=rec.seeg.shape[1] / rec.sfreq, window=setup.window)
     problems = check_solver_cost(cfg, n_trials=len(onsets), device_type=device.type,
                                  n_targets=int(np.sum(rec.good_channels))
-                                 * n_frames_for(cfg.target, float(rec.sfreq), setup.window))
+                                 * n_frames_for(cfg.target, float(rec.sfreq), setup.window),
+                                 n_layers=n_layers_requested(cfg.model))
     limit = cfg.solver.get("max_problems")
     log.info("solver: about %.3g ElasticNet problems (solver.max_problems=%s)", problems,
              "null" if limit is None else f"{limit:.3g}")

@@ -118,11 +118,13 @@ def finished_summary(out_dir: Path, cfg: DictConfig) -> dict | None:
 
 def write_outputs(out_dir: Path, rec, prov: Provenance, cfg: DictConfig, Y: torch.Tensor, emb,
                   fit: "CrossValidatedFit", scores: "GridEvaluation", target_meta: dict,
-                  timings: dict) -> None:
+                  timings: dict, layerwise: "Layerwise | None" = None) -> None:
     """All result files, each atomic and each carrying the provenance.
 
     ``scores`` is the :class:`gpurecon.evaluation.GridEvaluation` of ``fit``; its main
     evaluation (the nested selection with a grid) fills predictions.npz and the score files.
+    A layer-wise run passes its main layer's ``emb``/``fit``/``scores`` and every layer in
+    ``layerwise`` (layers.csv, predictions_layers.npz, the ``layers`` block of summary.json).
     """
     from .evaluation import SCORE_DEFINITIONS
     from .outputs import write_csv, write_json, write_npz
@@ -191,5 +193,67 @@ def write_outputs(out_dir: Path, rec, prov: Provenance, cfg: DictConfig, Y: torc
     }
     if nested is not None:
         summary["nested"] = nested
+    if layerwise is not None:
+        summary["layers"] = write_layer_outputs(out_dir, layerwise, Y, prov)
     summary.update({"timings": timings, "config": OmegaConf.to_container(cfg, resolve=True)})
     write_json(out_dir / "summary.json", summary)
+
+
+@dataclass
+class LayerResult:
+    """One layer of a layer-wise run: its hidden-state index, fit and scores."""
+
+    layer: int
+    fit: "CrossValidatedFit"
+    scores: "GridEvaluation"
+
+
+@dataclass
+class Layerwise:
+    """Every fitted layer (ascending) and the one whose scores are the run's main scores."""
+
+    results: list[LayerResult]
+    main_layer: int
+    main_reason: str
+
+    @property
+    def main(self) -> LayerResult:
+        return next(r for r in self.results if r.layer == self.main_layer)
+
+
+def layer_rows(layerwise: Layerwise) -> tuple[list[str], list[list]]:
+    """layers.csv: one row per layer, the ``scores`` block of summary.json that a run with
+    ``model.layer=<layer>`` writes (the nested selection's with a grid)."""
+    summaries = [r.scores.main.summary() for r in layerwise.results]
+    keys = list(summaries[0])
+    rows = [[r.layer, *("" if s.get(k) is None else s[k] for k in keys)]
+            for r, s in zip(layerwise.results, summaries)]
+    return ["layer", *keys], rows
+
+
+def write_layer_outputs(out_dir: Path, layerwise: Layerwise, Y: torch.Tensor,
+                        prov: Provenance) -> dict:
+    """layers.csv and predictions_layers.npz; returns the ``layers`` block of summary.json."""
+    from .outputs import write_csv, write_npz
+
+    header = prov.comments() + [f"main_layer: {layerwise.main_layer} ({layerwise.main_reason})"]
+    cols, rows = layer_rows(layerwise)
+    write_csv(out_dir / "layers.csv", cols, rows, comments=header)
+    results = layerwise.results
+    arrays = {"layers": np.array([r.layer for r in results]),
+              "pred": torch.stack([r.fit.pred for r in results]), "Y": Y,
+              "baseline": results[0].fit.baseline}   # the same folds for every layer
+    nulls = [r.scores.main.null for r in results]
+    if all(n is not None for n in nulls):
+        arrays["null_pcc_across_electrodes"] = torch.stack([n.pcc_across_electrodes for n in nulls])
+        arrays["null_r2_across_electrodes"] = torch.stack([n.r2_across_electrodes for n in nulls])
+    write_npz(out_dir / "predictions_layers.npz", provenance=prov.fields, **arrays)
+    fit = results[0].fit
+    return {"layers": [r.layer for r in results], "main_layer": layerwise.main_layer,
+            "main_layer_reason": layerwise.main_reason,
+            "scores_file": "layers.csv", "predictions_file": "predictions_layers.npz",
+            "permutations": (f"one set of {fit.meta['n_permutations']} (seed "
+                             f"{fit.meta['permutation_seed']}) shared by every layer"
+                             if fit.permutations is not None else None),
+            "note": ("scores, predictions.npz, the score files and embeddings.npz are the main "
+                     "layer's; layers.csv has every layer's scores")}

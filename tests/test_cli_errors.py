@@ -49,7 +49,7 @@ RANGE_ERRORS = [
     (["signal.chunk_channels=0"], "signal.chunk_channels"),
     (["data.n_words=0"], "data.n_words"),
     (["data.n_channels=0"], "data.n_channels"),
-    (["model=gpt2", "model.layer=all"], "model.layer"),
+    (["model=gpt2", "model.layer=[first,0]"], "model.layer"),   # one listed layer is not a layer
     (["model=gpt2", "model.layer=first"], "model.layer"),
     (["model=gpt2", "model.batch_size=0"], "model.batch_size"),
     (["model=wav2vec2", "model.pca_variance=0"], "model.pca_variance"),
