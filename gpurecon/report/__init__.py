@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from .draw import FigureSpec, write_figure
 from .figures import r2_histogram, r2_per_model, score_grid
+from .figures_layers import layer_figures
 from .figures_run import electrode_map, null_histogram, timecourse
 from .runs import ReportError, Run, find_runs
 from .settings import check_comparable, split_lines
@@ -50,7 +51,7 @@ __all__ = ["ReportError", "Run", "find_runs", "figure_specs", "make_report"]
 
 def figure_specs(runs: list[Run]) -> tuple[list[FigureSpec], list[str]]:
     """Every figure the runs support (reading their files), and notes on those skipped."""
-    specs = [*r2_per_model(runs), *r2_histogram(runs), *score_grid(runs)]
+    specs = [*r2_per_model(runs), *r2_histogram(runs), *score_grid(runs), *layer_figures(runs)]
     skipped: dict[str, int] = {}
     for run in runs:
         specs.append(electrode_map(run, runs))
