@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from . import __version__
 from .cache import Cache
 from .config import check_solver_cost, n_frames_for, validate_config, validate_for_recording
+from .data import Recording, load_subject
 from .data.source import (Dataset, check_subject, ensure_synthetic, is_generated, resolve_dataset,
                           synthetic_layout)
 from .device import resolve_device
@@ -58,7 +59,7 @@ class Setup:
 class StageResults:
     """Every stage's result, in order: what the result files are written from."""
 
-    rec: object                         # gpurecon.data.Recording
+    rec: Recording
     targets: Targets
     emb: Embeddings
     fit: CrossValidatedFit              # a layer-wise run: its main layer's (also emb, scores)
@@ -189,11 +190,9 @@ def _fit(cfg: DictConfig, emb: Embeddings, Y: torch.Tensor, setup: Setup, label:
     return fit, scores
 
 
-def _load(cfg: DictConfig, setup: Setup):
+def _load(cfg: DictConfig, setup: Setup) -> Recording:
     """The data stage: generate the synthetic dataset if needed, load the subject, and check
     the settings that need the recording (window, solver cost)."""
-    from .data import load_subject
-
     dataset, device, show = setup.dataset, setup.device, setup.show
     generate = is_generated(dataset) and not (dataset.root / "dataset_description.json").exists()
     with stage_bar("generating synthetic data", enabled=show and generate, unit="ch") as bar:

@@ -212,7 +212,7 @@ def test_a_bad_layer_is_one_error_naming_model_layer_and_the_allowed_values(valu
     assert not (tmp_path / "cache").exists() and sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("value,words", [("[0,99]", ["model.layer=99", "out of range", "-5..4"]),
+@pytest.mark.parametrize("value,words", [("[0,99]", ["model.layer=[0, 99]: 99 is out of range", "-5..4"]),
                                          ("[4,-1]", ["model.layer=[4, -1]", "twice"]),
                                          ("-6", ["model.layer=-6", "'all'", "list"])])
 def test_a_layer_outside_the_checkpoint_is_refused_at_start_up(value, words, tmp_path):

@@ -250,7 +250,10 @@ def resolve_layer(layer: str | int | tuple, n_blocks: int, checkpoint: str) -> s
     if layer == "all":
         return "all"
     if isinstance(layer, tuple):
-        indices = [resolve_layer(one, n_blocks, checkpoint) for one in layer]
+        try:
+            indices = [resolve_layer(one, n_blocks, checkpoint) for one in layer]
+        except ModelError as err:   # name the list as given, then the layer that is wrong
+            raise ModelError(f"model.layer={list(layer)!r}: {str(err).removeprefix('model.layer=')}") from None
         if len(set(indices)) != len(indices):
             raise ModelError(f"model.layer={list(layer)!r} names a hidden state twice for "
                              f"{checkpoint} (indices {indices}; -1 and {n_blocks} are the same "
