@@ -91,6 +91,9 @@ def test_one_curve_per_participant_drawn_from_its_layers_csv(runs):
         top = band.get_paths()[0].vertices[:, 1]
         np.testing.assert_allclose(top.max(), max(truth[k]["null_pcc_across_electrodes_95"]
                                                   for k in layers))
+        star = next(line for line in ax.lines if line.get_label() == "main layer (4)")
+        assert list(star.get_xdata()) == [4]
+        assert star.get_ydata()[0] == pytest.approx(truth[4]["pcc_across_electrodes"])
         assert "layer" in ax.get_xlabel() and "PCC" in ax.get_ylabel()
 
 

@@ -97,6 +97,12 @@ def _draw_curves(title: str, members):
                             "mean to its 95th percentile" + (" (mean)" if many else ""))
         else:
             message(ax, "no permutation null (solver.n_permutations=0): baseline only")
+        if not many:   # the layer whose scores are the run's main scores (summary.json)
+            run, t = members[0]
+            main = int(run.summary["layers"].get("main_layer", -1))
+            if main in t["layer"]:
+                ax.plot([main], [t[SCORE][list(t["layer"].astype(int)).index(main)]], ls="none",
+                        marker="*", ms=12, color="C1", label=f"main layer ({main})")
         ax.plot(layers, base, color="C3", ls="--", lw=1.5,
                 label="baseline (mean of training trials)" + (" (mean)" if many else ""))
         ax.set_xlabel("layer (hidden state; 0 = the model's input embeddings)")
