@@ -106,7 +106,8 @@ class GPT2Config:
     name: str = "gpt2"
     checkpoint: str = "gpt2"
     revision: Optional[str] = None
-    layer: str = "last"
+    # "last", "all", an index, or a list of indices fitted in one run: Any, as str refuses lists
+    layer: Any = "last"
     batch_size: int = 64
     dtype: ModelDtype = ModelDtype.float32
 
@@ -116,7 +117,7 @@ class Wav2Vec2Config:
     name: str = "wav2vec2"
     checkpoint: str = "facebook/wav2vec2-xls-r-300m"
     revision: Optional[str] = None
-    layer: str = "23"
+    layer: Any = "23"   # as GPT2Config.layer
     window: float = 2.0
     pooling: Pooling = Pooling.flatten
     pca_variance: float = 0.9
@@ -305,15 +306,16 @@ def _check_range(key: str, value: Any, *, low: float | None = None, high: float 
 
 
 def _check_layer(key: str, layer: Any) -> None:
-    text = str(layer).strip().lower()
-    if text == "all":
-        raise ConfigError(f"{key}=all gives one embedding per layer; the app fits one layer per "
-                          f"run: choose 'last' or an integer index (sweep layers with -m {key}=...)")
-    if text != "last":
-        try:
-            int(text)
-        except ValueError:
-            _fail(key, "'last' or an integer index (negative counts from the end)", layer)
+    """One layer (``last``, an index), ``all``, or a non-empty list of indices / ``last``;
+    the range is checked against the checkpoint (embeddings.stage.check_checkpoint)."""
+    from .embeddings.base import parse_layer
+
+    if OmegaConf.is_config(layer):
+        layer = OmegaConf.to_container(layer)
+    try:
+        parse_layer(layer)
+    except ValueError as err:   # "layer must be ...": name the setting
+        raise ConfigError(f"{key}{str(err).removeprefix('layer')}") from None
 
 
 def validate_config(cfg: Any) -> None:
@@ -510,12 +512,13 @@ def n_frames_for(target: Any, sfreq: float, window: float) -> int:
                             target.frame_shift)[0])
 
 
-def check_solver_cost(cfg: Any, *, n_trials: int, n_targets: int, device_type: str) -> int:
+def check_solver_cost(cfg: Any, *, n_trials: int, n_targets: int, device_type: str,
+                      n_layers: int = 1) -> int:
     """Estimate the ElasticNet problems a run fits and refuse a run beyond
     ``solver.max_problems`` before any of them is started.
 
     problems = targets x folds x grid points x (1 + permutations [+ 5 inner folds with a
-    grid, the nested selection]).
+    grid, the nested selection]) x layers (``model.layer=all`` or a list).
 
     Returns
     -------
@@ -532,13 +535,14 @@ def check_solver_cost(cfg: Any, *, n_trials: int, n_targets: int, device_type: s
     n_perm = n_permutations_for(solver.n_permutations, device_type)
     folds = n_trials if solver.cv == CV.loo else int(solver.n_splits)
     grid = len(alphas) * len(l1_ratios)
-    problems = int(n_targets) * folds * grid * (1 + n_perm + (5 if is_grid else 0))
+    problems = int(n_targets) * folds * grid * (1 + n_perm + (5 if is_grid else 0)) * int(n_layers)
+    layers = f" x {n_layers} layers (model.layer)" if n_layers > 1 else ""
     limit = solver.get("max_problems")
     if limit is not None and problems > limit:
         raise ConfigError(
             f"solver.n_permutations={n_perm} makes this run about {problems:.3g} ElasticNet "
             f"problems ({n_targets} targets x {folds} folds x {grid} grid point(s) x "
-            f"{1 + n_perm} fits with the permutations), above solver.max_problems={limit:.3g}: "
+            f"{1 + n_perm} fits with the permutations{layers}), above solver.max_problems={limit:.3g}: "
             f"it would not finish. Lower solver.n_permutations (or the grid), or raise the "
             f"limit explicitly: solver.max_problems={problems:.0e} (null: no limit)")
     return problems

@@ -21,9 +21,16 @@ chance levels; :meth:`Evaluation.summary` is the ``scores`` block of summary.jso
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+# the baseline is fitted by the solver stage (it needs the folds); re-exported for readers
+from .solver.fit import training_mean_predictions  # noqa: F401
+
+if TYPE_CHECKING:
+    from .solver.fit import CrossValidatedFit
 
 _EPS = 1e-30
 
@@ -109,21 +116,6 @@ def scores_per_electrode(pred: torch.Tensor, true: torch.Tensor) -> dict[str, to
     """Per electrode, PCC and R2 across held-out trials. Returns (..., electrodes)."""
     _check_pair(pred, true)
     return {"pcc": pearson(pred, true, dim=-2), "r2": r2(pred, true, dim=-2)}
-
-
-def training_mean_predictions(Y: torch.Tensor, train_masks: torch.Tensor) -> torch.Tensor:
-    """The baseline that ignores the embedding: each fold predicts its held-out trials with
-    the mean of its training trials. ``train_masks``: (folds, trials) bool, every trial held
-    out in exactly one fold. Returns (trials, targets)."""
-    if train_masks.ndim != 2 or train_masks.shape[1] != Y.shape[0]:
-        raise ValueError(f"train_masks must be (folds, {Y.shape[0]}), got {tuple(train_masks.shape)}")
-    held_out = ~train_masks
-    if not torch.equal(held_out.sum(0), torch.ones_like(held_out[0], dtype=torch.long)):
-        raise ValueError("train_masks: every trial must be held out in exactly one fold")
-    w = train_masks.to(Y.dtype)
-    fold_means = (w @ Y) / w.sum(1, keepdim=True)        # (folds, targets)
-    fold_of_trial = held_out.to(torch.long).argmax(0)    # (trials,)
-    return fold_means[fold_of_trial]
 
 
 # Null values within this relative distance of the observed score count as ties. Scores
@@ -494,3 +486,13 @@ def evaluate_grid(*, grid_pred: torch.Tensor, Y: torch.Tensor, baseline: torch.T
     best_null = NullDistribution.best_of(nulls) if null_pred is not None else None
     main = evaluate(pred=nested_pred, Y=Y, baseline=baseline, null=best_null, cv=cv)
     return GridEvaluation(main, points, nested=True)
+
+
+def evaluate_fit(fit: "CrossValidatedFit", Y: torch.Tensor, cv: str) -> "GridEvaluation":
+    """Scores of the run beside its chance levels, for every grid point and the nested
+    selection (:func:`gpurecon.evaluation.evaluate_grid`)."""
+    return evaluate_grid(grid_pred=fit.grid_pred, Y=Y, baseline=fit.baseline, grid=fit.grid,
+                         n_not_converged=fit.n_not_converged, null_pred=fit.null_pred,
+                         permutations=fit.permutations,
+                         nested_pred=fit.pred if fit.nested is not None else None, cv=cv)
+

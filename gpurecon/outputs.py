@@ -35,10 +35,12 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 DONE = "done.json"
-# Every file a run publishes (experiment.write_outputs; grid.csv with a grid), and the folder of
+# Every file a run publishes (results.write_outputs; grid.csv with a grid, the layer files with
+# several layers), and the folder of
 # Hydra's record of the run's settings, which the app writes itself (gpurecon.run_folder).
 RESULT_FILES = frozenset({"summary.json", "targets.npz", "embeddings.npz", "predictions.npz",
-                          "scores_trials.csv", "scores_electrodes.csv", "grid.csv"})
+                          "scores_trials.csv", "scores_electrodes.csv", "grid.csv",
+                          "layers.csv", "predictions_layers.npz"})   # the last two: model.layer=all / a list
 HYDRA_RECORD = ".hydra"
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
 # The marker in every temp name this program makes: only such names are ever cleaned up.

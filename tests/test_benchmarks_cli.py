@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
 OWN_SCRIPTS = ["bench_signal.py", "bench_embeddings.py", "bench_pipeline.py", "bench_solver.py", "bench_ranks.py",
-               "bench_solver_cv.py", "run_all.py"]
+               "bench_solver_cv.py", "bench_layers.py", "run_all.py"]
 
 
 def run(args, timeout=300, **kw):

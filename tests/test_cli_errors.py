@@ -49,7 +49,7 @@ RANGE_ERRORS = [
     (["signal.chunk_channels=0"], "signal.chunk_channels"),
     (["data.n_words=0"], "data.n_words"),
     (["data.n_channels=0"], "data.n_channels"),
-    (["model=gpt2", "model.layer=all"], "model.layer"),
+    (["model=gpt2", "model.layer=[first,0]"], "model.layer"),   # one listed layer is not a layer
     (["model=gpt2", "model.layer=first"], "model.layer"),
     (["model=gpt2", "model.batch_size=0"], "model.batch_size"),
     (["model=wav2vec2", "model.pca_variance=0"], "model.pca_variance"),
@@ -231,7 +231,7 @@ def test_a_bug_leaves_no_result_files(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("a bug in a stage")
 
-    monkeypatch.setattr(experiment, "evaluate", broken)
+    monkeypatch.setattr(experiment, "evaluate_fit", broken)
     cfg = _compose(["device=cpu", "data.n_channels=2", "data.n_words=12", "progress=false",
                     f"cache_dir={tmp_path / 'cache'}"])
     out = tmp_path / "out"
@@ -270,7 +270,7 @@ def test_layer_range_is_checked_from_a_local_config_without_weights(tmp_path, la
     from transformers import GPT2Config
 
     from gpurecon.errors import ModelError
-    from gpurecon.experiment import check_checkpoint
+    from gpurecon.embeddings.stage import check_checkpoint
 
     GPT2Config(n_layer=3, n_embd=8, n_head=2).save_pretrained(tmp_path / "ckpt")
     cfg = OmegaConf.create({"name": "gpt2", "checkpoint": str(tmp_path / "ckpt"), "layer": layer})

@@ -20,8 +20,9 @@ from sklearn.metrics import r2_score
 
 from gpurecon.config import SolverConfig
 from gpurecon.evaluation import GRID_COLUMNS, GRID_NULL_COLUMNS, SCORE_DEFINITIONS
-from gpurecon.experiment import NESTED_INNER_CV, evaluate, fit_cross_validated
+from gpurecon.evaluation import evaluate_fit as evaluate
 from gpurecon.run_summary import read_summary
+from gpurecon.solver.fit import NESTED_INNER_CV, fit_cross_validated
 from gpurecon.solver import kfold
 
 SMALL = ["data.n_channels=6", "data.n_words=20", "device=cpu"]

@@ -261,7 +261,7 @@ def test_a_run_waiting_on_a_live_holder_says_whom_and_stops_after_the_timeout(tm
     """End to end: another process holds the lock of the synthetic dataset this run needs;
     the run logs the holder's pid and gives up after cache_lock_timeout with one error."""
     from gpurecon.cache import Cache
-    from gpurecon.experiment import resolve_dataset
+    from gpurecon.data.source import resolve_dataset
 
     cfg = _compose([*TINY, f"cache_dir={tmp_path / 'cache'}"])
     entry = resolve_dataset(cfg.data, cfg.subject, Cache(cfg.cache_dir)).root.name

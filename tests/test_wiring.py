@@ -104,7 +104,7 @@ TARGET_VARIANTS = [
 def test_targets_cache_key_follows_every_signal_and_target_setting(recording_root, tmp_path):
     from gpurecon.cache import Cache
     from gpurecon.data import load_subject
-    from gpurecon.experiment import build_targets, target_window
+    from gpurecon.signal.targets import build_targets, target_window
 
     rec = load_subject(recording_root, 2)
     cache = Cache(tmp_path / "cache")
@@ -138,7 +138,7 @@ EMBEDDING_VARIANTS = {
 
 @pytest.mark.parametrize("model", list(EMBEDDING_VARIANTS))
 def test_embedding_cache_key_follows_the_model_settings(model, tmp_path):
-    from gpurecon.experiment import compute_embeddings
+    from gpurecon.embeddings.stage import compute_embeddings
 
     cache = fresh_cache(tmp_path)
     rec = make_recording(["huis", "boom", "water", "kat", "hond", "fiets"], audio_sfreq=16000.0)
@@ -164,7 +164,7 @@ def test_embedding_cache_key_follows_the_checkpoint(tmp_path):
 
     from _embeddings_helpers import shared_models
     from gpurecon.embeddings.tiny import build_gpt2
-    from gpurecon.experiment import compute_embeddings
+    from gpurecon.embeddings.stage import compute_embeddings
 
     cache = fresh_cache(tmp_path)
     rec = make_recording(["huis", "boom", "water", "kat"])
@@ -188,7 +188,7 @@ def test_solver_strategy_reaches_the_solver_and_the_outputs(monkeypatch):
 
     import gpurecon.solver as solver
     from gpurecon.config import SolverConfig
-    from gpurecon.experiment import fit_cross_validated
+    from gpurecon.solver.fit import fit_cross_validated
 
     seen = []
     real = solver.cross_val_predict

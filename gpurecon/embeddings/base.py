@@ -4,7 +4,7 @@ An embedder turns a :class:`~gpurecon.data.recording.Recording` into one row per
 
     emb = get_embedder("gpt2", checkpoint="tiny")
     out = emb.embed(recording, device=torch.device("cpu"), cache=Cache("~/.cache/gpurecon"))
-    out.X      # (n_trials, dim) float32 on `device`; layer="all": (n_layers, n_trials, dim)
+    out.X      # (n_trials, dim) float32 on `device`; layer="all" or a list: (n_layers, n_trials, dim)
     out.meta   # checkpoint, layer, pooling, dim, untrained, fold_preprocessing, cache_hit, ...
 
 Models are loaded lazily on a cache miss, run in inference mode and dropped again when
@@ -54,7 +54,8 @@ class Embeddings:
     ----------
     X : torch.Tensor
         ``(n_trials, dim)`` float32 on the requested device, rows in trial order;
-        ``(n_layers, n_trials, dim)`` when ``meta["layer"] == "all"``.
+        ``(n_layers, n_trials, dim)`` for several layers (``meta["layer"]`` ``"all"`` or a
+        list; ``meta["layers"]`` the hidden-state index of each row of the first axis).
     meta : dict
         JSON-able description: ``model``, ``checkpoint``, ``checkpoint_id``, ``revision``,
         ``layer``, ``pooling``, ``dim``, ``dtype``, ``untrained``, ``fold_preprocessing``
@@ -207,10 +208,23 @@ def unique_words(words: Sequence[str]) -> tuple[list[str], np.ndarray]:
     return list(order), index
 
 
-def parse_layer(layer: Any, allow_all: bool = True) -> str | int:
-    """``"last"`` | ``"all"`` | an int (also as a string, negative allowed)."""
+LAYER_VALUES = ("'last', 'all', an integer index (negative counts from the end) or a list of "
+                "indices such as [0,6,12]")
+
+
+def parse_layer(layer: Any, allow_all: bool = True) -> str | int | tuple:
+    """``"last"`` | ``"all"`` | an int (also as a string, negative allowed) | a non-empty
+    list of ints / ``"last"`` (a tuple: every listed hidden state, fitted in one run)."""
+    if isinstance(layer, (list, tuple)) and allow_all:
+        if not layer:
+            raise ValueError(f"layer must be {LAYER_VALUES}, got an empty list")
+        try:
+            return tuple(parse_layer(one, allow_all=False) for one in layer)
+        except ValueError:
+            raise ValueError(f"layer must be {LAYER_VALUES}; each listed layer must be 'last' "
+                             f"or an integer index, got {list(layer)!r}") from None
     if isinstance(layer, bool):
-        raise ValueError(f"layer must be 'last', 'all' or an integer index, got {layer!r}")
+        raise ValueError(f"layer must be {LAYER_VALUES}, got {layer!r}")
     if isinstance(layer, (int, np.integer)):
         return int(layer)
     if isinstance(layer, str):
@@ -221,12 +235,13 @@ def parse_layer(layer: Any, allow_all: bool = True) -> str | int:
             return int(text)
         except ValueError:
             pass
-    allowed = "'last', 'all' or an integer index" if allow_all else "'last' or an integer index"
+    allowed = LAYER_VALUES if allow_all else "'last' or an integer index"
     raise ValueError(f"layer must be {allowed}, got {layer!r}")
 
 
-def resolve_layer(layer: str | int, n_blocks: int, checkpoint: str) -> str | int:
-    """Turn a parsed layer into a hidden-state index 0..n_blocks (or ``"all"``).
+def resolve_layer(layer: str | int | tuple, n_blocks: int, checkpoint: str) -> str | int | list[int]:
+    """Turn a parsed layer into a hidden-state index 0..n_blocks (or ``"all"``; a list of
+    indices, ascending, for a parsed list).
 
     Index 0 is the input of the first transformer block, ``k`` the output of block
     ``k``, ``n_blocks`` the model's final output (``last_hidden_state``, with the final
@@ -234,6 +249,16 @@ def resolve_layer(layer: str | int, n_blocks: int, checkpoint: str) -> str | int
     """
     if layer == "all":
         return "all"
+    if isinstance(layer, tuple):
+        try:
+            indices = [resolve_layer(one, n_blocks, checkpoint) for one in layer]
+        except ModelError as err:   # name the list as given, then the layer that is wrong
+            raise ModelError(f"model.layer={list(layer)!r}: {str(err).removeprefix('model.layer=')}") from None
+        if len(set(indices)) != len(indices):
+            raise ModelError(f"model.layer={list(layer)!r} names a hidden state twice for "
+                             f"{checkpoint} (indices {indices}; -1 and {n_blocks} are the same "
+                             f"layer): list each layer once")
+        return sorted(indices)
     if layer == "last":
         return n_blocks
     index = int(layer)
@@ -241,8 +266,18 @@ def resolve_layer(layer: str | int, n_blocks: int, checkpoint: str) -> str | int
         raise ModelError(f"model.layer={layer} is out of range for {checkpoint} "
                          f"({n_blocks} blocks): valid layers are {-(n_blocks + 1)}..{n_blocks} "
                          f"(0 = input of the first block, {n_blocks} = final output), "
-                         f"'last' or 'all'")
+                         f"'last', 'all' or a list of these indices")
     return index % (n_blocks + 1)
+
+
+def layer_indices(layer: str | int | list[int], n_blocks: int) -> list[int] | None:
+    """The hidden-state indices of a resolved multi-layer request (``"all"`` or a list), in
+    the order of X's first axis; None for a single layer."""
+    if layer == "all":
+        return list(range(n_blocks + 1))
+    if isinstance(layer, list):
+        return list(layer)
+    return None
 
 
 def hidden_state_stack(outputs) -> list[torch.Tensor]:
@@ -256,11 +291,14 @@ def hidden_state_stack(outputs) -> list[torch.Tensor]:
     return list(outputs.hidden_states[:-1]) + [outputs.last_hidden_state]
 
 
-def select_layers(stack: list[torch.Tensor], layer: str | int) -> torch.Tensor:
-    """``(B, T, H)`` for one layer index, ``(L, B, T, H)`` for ``"all"``."""
-    if layer == "all":
-        return torch.stack(stack, dim=0)
-    return stack[layer]
+def pool_layers(stack: list[torch.Tensor], layer: str | int | list[int], pool) -> torch.Tensor:
+    """``pool`` of one hidden state, ``(B, ...)``; of several (``"all"`` or a list),
+    stacked ``(L, B, ...)``. Each layer is pooled on its own, by the same operations as a
+    single-layer request, so a layer's vectors are the same whichever way it was asked for."""
+    indices = layer_indices(layer, len(stack) - 1)
+    if indices is None:
+        return pool(stack[layer].float())
+    return torch.stack([pool(stack[i].float()) for i in indices], dim=0)
 
 
 def parse_dtype(dtype: str, device: torch.device | None = None) -> torch.dtype:

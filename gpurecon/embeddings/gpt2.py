@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 
 from ..cache import Cache
 from ..errors import DataError
-from .base import (Embedder, check_positive_int, hidden_state_stack, parse_dtype, parse_layer,
-                   resolve_layer, select_layers, unique_words)
+from .base import (Embedder, check_positive_int, hidden_state_stack, layer_indices, parse_dtype,
+                   parse_layer, pool_layers, resolve_layer, unique_words)
 from .checkpoints import Checkpoint, load_pretrained, resolve_with_config
 from .tiny import build_gpt2
 
@@ -36,8 +36,9 @@ class GPT2Embedder(Embedder):
         Hub revision (branch, tag or commit); None: the default branch.
     layer : str | int
         ``"last"`` (the model's final output), ``"all"`` (every hidden state, embeddings
-        output first: X is ``(n_blocks + 1, n_trials, dim)``) or an index 0..n_blocks
-        (negative counts from the end; 0 = token + position embeddings).
+        output first: X is ``(n_blocks + 1, n_trials, dim)``), an index 0..n_blocks
+        (negative counts from the end; 0 = token + position embeddings) or a list of
+        indices (X is ``(len(list), n_trials, dim)``, ascending; one forward pass).
     batch_size : int
         Words per forward pass.
     dtype : str
@@ -72,8 +73,9 @@ class GPT2Embedder(Embedder):
                     layer=layer, pooling="mean over the word's tokens", dtype=self.dtype,
                     untrained=ckpt.untrained, fold_preprocessing=None, pca_variance=None,
                     n_blocks=int(config.num_hidden_layers))
-        if layer == "all":
-            meta["n_layers"] = int(config.num_hidden_layers) + 1
+        indices = layer_indices(layer, int(config.num_hidden_layers))
+        if indices is not None:   # several layers: X is (n_layers, n_trials, dim)
+            meta["n_layers"], meta["layers"] = len(indices), indices
         return key, meta
 
     def _load(self, device, cache):
@@ -111,9 +113,9 @@ class GPT2Embedder(Embedder):
                 mask[r, :len(ids[i])] = 1
             input_ids, mask = input_ids.to(device), mask.to(device)
             outputs = model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
-            hidden = select_layers(hidden_state_stack(outputs), layer).float()
-            weights = mask.to(hidden.dtype).unsqueeze(-1)
-            pooled = (hidden * weights).sum(-2) / weights.sum(-2)
+            weights = mask.to(torch.float32).unsqueeze(-1)
+            pooled = pool_layers(hidden_state_stack(outputs), layer,
+                                 lambda hidden: (hidden * weights).sum(-2) / weights.sum(-2))
             if out is None:
                 out = torch.empty(pooled.shape[:-2] + (len(ids), pooled.shape[-1]), device=device)
             out[..., torch.as_tensor(rows, device=device), :] = pooled

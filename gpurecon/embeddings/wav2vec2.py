@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from ..cache import Cache
 from .audio import audio_windows
-from .base import (Embedder, check_positive_int, hidden_state_stack, parse_dtype, parse_layer,
-                   resolve_layer, select_layers)
+from .base import (Embedder, check_positive_int, hidden_state_stack, layer_indices, parse_dtype,
+                   parse_layer, pool_layers, resolve_layer)
 from .checkpoints import Checkpoint, load_pretrained, resolve_with_config
 from .tiny import build_wav2vec2
 
@@ -41,7 +41,9 @@ class Wav2Vec2Embedder(Embedder):
         Hub revision; None: the default branch.
     layer : str | int
         Hidden-state index 0..n_blocks (0 = input of the first block, k = output of block k;
-        negative counts from the end), ``"last"`` (final output) or ``"all"``.
+        negative counts from the end), ``"last"`` (final output), ``"all"`` or a list of
+        indices (X is ``(n_layers, n_trials, dim)``; one forward pass; each layer gets its
+        own fold-wise PCA in the solver).
     window : float
         Seconds of audio from each onset.
     pooling : str
@@ -96,8 +98,9 @@ class Wav2Vec2Embedder(Embedder):
                     untrained=ckpt.untrained, fold_preprocessing="pca" if flatten else None,
                     pca_variance=self.pca_variance if flatten else None,
                     n_blocks=int(config.num_hidden_layers), hidden_size=int(config.hidden_size))
-        if layer == "all":
-            meta["n_layers"] = int(config.num_hidden_layers) + 1
+        indices = layer_indices(layer, int(config.num_hidden_layers))
+        if indices is not None:   # several layers: X is (n_layers, n_trials, dim)
+            meta["n_layers"], meta["layers"] = len(indices), indices
         return key, meta
 
     def _load(self, device, cache):
@@ -121,7 +124,8 @@ class Wav2Vec2Embedder(Embedder):
             values = inputs["input_values"].to(device=device, dtype=model.dtype)
             extra = {"attention_mask": inputs["attention_mask"].to(device)} if "attention_mask" in inputs else {}
             outputs = model(values, output_hidden_states=True, **extra)
-            hidden = select_layers(hidden_state_stack(outputs), meta["layer"]).float()
-            meta["n_frames"] = int(hidden.shape[-2])
-            out.append(hidden.mean(-2) if self.pooling == "mean" else hidden.flatten(-2))
+            stack = hidden_state_stack(outputs)
+            meta["n_frames"] = int(stack[0].shape[-2])
+            out.append(pool_layers(stack, meta["layer"], (lambda hidden: hidden.mean(-2))
+                                   if self.pooling == "mean" else (lambda hidden: hidden.flatten(-2))))
         return torch.cat(out, dim=-2)

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from .draw import DEFAULT_DPI, FORMATS, FigureSpec, sidecar_name, write_figure
 from .figures import r2_histogram, r2_per_model, score_grid
+from .figures_layers import layer_figures
 from .figures_run import activity, electrode_map, null_histogram, timecourse
 from .runs import ReportError, Run, find_runs
 from .settings import check_comparable, split_lines
@@ -55,7 +56,7 @@ __all__ = ["ReportError", "Run", "check_formats", "find_runs", "figure_specs", "
 
 def figure_specs(runs: list[Run]) -> tuple[list[FigureSpec], list[str]]:
     """Every figure the runs support (reading their files), and notes on those skipped."""
-    specs = [*r2_per_model(runs), *r2_histogram(runs), *score_grid(runs)]
+    specs = [*r2_per_model(runs), *r2_histogram(runs), *score_grid(runs), *layer_figures(runs)]
     skipped: dict[str, int] = {}
     for run in runs:
         specs.append(electrode_map(run, runs))
