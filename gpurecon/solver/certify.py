@@ -21,23 +21,34 @@ linear system
 
 solved here by Cholesky (float64). Its solution is the optimum when (i) ``sign(w_A) = s_A``
 and (ii) ``|x_j^T r| <= a`` on every feature outside ``A`` (checked on *all* p features, one
-GEMM). Otherwise the active set moves, as in a primal-dual active-set method: coordinates whose
-sign flipped leave ``A``; inactive features violating (ii) enter with the sign of ``x_j^T r``;
-repeat. From the engine's near-optimal iterate this takes one or two rounds.
+GEMM). Otherwise the active set moves, as in a primal-dual active-set method (PDAS): coordinates
+whose sign flipped leave ``A``; inactive features violating (ii) enter with the sign of
+``x_j^T r``; repeat. From the engine's near-optimal iterate this takes one or two rounds.
+
+Convergence. PDAS is not globally convergent: with near-collinear columns, tiny ridge terms or
+rank-saturated lasso folds the pattern solves overshoot and the active set cycles. So each
+problem is watched: from the first round that raises its objective it continues by feature-sign
+search (Lee et al., 2007): one pattern solve, then the exact minimiser of the objective on the
+segment from the current point to that solution (a convex piecewise quadratic along the segment,
+kinks where coordinates cross zero; the orthant projection of the solution replaces it where
+lower), and violators enter only once the point is optimal on its own active set (then the step
+descends; if several entering at once do not, only the strongest enters next). Every such round
+lowers the objective, so no pattern repeats and the rounds end at the certified optimum.
+Cold starts (the full-data fit) walk down the regularisation path, ``alpha_max * 0.3**k``, so
+that each step starts next to its support (glmnet's pathwise warm starts).
 
 Batching. Where a ridge term is present and most of a group's folds are open (the first rounds
-of leave-one-out), the rounds run as :func:`.newton.pdas` on the group's working set: one
-inverse of the all-rows Gram per group, each fold's Gram a Woodbury downdate of it (held-out
-rows and the centring term). Otherwise (the lasso, a few open problems, working sets wider
-than n) each problem's system is gathered on its own active columns and factorised (Cholesky;
-past ``n`` active features the ``n x n`` Woodbury form), with two steps of iterative
-refinement; the lasso's singular-but-consistent systems (duplicated columns both active)
-get a tiny jitter that the refinement removes. Violators enter at most ``ADD_FRACTION`` of
-the active set per round, the strongest first. A problem whose system does not factorise or
-whose active set keeps moving (the primal-dual active-set method is not globally convergent:
-it can cycle on rank-saturated lasso folds) is left as the engine returned it and reported as
-not certified; its convergence is then decided by sklearn's gap, recomputed here in float64
-for the returned coefficients.
+of leave-one-out), PDAS runs as :func:`.newton.pdas` on the group's working set: one inverse of
+the all-rows Gram per group, each fold's Gram a Woodbury downdate of it (held-out rows and the
+centring term). Otherwise (the lasso, a few open problems, working sets wider than n) each
+problem's system is built on its own active features: a gather from the group's all-rows Gram
+downdated by the fold's held-out rows, or past ``n`` active features the ``n x n`` Woodbury
+form; Cholesky with two steps of iterative refinement; the lasso's singular-but-consistent
+systems (duplicated columns both active) get a tiny jitter that the refinement removes.
+Violators enter at most ``ADD_FRACTION`` of the active set per round, the strongest first. A
+problem still open after the rounds allowed (or whose system does not factorise) keeps the lower
+of the engine's answer and the rounds' last point and is reported as not certified; its
+convergence is then decided by sklearn's gap, recomputed here in float64.
 Pure ridge problems (``l1_ratio == 0``) have no sign pattern: their gap certifies them
 (strong convexity bounds the distance to the optimum), so they are passed through.
 """
