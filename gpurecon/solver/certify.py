@@ -383,67 +383,85 @@ def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems,
 
 
 def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p, max_drops=MAX_DROPS, shared=None):
-    """Sign-pattern solves of a batch of P problems (flat); see ``_solve_patterns``. With
+    """Sign-pattern solves of a batch of P problems (flat), dropping coordinates whose sign
+    flips and solving again (only the problems that had flips); see ``_solve_patterns``. With
     ``shared`` = (the groups' flat all-rows Grams on their working sets, each problem's
     ``X^T y_c`` there (P, s), its group (P,), the padded design): systems by downdate."""
+    P, s = act.shape
+    out = torch.zeros((P, s), dtype=F64, device=act.device)
+    ok = torch.zeros((P,), dtype=torch.bool, device=act.device)
+    flipped = torch.zeros((P,), dtype=torch.bool, device=act.device)
+    act = act.clone()
+    idx = torch.arange(P, device=act.device)
+    for _ in range(max_drops):
+        sub = None if shared is None else (shared[0], shared[1][idx], shared[2][idx], shared[3])
+        o, o_ok = _pattern_solve(xt, folds, fold[idx], ws[idx], act[idx], sign[idx], yc[idx], a[idx], b[idx], p,
+                                 sub)
+        flip = act[idx] & (torch.sign(o) != sign[idx])
+        out[idx], ok[idx] = o, o_ok
+        again = flip.any(1)
+        flipped[idx] = again
+        if not bool(again.any()):
+            break
+        act[idx] = act[idx] & ~flip
+        idx = idx[again]
+    return out, ok & ~flipped
+
+
+def _pattern_solve(xt, folds, fold, ws, act, sign, yc, a, b, p, shared):
+    """One sign-pattern solve of each of P problems: (x (P, s), factorised (P,))."""
     P, s = act.shape
     n = xt.shape[1]
     train = folds.train[fold]                                                    # (P, n) float64
     n_train = folds.n_train[fold]
-    for _ in range(max_drops):
-        k = max(int(act.sum(1).max()), 1)
-        pos = torch.argsort((~act).to(torch.int8), dim=1, stable=True)[:, :k]  # active positions first
-        valid = torch.arange(k, device=act.device)[None, :] < act.sum(1, keepdim=True)
-        feat = torch.where(valid, ws.gather(1, pos), p)                          # (P, k); p: zero column
-        diag = torch.where(valid, b[:, None], 1.0)                              # padding: identity
-        if shared is not None and k <= n:
-            gram, c = _downdated_gram(shared, folds, fold, pos, feat, valid, s)
-            xa = None
-        else:
-            xa = xt[feat]                                                         # (P, k, n)
-            if folds.center:
-                xa = xa - (xa * train[:, None, :]).sum(-1, keepdim=True) / n_train[:, None, None]
-            xa = xa * train[:, None, :] * valid[..., None]
-            c = torch.bmm(xa, yc[..., None])[..., 0]                              # (P, k)
-            gram = None
-        rhs = torch.where(valid, c - a[:, None] * sign.gather(1, pos), 0.0)
-        if k > n and bool((b > 0).all()):
-            # Woodbury: (A^T A + b I)^-1 v = (v - A^T (A A^T + b I)^-1 A v) / b, A = xa^T (n x k)
-            m = torch.bmm(xa.transpose(1, 2), xa) + b[:, None, None] * torch.eye(n, dtype=F64, device=xa.device)
-            chol, info = torch.linalg.cholesky_ex(m)
+    k = max(int(act.sum(1).max()), 1)
+    pos = torch.argsort((~act).to(torch.int8), dim=1, stable=True)[:, :k]  # active positions first
+    valid = torch.arange(k, device=act.device)[None, :] < act.sum(1, keepdim=True)
+    feat = torch.where(valid, ws.gather(1, pos), p)                          # (P, k); p: zero column
+    diag = torch.where(valid, b[:, None], 1.0)                              # padding: identity
+    if shared is not None and k <= n:
+        gram, c = _downdated_gram(shared, folds, fold, pos, feat, valid, s)
+        xa = None
+    else:
+        xa = xt[feat]                                                         # (P, k, n)
+        if folds.center:
+            xa = xa - (xa * train[:, None, :]).sum(-1, keepdim=True) / n_train[:, None, None]
+        xa = xa * train[:, None, :] * valid[..., None]
+        c = torch.bmm(xa, yc[..., None])[..., 0]                              # (P, k)
+        gram = None
+    rhs = torch.where(valid, c - a[:, None] * sign.gather(1, pos), 0.0)
+    if k > n and bool((b > 0).all()):
+        # Woodbury: (A^T A + b I)^-1 v = (v - A^T (A A^T + b I)^-1 A v) / b, A = xa^T (n x k)
+        m = torch.bmm(xa.transpose(1, 2), xa) + b[:, None, None] * torch.eye(n, dtype=F64, device=xa.device)
+        chol, info = torch.linalg.cholesky_ex(m)
 
-            def inv(v):
-                av = torch.bmm(xa.transpose(1, 2), v[..., None])                  # (P, n, 1)
-                return (v - torch.bmm(xa, torch.cholesky_solve(av, chol))[..., 0]) / diag
-        else:
-            if gram is None:
-                gram = torch.bmm(xa, xa.transpose(1, 2))
-            # the lasso (b = 0) with linearly dependent active columns (duplicated features) has a
-            # singular but consistent system: factorise with a jitter far below rounding of the
-            # answer's scale, and let the refinement steps (with the true matrix) remove it
-            jitter = torch.where(b > 0, 0.0, LASSO_JITTER * gram.diagonal(dim1=1, dim2=2).mean(-1))
-            chol, info = torch.linalg.cholesky_ex(gram + torch.diag_embed(diag + jitter[:, None] * valid))
+        def inv(v):
+            av = torch.bmm(xa.transpose(1, 2), v[..., None])                  # (P, n, 1)
+            return (v - torch.bmm(xa, torch.cholesky_solve(av, chol))[..., 0]) / diag
+    else:
+        if gram is None:
+            gram = torch.bmm(xa, xa.transpose(1, 2))
+        # the lasso (b = 0) with linearly dependent active columns (duplicated features) has a
+        # singular but consistent system: factorise with a jitter far below rounding of the
+        # answer's scale, and let the refinement steps (with the true matrix) remove it
+        jitter = torch.where(b > 0, 0.0, LASSO_JITTER * gram.diagonal(dim1=1, dim2=2).mean(-1))
+        chol, info = torch.linalg.cholesky_ex(gram + torch.diag_embed(diag + jitter[:, None] * valid))
 
-            def inv(v):
-                return torch.cholesky_solve(v[..., None], chol)[..., 0]
-        sol = inv(rhs)
-        for _refine in range(REFINE_STEPS):
-            # iterative refinement: the Woodbury form divides by b, which loses digits when b is
-            # small next to X_A^T X_A (small alpha); a residual step with the same factors restores them
-            if gram is None:
-                hx = torch.bmm(xa, torch.bmm(xa.transpose(1, 2), sol[..., None]))[..., 0] + diag * sol
-            else:
-                hx = torch.bmm(gram, sol[..., None])[..., 0] + diag * sol
-            sol = sol + inv(torch.where(valid, rhs - hx, 0.0))
-        ok = (info == 0) & torch.isfinite(sol).all(-1)
-        sol = torch.where(valid & ok[:, None], sol, 0.0)
-        out = torch.zeros((P, s), dtype=F64, device=act.device).scatter_(1, pos, sol)
-        out = torch.where(act, out, 0.0)
-        flip = act & (torch.sign(out) != sign)
-        if not bool(flip.any()):
-            break
-        act = act & ~flip
-    return out, ok & ~flip.any(1)
+        def inv(v):
+            return torch.cholesky_solve(v[..., None], chol)[..., 0]
+    sol = inv(rhs)
+    for _refine in range(REFINE_STEPS):
+        # iterative refinement: the Woodbury form divides by b, which loses digits when b is
+        # small next to X_A^T X_A (small alpha); a residual step with the same factors restores them
+        if gram is None:
+            hx = torch.bmm(xa, torch.bmm(xa.transpose(1, 2), sol[..., None]))[..., 0] + diag * sol
+        else:
+            hx = torch.bmm(gram, sol[..., None])[..., 0] + diag * sol
+        sol = sol + inv(torch.where(valid, rhs - hx, 0.0))
+    ok = (info == 0) & torch.isfinite(sol).all(-1)
+    sol = torch.where(valid & ok[:, None], sol, 0.0)
+    out = torch.zeros((P, s), dtype=F64, device=act.device).scatter_(1, pos, sol)
+    return torch.where(act, out, 0.0), ok
 
 
 def _downdated_gram(shared, folds, fold, pos, feat, valid, s):
