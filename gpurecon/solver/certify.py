@@ -93,6 +93,7 @@ REFINE_STEPS = 2
 # makes every round lower the objective; every problem does after MAX_FAST_ROUNDS rounds.
 MAX_DROPS = 8
 MAX_FAST_ROUNDS = 20
+MIN_FAST_ROUNDS = 3
 
 
 def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alpha, l1_ratio, t_idx,
@@ -197,12 +198,15 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
         # 2) KKT over all features, float64, for the open problems (flat)
         probs = torch.nonzero(open_.reshape(-1)).squeeze(1)
         r, g, viol, stat_ok = _kkt(d64, f64, ws, x, yc, a, b, active, sign, col_norm, probs)
-        ok_now = solved.reshape(-1)[probs] & stat_ok & ~viol.any(-1)
+        # (a feature-sign point is accepted on KKT alone: next to the optimum its step to the
+        # pattern's solution can be rounding, which the line search may not take)
+        ok_now = (solved | mono).reshape(-1)[probs] & stat_ok & ~viol.any(-1)
         certified.view(-1)[probs] |= ok_now
         x_p = x.reshape(K * F, -1)[probs]
         f_now = (0.5 * r.square().sum(-1) + a.reshape(-1)[probs] * x_p.abs().sum(-1)
                  + 0.5 * b.reshape(-1)[probs] * x_p.square().sum(-1))
-        mono.view(-1)[probs] |= f_now > f_prev.reshape(-1)[probs]
+        if i + 1 >= MIN_FAST_ROUNDS:
+            mono.view(-1)[probs] |= f_now > f_prev.reshape(-1)[probs]
         f_prev.view(-1)[probs] = torch.minimum(f_now, f_prev.reshape(-1)[probs])
         # the gap (and the full fit's KKT scores) of what this round certified, from this check
         _record(gap, score, probs, ok_now, r, g, x, ws, yc, a, b, F)

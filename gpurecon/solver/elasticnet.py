@@ -62,13 +62,15 @@ log = logging.getLogger("gpurecon")
 # engine takes the groups still uncertified. Leave-one-out folds need 1-3; k-fold folds at small
 # alpha, whose supports fill the training size (|A| ~ n), converge slowly but surely (heavy-tailed
 # 10-fold at 0.01 x alpha_max: 38 rounds, 0.8 s, where the engine took 2.7 s after 10).
-WARM_ROUNDS = 400
+WARM_ROUNDS = 1500
 # Active-set rounds a cold fit (the full-data fit, a single fit) gets from zero, the set growing
 # by the strongest KKT violators, before the iterative engine takes what is left uncertified.
-COLD_ROUNDS = 400
+COLD_ROUNDS = 1500
 # Cold starts walk down the path alpha_max * PATH_RATIO**k to the target alpha, PATH_ROUNDS
 # active-set rounds at each step.
 PATH_RATIO = 0.3
+# ... for groups whose alpha is below PATH_BELOW x their alpha_max.
+PATH_BELOW = 0.05
 PATH_ROUNDS = 12
 
 # The CPU's default memory budget (bytes): fixed, so that chunking, and with it rounding, is the
@@ -350,7 +352,14 @@ def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
         start = _start(problem, folds, t_idx, ws, coef, score)
         rounds = min(rounds, problem.max_iter)      # max_iter bounds every phase's iterations
         if ws is None:
-            start = _path(problem, folds, start, alpha, l1, t_idx, elems)
+            # groups far below their alpha_max walk down the path first; the others start from
+            # zero at their own alpha (a handful of rounds find their support)
+            amax = alpha_max(problem.design, problem.Y, folds, l1, t_idx)
+            far = torch.nonzero(alpha < PATH_BELOW * amax).squeeze(1)
+            if far.numel():
+                walked = _path(problem, folds, _start(problem, folds, t_idx[far], None, None, None), alpha[far],
+                               l1[far], t_idx[far], amax[far], elems)
+                start = working_set.merge_groups(start, walked, far, problem.design.p)
         first = certify(problem.design, problem.Y, folds, start, **params, max_elems=elems, max_rounds=rounds)
         open_ = torch.nonzero(~first.certified.all(1)).squeeze(1)
         if not open_.numel():
@@ -376,12 +385,11 @@ def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
     return finish(problem.folds, ws, coef, full.score, WARM_ROUNDS, opts_folds)
 
 
-def _path(problem: Problem, folds, start, alpha, l1, t_idx, elems) -> working_set.Solution:
+def _path(problem: Problem, folds, start, alpha, l1, t_idx, amax, elems) -> working_set.Solution:
     """A cold start walked down the regularisation path: at small alpha the support is wide
     (up to and past n features), and active-set rounds from zero need dozens of rounds to find
     it; from the solution at PATH_RATIO times a larger alpha, the support moves a little and
     each step settles in a few rounds (glmnet's pathwise warm starts)."""
-    amax = alpha_max(problem.design, problem.Y, folds, l1, t_idx)
     for k in range(1, 64):
         step = torch.maximum(alpha, amax * PATH_RATIO ** k)
         if not bool((step > alpha).any()):
@@ -404,7 +412,8 @@ def _start(problem: Problem, folds, t_idx, ws, coef, score) -> working_set.Solut
         score = torch.zeros((K, p + 1), dtype=problem.Y.dtype, device=dev)
     return working_set.Solution(ws, coef, torch.full_like(tol_abs, math.inf), tol_abs,
                                 torch.zeros((K, F), dtype=torch.int64, device=dev),
-                                torch.zeros((K, F), dtype=torch.bool, device=dev), score)
+                                torch.zeros((K, F), dtype=torch.bool, device=dev), score,
+                                torch.zeros((K, F), dtype=torch.bool, device=dev))
 
 
 def dense_coef(sol: working_set.Solution, p: int) -> torch.Tensor:
