@@ -33,9 +33,11 @@ segment from the current point to that solution (a convex piecewise quadratic al
 kinks where coordinates cross zero; the orthant projection of the solution replaces it where
 lower), and violators enter only once the point is optimal on its own active set (then the step
 descends; if several entering at once do not, only the strongest enters next). Every such round
-lowers the objective, so no pattern repeats and the rounds end at the certified optimum.
-Cold starts (the full-data fit) walk down the regularisation path, ``alpha_max * 0.3**k``, so
-that each step starts next to its support (glmnet's pathwise warm starts).
+lowers the objective, so no pattern repeats and the rounds end at the certified optimum (a
+feature-sign point is accepted on the KKT conditions alone: next to the optimum its step to the
+pattern's solution is rounding). Cold starts (the full-data fit) of groups far below their
+alpha_max walk down the regularisation path, ``alpha_max * 0.3**k``, so that each step starts
+next to its support (glmnet's pathwise warm starts; ``elasticnet.solve_chunk``).
 
 Batching. Where a ridge term is present and most of a group's folds are open (the first rounds
 of leave-one-out), PDAS runs as :func:`.newton.pdas` on the group's working set: one inverse of
