@@ -168,9 +168,10 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
         # fold: cheap for many folds of one design); direct sign-pattern solves for the lasso,
         # for a few open problems, and for whatever the shared steps leave unsettled
         n_open, n_busy = (int(v) for v in torch.stack([open_.sum(), open_.any(1).sum() * F]).tolist())
-        # (only below n features: wider sets need the n x n Woodbury form, whose explicit
-        # inverse loses the digits the certificate asks for at small alpha)
-        if F > 1 and n_open and n_open >= SHARED_FRACTION * n_busy and ws.shape[1] <= design.n:
+        # (working sets wider than n use the n x n Woodbury form, whose explicit inverse can lose
+        # digits at small alpha: its answers are accepted only through the KKT check below,
+        # and what it leaves unsettled goes to the direct solves)
+        if F > 1 and n_open and n_open >= SHARED_FRACTION * n_busy:
             x_new, solved = _solve_shared_inverse(d64, f64, ws, active, sign, yc, a, b, open_, alpha, l1_ratio,
                                                   max_elems)
         else:
