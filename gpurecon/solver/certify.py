@@ -84,6 +84,10 @@ SHARED_FRACTION = 0.25
 # PDAS rounds per shared-inverse call: each round rebuilds every busy group's inverse, so the
 # few problems still moving after two are cheaper as direct solves of their own.
 SHARED_ROUNDS = 8
+# Working sets wider than n share the low-rank inverse across folds only where every group's
+# ridge term b is at least this fraction of lambda_max(X^T X) (measured: from 1e-3 up it pays;
+# at 5e-5 its imprecise rounds triple the time).
+WIDE_SHARED_RIDGE = 1e-3
 # Relative jitter (of the mean Gram diagonal) that lets the lasso's singular-but-consistent
 # systems factorise (duplicated columns both active); refinement removes its effect.
 LASSO_JITTER = 1e-12
@@ -155,6 +159,7 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
     # per problem: primal-dual active-set rounds (fast from a warm start) while they lower the
     # objective, feature-sign rounds (monotone) from the first round that raises it
     mono = torch.zeros((K, F), dtype=torch.bool, device=dev)
+    wide_ok = bool((alpha * (1.0 - l1_ratio) * folds.n_train.max() >= WIDE_SHARED_RIDGE * design.lam_max).all())
     f_prev = _objective(d64, f64, ws, x, yc, a, b)
     for i in range(max_rounds):
         # 1) exact solve of each open problem's sign pattern (certified ones keep theirs)
@@ -168,10 +173,10 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
         # fold: cheap for many folds of one design); direct sign-pattern solves for the lasso,
         # for a few open problems, and for whatever the shared steps leave unsettled
         n_open, n_busy = (int(v) for v in torch.stack([open_.sum(), open_.any(1).sum() * F]).tolist())
-        # (working sets wider than n use the n x n Woodbury form, whose explicit inverse can lose
-        # digits at small alpha: its answers are accepted only through the KKT check below,
-        # and what it leaves unsettled goes to the direct solves)
-        if F > 1 and n_open and n_open >= SHARED_FRACTION * n_busy:
+        # (working sets wider than n use the n x n Woodbury form, whose explicit inverse loses
+        # digits when the ridge term is tiny next to the Gram: then its rounds settle little
+        # and cost more than direct solves)
+        if F > 1 and n_open and n_open >= SHARED_FRACTION * n_busy and (ws.shape[1] <= n or wide_ok):
             x_new, solved = _solve_shared_inverse(d64, f64, ws, active, sign, yc, a, b, open_, alpha, l1_ratio,
                                                   max_elems)
         else:
