@@ -129,8 +129,24 @@ def release(folder: str | os.PathLike) -> None:
 
 # ----------------------------------------------------------------------------- the folder
 
+def canonical_layer(value: Any) -> Any:
+    """``model.layer`` in one spelling: ``"5"`` (a config file's default, e.g. Wav2Vec2's
+    ``"23"``) and ``5`` (the command line) are one layer; ``last``/``all`` lower case; lists
+    element-wise."""
+    if isinstance(value, (list, tuple)):
+        return [canonical_layer(v) for v in value]
+    if isinstance(value, str):
+        text = value.strip().lower()
+        try:
+            return int(text)
+        except ValueError:
+            return text
+    return value
+
+
 def settings(cfg: DictConfig | dict) -> dict:
-    """The resolved config as JSON data, without the keys that do not change results."""
+    """The resolved config as JSON data, without the keys that do not change results
+    (``model.layer`` in its canonical spelling)."""
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     data = json.loads(json.dumps(cfg, default=str))
@@ -140,6 +156,8 @@ def settings(cfg: DictConfig | dict) -> dict:
     for group, keys in NOT_RESULTS_IN.items():
         if isinstance(out.get(group), dict):
             out[group] = {k: v for k, v in out[group].items() if k not in keys}
+    if isinstance(out.get("model"), dict) and "layer" in out["model"]:
+        out["model"] = {**out["model"], "layer": canonical_layer(out["model"]["layer"])}
     return out
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 
+from ..run_folder import canonical_layer
 from .runs import ReportError, Run
 
 
@@ -98,6 +99,8 @@ def result_settings(run: Run) -> dict[str, object]:
         out = {k: v for k, v in _flatten(config).items()
                if k not in RUNTIME_KEYS and k.split(".")[0] != "hydra"}
         out["data.kind"] = run.data
+        if "model.layer" in out:   # "23" (a config default) and 23 (the command line) are one layer
+            out["model.layer"] = canonical_layer(out["model.layer"])
         fitted = run._get("solver", "n_permutations", default=None)
         if fitted is not None:
             out["solver.n_permutations"] = fitted
