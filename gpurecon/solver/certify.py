@@ -138,10 +138,7 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
         X64[:n] -= X64[:n].mean(0)
     d64 = Design(X64, design.lam_max, design.center)
     f64 = Folds(folds.train.to(F64), folds.n_train, folds.held_out, folds.center)
-    Y64 = Y.to(F64)
-    ybar, _ = target_stats(Y64, f64)
-    yk = Y64[:n, t_idx].T                                                        # (K, n)
-    yc = (yk[:, None, :] - (ybar.T[t_idx][:, :, None] if folds.center else 0.0)) * f64.train   # (K, F, n)
+    yc = _centred_targets(Y, f64, t_idx, n)                                      # (K, F, n)
     a = alpha[:, None] * l1_ratio[:, None] * folds.n_train[None, :]                # (K, F)
     b = alpha[:, None] * (1.0 - l1_ratio[:, None]) * folds.n_train[None, :]
     col_norm = X64[:n].square().sum(0).sqrt()                                      # (p+1,)
@@ -211,8 +208,7 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
         ok_now = (solved | mono).reshape(-1)[probs] & stat_ok & ~viol.any(-1)
         certified.view(-1)[probs] |= ok_now
         x_p = x.reshape(K * F, -1)[probs]
-        f_now = (0.5 * r.square().sum(-1) + a.reshape(-1)[probs] * x_p.abs().sum(-1)
-                 + 0.5 * b.reshape(-1)[probs] * x_p.square().sum(-1))
+        f_now = _penalised(r, x_p, a.reshape(-1)[probs], b.reshape(-1)[probs])
         if i + 1 >= MIN_FAST_ROUNDS:
             mono.view(-1)[probs] |= f_now > f_prev.reshape(-1)[probs]
         f_prev.view(-1)[probs] = torch.minimum(f_now, f_prev.reshape(-1)[probs])
@@ -245,19 +241,29 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
                    score=score, n_iter=sol.n_iter + spent)
 
 
+def _centred_targets(Y, folds, t_idx, n):
+    """Each group's target centred on each fold's training rows, zero on held-out rows:
+    (K, F, n) float64."""
+    Y64 = Y.to(F64)
+    ybar, _ = target_stats(Y64, folds)
+    yk = Y64[:n, t_idx].T                                                        # (K, n)
+    return (yk[:, None, :] - (ybar.T[t_idx][:, :, None] if folds.center else 0.0)) * folds.train.to(F64)
+
+
+def _penalised(r, x, a, b):
+    """sklearn's objective times the training size from residuals ``r`` and coefficients ``x``."""
+    return 0.5 * r.square().sum(-1) + a * x.abs().sum(-1) + 0.5 * b * x.square().sum(-1)
+
+
 def _objective(design, folds, ws, x, yc, a, b):
     """sklearn's objective times the training size, (K, F) float64."""
-    r = yc - _fit(design, folds, ws, x)
-    return 0.5 * r.square().sum(-1) + a * x.abs().sum(-1) + 0.5 * b * x.square().sum(-1)
+    return _penalised(yc - _fit(design, folds, ws, x), x, a, b)
 
 
 def alpha_max(design, Y, folds, l1_ratio, t_idx):
     """Each group's smallest alpha with an all-zero solution on every fold, (K,) float64."""
     n = design.n
-    Y64, train = Y.to(F64), folds.train.to(F64)
-    ybar, _ = target_stats(Y64, folds)
-    yk = Y64[:n, t_idx].T
-    yc = (yk[:, None, :] - (ybar.T[t_idx][:, :, None] if folds.center else 0.0)) * train
+    yc = _centred_targets(Y, folds, t_idx, n)
     X64 = design.X[:n, :design.p].to(F64)
     if folds.center:
         X64 = X64 - X64.mean(0)
@@ -514,11 +520,7 @@ def _kkt(design, folds, ws, x, yc, a, b, active, sign, col_norm, probs):
     stationarity holds (P,)."""
     K, F, s = x.shape
     n, p = design.n, design.p
-    xw = design.X[:n][:, ws].permute(1, 0, 2)                                   # (K, n, s)
-    z = torch.bmm(x, xw.transpose(1, 2))                                        # (K, F, n)
-    if folds.center:
-        z = z - (z * folds.train).sum(-1, keepdim=True) / folds.n_train[:, None]
-    r = (yc - z * folds.train).reshape(K * F, n)[probs]                         # (P, n)
+    r = (yc - _fit(design, folds, ws, x)).reshape(K * F, n)[probs]              # (P, n)
     g = r @ design.X[:n]                                                        # (P, p+1): x_j^T r
     a_p, b_p = a.reshape(-1)[probs], b.reshape(-1)[probs]
     slack = a_p[:, None] * KKT_RTOL + KKT_ATOL * r.square().sum(-1).sqrt()[:, None] * col_norm
