@@ -27,15 +27,21 @@ whose sign flipped leave ``A``; inactive features violating (ii) enter with the 
 
 Convergence. PDAS is not globally convergent: with near-collinear columns, tiny ridge terms or
 rank-saturated lasso folds the pattern solves overshoot and the active set cycles. So each
-problem is watched: from the first round that raises its objective it continues by feature-sign
-search (Lee et al., 2007): one pattern solve, then the exact minimiser of the objective on the
-segment from the current point to that solution (a convex piecewise quadratic along the segment,
-kinks where coordinates cross zero; the orthant projection of the solution replaces it where
-lower), and violators enter only once the point is optimal on its own active set (then the step
-descends; if several entering at once do not, only the strongest enters next). Every such round
-lowers the objective, so no pattern repeats and the rounds end at the certified optimum (a
-feature-sign point is accepted on the KKT conditions alone: next to the optimum its step to the
-pattern's solution is rounding). Cold starts (the full-data fit) of groups far below their
+problem is watched. From the first round that raises its objective, a problem with a ridge term
+(``b > 0``) is moved, once, to the solution of the dual's semismooth Newton method
+(:mod:`.dual_newton`: an ``n x n`` Newton system per step, every feature entering or leaving at
+once, globally convergent with a line search; near-collinear pairs at 1e-3 x alpha_max,
+10-fold: up to 429 rounds without it, 4 with it), whose pattern the next round solves exactly. Otherwise (the lasso, or
+a rise after that) it continues by feature-sign search (Lee et al., 2007): one pattern solve,
+then the exact minimiser of the objective on the segment from the current point to that
+solution (a convex piecewise quadratic along the segment, kinks where coordinates cross zero;
+the orthant projection of the solution replaces it where lower), or on the segment to the
+solution with its sign flips dropped where that is lower (it drops at once what the first
+segment drops one kink per round); violators enter only once the point is optimal on its own
+active set (then the step descends; if several entering at once do not, only the strongest
+enters next). Every such round lowers the objective, so no pattern repeats and the rounds end
+at the certified optimum (a feature-sign point is accepted on the KKT conditions alone: next
+to the optimum its step to the pattern's solution is rounding). Cold starts (the full-data fit) of groups far below their
 alpha_max walk down the regularisation path, ``alpha_max * 0.3**k``, so that each step starts
 next to its support (glmnet's pathwise warm starts; ``elasticnet.solve_chunk``).
 
@@ -61,6 +67,7 @@ from dataclasses import replace
 
 import torch
 
+from .dual_newton import dual_newton
 from .gap import enet_duality_gap
 from .newton import pdas
 from .options import MAX_CONSTRAINTS
@@ -128,6 +135,14 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
         for the returned coefficients, ``converged`` = certified or gap within ``sol.tol``, ``score`` the largest ``|x_j^T r| / a`` over the
         group's folds (the warm starts' screen), and ``certified`` (K, F) bool.
     """
+    try:
+        return _certify(design, Y, folds, sol, alpha=alpha, l1_ratio=l1_ratio, t_idx=t_idx, max_elems=max_elems,
+                        max_rounds=max_rounds)
+    finally:
+        _LAST_COLUMNS.clear()   # the gathered columns live for one call only
+
+
+def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_rounds):
     K, F, _ = sol.coef.shape
     n, p = design.n, design.p
     dev = sol.coef.device
@@ -156,6 +171,7 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
     # per problem: primal-dual active-set rounds (fast from a warm start) while they lower the
     # objective, feature-sign rounds (monotone) from the first round that raises it
     mono = torch.zeros((K, F), dtype=torch.bool, device=dev)
+    dualed = torch.zeros((K, F), dtype=torch.bool, device=dev)
     wide_ok = bool((alpha * (1.0 - l1_ratio) * folds.n_train.max() >= WIDE_SHARED_RIDGE * design.lam_max).all())
     f_prev = _objective(d64, f64, ws, x, yc, a, b)
     for i in range(max_rounds):
@@ -164,6 +180,14 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
         spent += open_all
         if i >= MAX_FAST_ROUNDS:
             mono |= open_all
+        # problems whose active-set rounds stopped descending and that have a ridge term: the
+        # dual's semismooth Newton finds their active set at once (once per problem); the
+        # pattern solve below then makes it exact
+        newton = open_all & mono & ~dualed & (b > 0)
+        if bool(newton.any()):
+            ws, x, active, sign = _dual_step(d64, f64, ws, x, active, sign, yc, a, b, newton, max_elems)
+            dualed |= newton
+            mono &= ~newton
         open_ = open_all & ~mono
         # where there is a ridge term and most of a group's folds are open, primal-dual
         # active-set steps on the working set with one shared inverse per group (Woodbury per
@@ -185,17 +209,28 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
             solved = torch.where(rest, solved_rest, solved)
         slow = open_all & mono
         if bool(slow.any()):
-            x_slow, solved_slow = _solve_patterns(d64, f64, ws, active, sign, yc, a, b, slow, max_elems, 1)
+            x_drop, solved_drop, x_slow = _solve_patterns(d64, f64, ws, active, sign, yc, a, b, slow, max_elems,
+                                                          with_first=True)
             # feature-sign search: move only as far along the segment to the pattern's
             # solution as the objective keeps falling. Pattern solves alone can cycle
             # (near-collinear columns, tiny ridge terms, rank-saturated lasso folds); with the
             # line search every round lowers the objective, so no pattern repeats
+            solved_first = solved_drop & (x_drop == x_slow).all(-1)   # no flip: no drop either
             x_slow, full_step, moved = _line_search(d64, f64, ws, x, x_slow, yc, a, b, slow, sign)
+            # the same along the segment to the solution with its sign flips dropped (a point
+            # on the pattern's orthant face): where lower, one round drops every coordinate
+            # that the first segment would drop one at a time, at one kink per round
+            x_d, full_d, moved_d = _line_search(d64, f64, ws, x, x_drop, yc, a, b, slow, sign)
+            take = (_objective(d64, f64, ws, x_d, yc, a, b) < _objective(d64, f64, ws, x_slow, yc, a, b)) & slow
+            x_slow = torch.where(take[..., None], x_d, x_slow)
+            solved_slow = torch.where(take, solved_drop & full_d, solved_first & full_step)
+            full_step = torch.where(take, full_d, full_step)
+            moved = torch.where(take, moved_d, moved)
             # a step that could not lower the objective had too many violators entering at
             # once: next time only the strongest enters (that step always descends)
             cap.view(K, F)[slow] = torch.where(moved, p + 1, 1)[slow]
             x_new = torch.where(slow[..., None], x_slow, x_new)
-            solved = torch.where(slow, solved_slow & full_step, solved)
+            solved = torch.where(slow, solved_slow, solved)
         open_ = open_all
         x = torch.where(open_[..., None], x_new, x)
         active = torch.where(open_[..., None], x != 0, active)
@@ -271,10 +306,25 @@ def alpha_max(design, Y, folds, l1_ratio, t_idx):
     return g.amax(1) / l1_ratio.clamp_min(1e-3)
 
 
+# The last working set's columns (_columns): the rounds' fits reuse them until features enter.
+_LAST_COLUMNS: list = []
+
+
+def _columns(design, ws):
+    """``X[:n]`` on each group's working set, (K, n, s), gathered once per working set (the
+    cache holds the ``ws`` tensor itself, so its identity and version are a safe key)."""
+    if _LAST_COLUMNS and _LAST_COLUMNS[0] is ws and _LAST_COLUMNS[1] is design.X \
+            and _LAST_COLUMNS[2] == ws._version:
+        return _LAST_COLUMNS[3]
+    xw = design.X[:design.n][:, ws].permute(1, 0, 2)
+    _LAST_COLUMNS[:] = [ws, design.X, ws._version, xw]
+    return xw
+
+
 def _fit(design, folds, ws, x):
     """Fold-centred training predictions ``X_f x`` (K, F, n) of coefficients ``x`` on ``ws``."""
     n = design.n
-    xw = design.X[:n][:, ws].permute(1, 0, 2)                                   # (K, n, s)
+    xw = _columns(design, ws)                                                   # (K, n, s)
     z = torch.bmm(x, xw.transpose(1, 2))                                        # (K, F, n)
     if folds.center:
         z = z - (z * folds.train).sum(-1, keepdim=True) / folds.n_train[:, None]
@@ -324,6 +374,31 @@ def _line_search(design, folds, ws, x0, x1, yc, a, b, open_, sign):
     return torch.where(open_[..., None], x, x0), full & open_, moved
 
 
+def _dual_step(design, folds, ws, x, active, sign, yc, a, b, which, max_elems):
+    """The problems ``which`` (K, F) moved to the dual Newton solution's coefficients
+    (:func:`.dual_newton.dual_newton` from their current residuals), its features added to
+    the working set; returns (ws, x, active, sign)."""
+    K, F, s = x.shape
+    n, p = design.n, design.p
+    probs = torch.nonzero(which.reshape(-1)).squeeze(1)
+    fold = probs % F
+    r = (yc - _fit(design, folds, ws, x)).reshape(K * F, n)[probs]
+    w = torch.zeros((probs.numel(), p + 1), dtype=F64, device=x.device)
+    step = max(1, int(max_elems // (2 * n * n + (p + 1) * (n + 40))))
+    for lo in range(0, probs.numel(), step):
+        sl = slice(lo, lo + step)
+        w[sl], _ = dual_newton(design.X[:n], folds.train[fold[sl]], folds.n_train[fold[sl]], folds.center,
+                               yc.reshape(K * F, n)[probs[sl]], r[sl], a.reshape(-1)[probs[sl]],
+                               b.reshape(-1)[probs[sl]])
+    ws, x, active, sign = _enter(ws, x, active, sign, probs, w != 0, w, p)
+    s2 = ws.shape[1]
+    x_p = w.gather(1, ws[probs // F])
+    x.view(K * F, s2)[probs] = x_p
+    active.view(K * F, s2)[probs] = x_p != 0
+    sign.view(K * F, s2)[probs] = torch.sign(x_p)
+    return ws, x, active, sign
+
+
 def _solve_shared_inverse(design, folds, ws, active, sign, yc, a, b, open_, alpha, l1_ratio, max_elems):
     """PDAS rounds (:func:`.newton.pdas`) on each group's working set for the open problems
     of groups with a ridge term; returns (x (K, F, s), settled (K, F)): settled where the
@@ -354,9 +429,11 @@ def _solve_shared_inverse(design, folds, ws, active, sign, yc, a, b, open_, alph
     return x, settled
 
 
-def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems, max_drops=MAX_DROPS):
+def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems, max_drops=MAX_DROPS,
+                    with_first=False):
     """Solve ``(H_f + b I)_AA w_A = c_A - a s_A`` for every open problem, dropping coordinates
-    whose sign flips (up to MAX_DROPS times); returns (x (K, F, s), solved (K, F)).
+    whose sign flips (up to MAX_DROPS times); returns (x (K, F, s), solved (K, F)), and with
+    ``with_first`` also the first solve's x (before any drop).
 
     Each problem's system is built on its own active features only (compacted, not the
     group's union): Cholesky of ``|A| x |A|``, or with ``|A|`` above the training size and a
@@ -368,8 +445,7 @@ def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems,
     solved = torch.zeros((K, F), dtype=torch.bool, device=dev)
     act = active & (ws != p)[:, None, :] & open_[..., None]
     if not bool(act.any()):
-        solved = open_.clone()
-        return x, solved
+        return (x, open_.clone(), x) if with_first else (x, open_.clone())
     probs = torch.nonzero(open_.reshape(-1)).squeeze(1)                         # flat (K*F) problems
     act_f = act.reshape(K * F, s)[probs]
     sign_f = sign.reshape(K * F, s)[probs]
@@ -386,23 +462,31 @@ def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems,
     # products over all n rows per problem
     shared = None
     if width <= n and K * s * s <= max_elems // 4:
-        xw = design.X[:n][:, ws].permute(1, 0, 2)                               # (K, n, s)
+        xw = _columns(design, ws)                                               # (K, n, s)
         shared = (torch.bmm(xw.transpose(1, 2), xw).reshape(-1), torch.bmm(yc, xw).reshape(K * F, s)[probs],
                   probs // F, design.X)
     step = max(1, int(max_elems // max(1, 3 * width * n + 3 * min(width, n) ** 2 + 4 * s)))
+    first_f = torch.zeros_like(x_f) if with_first else None
     for lo in range(0, probs.numel(), step):
         sl = slice(lo, lo + step)
         sub = None if shared is None else (shared[0], shared[1][sl], shared[2][sl], shared[3])
-        x_f[sl], ok_f[sl] = _solve_some(xt, folds, fold_f[sl], ws_f[sl], act_f[sl], sign_f[sl], yc_f[sl],
-                                        a_f[sl], b_f[sl], p, max_drops, sub)
+        x_f[sl], ok_f[sl], first = _solve_some(xt, folds, fold_f[sl], ws_f[sl], act_f[sl], sign_f[sl], yc_f[sl],
+                                               a_f[sl], b_f[sl], p, max_drops, sub)
+        if with_first:
+            first_f[sl] = first
     x.view(K * F, s)[probs] = x_f
     solved.view(-1)[probs] = ok_f
-    return x, solved
+    if not with_first:
+        return x, solved
+    x_first = torch.zeros_like(x)
+    x_first.view(K * F, s)[probs] = first_f
+    return x, solved, x_first
 
 
 def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p, max_drops=MAX_DROPS, shared=None):
     """Sign-pattern solves of a batch of P problems (flat), dropping coordinates whose sign
-    flips and solving again (only the problems that had flips); see ``_solve_patterns``. With
+    flips and solving again (only the problems that had flips); see ``_solve_patterns``; also
+    returns the first solve (before any drop). With
     ``shared`` = (the groups' flat all-rows Grams on their working sets, each problem's
     ``X^T y_c`` there (P, s), its group (P,), the padded design): systems by downdate."""
     P, s = act.shape
@@ -411,19 +495,22 @@ def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p, max_drops=MAX_DROPS
     flipped = torch.zeros((P,), dtype=torch.bool, device=act.device)
     act = act.clone()
     idx = torch.arange(P, device=act.device)
+    first = None
     for _ in range(max_drops):
         sub = None if shared is None else (shared[0], shared[1][idx], shared[2][idx], shared[3])
         o, o_ok = _pattern_solve(xt, folds, fold[idx], ws[idx], act[idx], sign[idx], yc[idx], a[idx], b[idx], p,
                                  sub)
         flip = act[idx] & (torch.sign(o) != sign[idx])
         out[idx], ok[idx] = o, o_ok
+        if first is None:
+            first = out.clone()
         again = flip.any(1)
         flipped[idx] = again
         if not bool(again.any()):
             break
         act[idx] = act[idx] & ~flip
         idx = idx[again]
-    return out, ok & ~flipped
+    return out, ok & ~flipped, first
 
 
 def _pattern_solve(xt, folds, fold, ws, act, sign, yc, a, b, p, shared):
