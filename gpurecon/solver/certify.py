@@ -95,7 +95,12 @@ SHARED_MAX_HELD_OUT = 2
 # PDAS rounds per shared-inverse call: each round rebuilds every busy group's inverse, so the
 # few problems still moving after two are cheaper as direct solves of their own.
 SHARED_ROUNDS = 8
-# Working sets wider than n share the low-rank inverse across folds only where every group's
+# The shared inverse of a working set up to LOWRANK_ABOVE x n wide is the explicit s x s one
+# (cheap per-fold blocks); wider sets use the n x n low-rank form, whose per-fold blocks gather
+# (folds x n x d) columns: at s just above n that made the first round 2-3x slower (GPT-2's last
+# layer, 127 targets, leave-one-out: 5.2 s -> 3.1 s).
+LOWRANK_ABOVE = 2
+# Working sets wider than n share an inverse across folds (either form) only where every group's
 # ridge term b is at least this fraction of lambda_max(X^T X) (measured: from 1e-3 up it pays;
 # at 5e-5 its imprecise rounds triple the time).
 WIDE_SHARED_RIDGE = 1e-3
@@ -419,7 +424,7 @@ def _solve_shared_inverse(design, folds, ws, active, sign, yc, a, b, open_, alph
     if not groups.numel():
         return x, settled
     sizes, cls = _fold_classes(folds)
-    lowrank = s > n
+    lowrank = s > LOWRANK_ABOVE * n
     r = folds.held_out.shape[1] + 1
     per_group = (2 * n * s + 2 * n * n * sizes.numel() if lowrank else 2 * s * s * sizes.numel()) \
         + F * (16 * s + 4 * r * s + MAX_CONSTRAINTS ** 2 + (n * MAX_CONSTRAINTS if lowrank else 0))
