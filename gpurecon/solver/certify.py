@@ -201,14 +201,15 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
             dualed |= newton
             mono &= ~newton
         open_ = open_all & ~mono
-        # where there is a ridge term and most of a group's folds are open, primal-dual
-        # active-set steps on the working set with one shared inverse per group (Woodbury per
-        # fold: cheap for many folds of one design); direct sign-pattern solves for the lasso,
-        # for a few open problems, and for whatever the shared steps leave unsettled
+        # in the first round, where there is a ridge term, folds hold out <= 2 rows and most of
+        # a group's folds are open, primal-dual active-set steps on the working set with one
+        # shared inverse per group (Woodbury per fold: cheap for many folds of one design);
+        # direct sign-pattern solves for the lasso, for k-fold, for later rounds and for
+        # whatever the shared steps leave unsettled
         n_open, n_busy = (int(v) for v in torch.stack([open_.sum(), open_.any(1).sum() * F]).tolist())
-        # (working sets wider than n use the n x n Woodbury form, whose explicit inverse loses
-        # digits when the ridge term is tiny next to the Gram: then its rounds settle little
-        # and cost more than direct solves)
+        # (a working set wider than n has a rank-deficient Gram: its shared inverse, in either
+        # form, loses digits when the ridge term is tiny next to the Gram, and then its rounds
+        # settle little and cost more than direct solves)
         if shared_ok and i == 0 and n_open and n_open >= SHARED_FRACTION * n_busy and (ws.shape[1] <= n or wide_ok):
             x_new, solved = _solve_shared_inverse(d64, f64, ws, active, sign, yc, a, b, open_, alpha, l1_ratio,
                                                   max_elems)
@@ -335,7 +336,6 @@ def _columns(design, ws):
 
 def _fit(design, folds, ws, x):
     """Fold-centred training predictions ``X_f x`` (K, F, n) of coefficients ``x`` on ``ws``."""
-    n = design.n
     xw = _columns(design, ws)                                                   # (K, n, s)
     z = torch.bmm(x, xw.transpose(1, 2))                                        # (K, F, n)
     if folds.center:
