@@ -11,7 +11,7 @@ from sklearn.preprocessing import StandardScaler
 
 from gpurecon.solver import (PCA, Standardize, cross_val_predict, group_folds, kfold, leave_one_out,
                              nested_cross_val_predict, permutations, permuted_targets)
-from gpurecon.solver.options import ONE_BATCH_BUDGET
+from gpurecon.solver.elasticnet import ONE_BATCH_BUDGET
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

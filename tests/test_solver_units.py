@@ -6,7 +6,6 @@ import pytest
 import torch
 from sklearn.linear_model import ElasticNet as SkElasticNet
 
-from gpurecon.solver import working_set
 from gpurecon.solver.coordinate_descent import coordinate_descent
 from gpurecon.solver.fista import GramHessian, fista
 from gpurecon.solver.newton import SharedInverse, pdas
@@ -126,46 +125,6 @@ def test_pdas_from_the_right_support_is_exact():
     np.testing.assert_allclose(coef[0].numpy(), ref, atol=1e-9 * np.abs(ref).max())
 
 
-def _sklearn_gap(Xc, yc, w, a, b):
-    """sklearn's gap_enet (unscaled units), written out in numpy."""
-    R = yc - Xc @ w
-    xta = Xc.T @ R - b * w
-    dual = np.abs(xta).max()
-    r2 = R @ R
-    const = a / dual if dual > a else 1.0
-    gap = 0.5 * (r2 + r2 * const ** 2) if dual > a else r2
-    return gap + a * np.abs(w).sum() - const * R @ yc + 0.5 * b * (1 + const ** 2) * w @ w
-
-
-def test_full_check_is_sklearns_gap_on_every_centred_fold():
-    rng = np.random.default_rng(2)
-    n, p, T = 15, 9, 2
-    X = rng.standard_normal((n, p)) * rng.uniform(0.5, 3, p) + 4.0
-    Y = rng.standard_normal((n, T)) + 1.0
-    masks = np.ones((3, n), dtype=bool)
-    masks[0, 0] = masks[1, [3, 4]] = masks[2, 14] = False
-    design = working_set.make_design(torch.from_numpy(X), True)
-    Ye = torch.zeros((n + 1, T), dtype=F64)
-    Ye[:n] = torch.from_numpy(Y - Y.mean(0))
-    folds = working_set.make_folds(torch.from_numpy(masks), True, F64)
-    ws = torch.tensor([[0, 2, 5, p], [1, 2, 3, 8]])                       # padded with p
-    coef = torch.from_numpy(rng.standard_normal((2, 3, 4)) * 0.2)
-    coef[0, :, 3] = 0
-    n_f = torch.from_numpy(masks.sum(1).astype(float))
-    a = (0.1 * 0.5 * n_f)[None].expand(2, 3)
-    b = (0.1 * 0.5 * n_f)[None].expand(2, 3)
-    gap, _, _ = working_set.full_check(design, Ye, folds, ws, coef, a, b, torch.tensor([0, 1]))
-    for k in range(2):
-        for f in range(3):
-            tr = masks[f]
-            Xc = X[tr] - X[tr].mean(0)
-            yc = Y[tr, k] - Y[tr, k].mean()
-            w = np.zeros(p + 1)
-            w[ws[k].numpy()] = coef[k, f].numpy()
-            want = _sklearn_gap(Xc, yc, w[:p], float(a[k, f]), float(b[k, f]))
-            assert float(gap[k, f]) == pytest.approx(want, rel=1e-9, abs=1e-10)
-
-
 @pytest.mark.parametrize("l1_ratio", [1.0, 0.5])
 def test_preconditioned_fista_matches_sklearn_and_needs_fewer_iterations_on_scaled_columns(l1_ratio):
     # gamma column scales and one x30 column: one step 1/L crawls along the small columns
@@ -184,32 +143,6 @@ def test_preconditioned_fista_matches_sklearn_and_needs_fewer_iterations_on_scal
     ref = _sklearn_folds(X, y, 0.02, l1_ratio, folds)
     np.testing.assert_allclose(pre.coef[0].numpy(), ref, atol=1e-6 * np.abs(ref).max())
     assert int(pre.n_iter.max()) * 3 < int(plain.n_iter.min())
-
-
-def test_preconditioning_is_chosen_where_it_conditions_the_hessian():
-    rng = np.random.default_rng(3)
-    n, s = 60, 10
-    # group 0: orthogonal columns, scales 1..100 (rescaled: the identity)
-    q, _ = np.linalg.qr(rng.standard_normal((n, s)))
-    ortho = q * np.geomspace(1, 100, s)
-    # group 1: strongly correlated columns of equal norm (diagonal already constant)
-    corr = rng.standard_normal((n, 1)) + 0.3 * rng.standard_normal((n, s))
-    corr /= np.linalg.norm(corr, axis=0)
-    xw = torch.from_numpy(np.stack([ortho, corr]))
-    hess = GramHessian(torch.bmm(xw.transpose(1, 2), xw), None)
-    b = torch.tensor([1e-3, 1e-3], dtype=F64)
-    pre, lip_pre, diag = working_set._choose_metric(hess, xw, b)
-    assert pre.tolist() == [True, False]
-    # lip_pre bounds the rescaled Hessian (ridge included) of group 0, as numpy computes it
-    d = np.diag(ortho.T @ ortho)
-    rescaled = (ortho.T @ ortho + 1e-3 * np.eye(s)) / np.sqrt(np.outer(d, d))
-    assert float(lip_pre[0]) >= np.linalg.eigvalsh(rescaled)[-1] * (1 - 1e-12)
-    np.testing.assert_allclose(diag[0].numpy(), d)
-    # the one-batch engine (no eigenvalue problems): by the diagonal's spread (1e4 and 1),
-    # with a Lipschitz bound that still bounds the rescaled Hessian
-    pre_1, lip_1, _ = working_set._choose_metric(hess, xw, b, one_batch=True)
-    assert pre_1.tolist() == [True, False]
-    assert float(lip_1[0]) >= np.linalg.eigvalsh(rescaled)[-1] * (1 - 1e-12)
 
 
 def test_fused_dots_give_the_same_fista_with_fewer_launches():

@@ -11,11 +11,13 @@
 Every answer leaves through :mod:`.certify`: the exact solution of its sign pattern, KKT
 verified on all features in float64 (``certified`` in the results says where it held).
 
-Engine modules: :mod:`.working_set` (the working-set engine for one X shared by every fold:
-KKT checks over all features, growing working sets, warm starts from the full-data fit),
-:mod:`.full_set` (every feature always in: small per-fold designs, e.g. PCA fitted per fold),
-:mod:`.fista`, :mod:`.coordinate_descent` and :mod:`.newton` (inner solvers on working sets),
-:mod:`.gap` (sklearn's duality gap), :mod:`.options` (the tuning policy).
+Engine modules: :mod:`.certify` (active-set rounds to the certified optimum, for one X shared
+by every fold), :mod:`.dual_newton` (its step for rounds that stop descending), :mod:`.newton`
+(its shared-inverse PDAS rounds), :mod:`.ridge` (the closed form where there is no l1 term),
+:mod:`.working_set` (designs, folds, solutions in working-set form, warm starts from the
+full-data fit), :mod:`.full_set` (every feature always in: small per-fold designs, e.g. PCA
+fitted per fold, solved by :mod:`.fista` and :mod:`.coordinate_descent`, then certified),
+:mod:`.gap` (sklearn's duality gap), :mod:`.options` (shared tuning constants).
 
 Axis letters used throughout the engine (tensor shapes in comments and docstrings):
 

@@ -57,8 +57,8 @@ Violators enter at most ``ADD_FRACTION`` of the active set per round, the strong
 problem still open after the rounds allowed (or whose system does not factorise) keeps the lower
 of the engine's answer and the rounds' last point and is reported as not certified; its
 convergence is then decided by sklearn's gap, recomputed here in float64.
-Pure ridge problems (``l1_ratio == 0``) have no sign pattern: their gap certifies them
-(strong convexity bounds the distance to the optimum), so they are passed through.
+Problems without an l1 term (ridge, least squares) have no sign pattern and never reach
+this module: :mod:`.ridge` solves them in closed form.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ MIN_FAST_ROUNDS = 3
 
 
 def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alpha, l1_ratio, t_idx,
-            max_elems: int = 2 ** 25, max_rounds: int = MAX_ROUNDS):
+            max_elems: int = 2 ** 25, max_rounds: int = MAX_ROUNDS, one_batch: bool = False):
     """Replace each problem's coefficients by the certified exact optimum where one is found.
 
     Parameters
@@ -143,6 +143,9 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
         float64 elements one batch of fold systems may hold.
     max_rounds : int
         Active-set rounds before a problem is left uncertified.
+    one_batch : bool
+        Solve each round's sign patterns in one batch (padded to the widest active set; a GPU)
+        rather than in batches of similar width (a CPU).
 
     Returns
     -------
@@ -154,12 +157,12 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
     """
     try:
         return _certify(design, Y, folds, sol, alpha=alpha, l1_ratio=l1_ratio, t_idx=t_idx, max_elems=max_elems,
-                        max_rounds=max_rounds)
+                        max_rounds=max_rounds, spread=0.0 if one_batch else BUCKET_SPREAD)
     finally:
         _LAST_COLUMNS.clear()   # the gathered columns live for one call only
 
 
-def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_rounds):
+def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_rounds, spread):
     K, F, _ = sol.coef.shape
     n, p = design.n, design.p
     dev = sol.coef.device
@@ -170,7 +173,7 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
         X64[:n] -= X64[:n].mean(0)
     d64 = Design(X64, design.lam_max, design.center)
     f64 = Folds(folds.train.to(F64), folds.n_train, folds.held_out, folds.center)
-    yc = _centred_targets(Y, f64, t_idx, n)                                      # (K, F, n)
+    yc = centred_targets(Y, f64, t_idx, n)                                      # (K, F, n)
     a = alpha[:, None] * l1_ratio[:, None] * folds.n_train[None, :]                # (K, F)
     b = alpha[:, None] * (1.0 - l1_ratio[:, None]) * folds.n_train[None, :]
     col_norm = X64[:n].square().sum(0).sqrt()                                      # (p+1,)
@@ -225,13 +228,14 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
             x_new, solved = torch.zeros_like(x), torch.zeros_like(open_)
         rest = open_ & ~solved
         if bool(rest.any()):
-            x_rest, solved_rest = _solve_patterns(d64, f64, ws, active, sign, yc, a, b, rest, max_elems)
+            x_rest, solved_rest = _solve_patterns(d64, f64, ws, active, sign, yc, a, b, rest, max_elems,
+                                                  spread=spread)
             x_new = torch.where(rest[..., None], x_rest, x_new)
             solved = torch.where(rest, solved_rest, solved)
         slow = open_all & mono
         if bool(slow.any()):
             x_drop, solved_drop, x_slow = _solve_patterns(d64, f64, ws, active, sign, yc, a, b, slow, max_elems,
-                                                          with_first=True)
+                                                          with_first=True, spread=spread)
             # feature-sign search: move only as far along the segment to the pattern's
             # solution as the objective keeps falling. Pattern solves alone can cycle
             # (near-collinear columns, tiny ridge terms, rank-saturated lasso folds); with the
@@ -297,7 +301,7 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
                    score=score, n_iter=sol.n_iter + spent)
 
 
-def _centred_targets(Y, folds, t_idx, n):
+def centred_targets(Y, folds, t_idx, n):
     """Each group's target centred on each fold's training rows, zero on held-out rows:
     (K, F, n) float64."""
     Y64 = Y.to(F64)
@@ -319,7 +323,7 @@ def _objective(design, folds, ws, x, yc, a, b):
 def alpha_max(design, Y, folds, l1_ratio, t_idx):
     """Each group's smallest alpha with an all-zero solution on every fold, (K,) float64."""
     n = design.n
-    yc = _centred_targets(Y, folds, t_idx, n)
+    yc = centred_targets(Y, folds, t_idx, n)
     X64 = design.X[:n, :design.p].to(F64)
     if folds.center:
         X64 = X64 - X64.mean(0)
@@ -450,7 +454,7 @@ def _solve_shared_inverse(design, folds, ws, active, sign, yc, a, b, open_, alph
 
 
 def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems, max_drops=MAX_DROPS,
-                    with_first=False):
+                    with_first=False, spread=BUCKET_SPREAD):
     """Solve ``(H_f + b I)_AA w_A = c_A - a s_A`` for every open problem, dropping coordinates
     whose sign flips (up to MAX_DROPS times); returns (x (K, F, s), solved (K, F)), and with
     ``with_first`` also the first solve's x (before any drop).
@@ -486,7 +490,7 @@ def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems,
         shared = (torch.bmm(xw.transpose(1, 2), xw).reshape(-1), torch.bmm(yc, xw).reshape(K * F, s)[probs],
                   probs // F, design.X)
     first_f = torch.zeros_like(x_f) if with_first else None
-    for sl in _size_buckets(act_f.sum(1), lambda k: 3 * k * n + 3 * min(k, n) ** 2 + 4 * s, max_elems):
+    for sl in _size_buckets(act_f.sum(1), lambda k: 3 * k * n + 3 * min(k, n) ** 2 + 4 * s, max_elems, spread):
         sub = None if shared is None else (shared[0], shared[1][sl], shared[2][sl], shared[3])
         x_f[sl], ok_f[sl], first = _solve_some(xt, folds, fold_f[sl], ws_f[sl], act_f[sl], sign_f[sl], yc_f[sl],
                                                a_f[sl], b_f[sl], p, max_drops, sub)

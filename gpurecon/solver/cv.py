@@ -110,7 +110,7 @@ class CVResult:
     permutations : ndarray (permutations, samples) or None
     converged : Tensor (folds, grid, targets [+ permutations*targets]) bool
     gap_ratio : Tensor like ``converged``, float32: final duality gap / tolerance
-    n_iter : Tensor like ``converged``, int32: FISTA iterations
+    n_iter : Tensor like ``converged``, int32: active-set rounds (1: closed form)
     train_masks : Tensor (folds, samples) bool
     n_features : Tensor (folds,) or None: each fold's kept dimension after preprocessing
     seconds : float

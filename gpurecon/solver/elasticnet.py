@@ -20,11 +20,13 @@ the training rows (heavy-tailed features, outlier trials) magnify what it leaves
    over all features);
 2. every fold from that fit's pattern by the same rounds (folds differ from the full data by a
    few rows: one or two rounds for leave-one-out);
-3. only groups that the rounds leave uncertified go to the iterative working-set engine
-   (:mod:`.working_set`: FISTA with restarts, Newton polish, batched coordinate descent, to
-   sklearn's duality-gap rule), whose answer is then certified in turn. A problem that still
-   fails the certificate keeps the engine's answer, judged by sklearn's gap (recomputed in
-   float64), and is reported (``certified`` False).
+3. a problem the rounds leave uncertified (``max_iter`` rounds spent; none in the test
+   suite at the default ``max_iter``) keeps the lower of its start and its rounds' last point,
+   judged by sklearn's gap (recomputed in float64), and is reported (``certified`` False).
+
+Problems without an l1 term (``l1_ratio == 0``: ridge; ``alpha == 0``: least squares, the
+minimum-norm solution) have no sign pattern: :mod:`.ridge` solves them in closed form, one SVD
+per fold for every target and alpha, and checks their stationarity on every feature.
 
 Targets are processed in chunks sized to a memory budget.
 
@@ -51,20 +53,18 @@ from sklearn.exceptions import ConvergenceWarning as _BaseConvergenceWarning
 
 from ..device import resolve_device
 from . import working_set
-from .certify import alpha_max, certify
-from .options import (BUCKET_RATIO, FOLD_INNER_FRACTION, FOLD_STOP_FRACTION, FULL_INNER_FRACTION, MIXED_PRECISION_TOL,
-                      ONE_BATCH_BUDGET, Options)
+from .certify import alpha_max, centred_targets, certify
+from .ridge import solve_plain
 
 
 log = logging.getLogger("gpurecon")
 
-# Active-set rounds the folds get from the full-data fit's sign pattern before the iterative
-# engine takes the groups still uncertified. Leave-one-out folds need 1-3; k-fold folds at small
-# alpha, whose supports fill the training size (|A| ~ n), converge slowly but surely (heavy-tailed
-# 10-fold at 0.01 x alpha_max: 38 rounds, 0.8 s, where the engine took 2.7 s after 10).
+# Active-set rounds the folds get from the full-data fit's sign pattern, and a cold fit (the
+# full-data fit, a single fit) from zero, before a problem is left uncertified (and judged by
+# sklearn's gap). Leave-one-out folds need 1-3; k-fold folds at small alpha, whose supports
+# fill the training size (|A| ~ n), converge slowly but surely (heavy-tailed 10-fold at 0.01 x
+# alpha_max: 38 rounds). ``max_iter`` caps both.
 WARM_ROUNDS = 1500
-# Active-set rounds a cold fit (the full-data fit, a single fit) gets from zero, the set growing
-# by the strongest KKT violators, before the iterative engine takes what is left uncertified.
 COLD_ROUNDS = 1500
 # Cold starts walk down the path alpha_max * PATH_RATIO**k to the target alpha, PATH_ROUNDS
 # active-set rounds at each step.
@@ -72,6 +72,11 @@ PATH_RATIO = 0.3
 # ... for groups whose alpha is below PATH_BELOW x their alpha_max.
 PATH_BELOW = 0.05
 PATH_ROUNDS = 12
+
+# float64 elements a sub-batch of systems may hold at least (256 MiB), else 1/16 of the budget.
+MIN_ELEMS = 2 ** 25
+# A memory budget from which "auto" batches like a GPU (see STRATEGIES).
+ONE_BATCH_BUDGET = 16 * 2 ** 30
 
 # The CPU's default memory budget (bytes): fixed, so that chunking, and with it rounding, is the
 # same from run to run (see default_memory_budget).
@@ -92,8 +97,7 @@ class EnetResult:
     coef : Tensor (folds, grid, targets, features)
     intercept : Tensor (folds, grid, targets)
     n_iter : Tensor (folds, grid, targets) int64
-        Active-set rounds (see :mod:`.certify`) plus, where the iterative engine ran, its FISTA
-        iterations and coordinate descent epochs (Newton rounds are not counted).
+        Active-set rounds (see :mod:`.certify`); 1 for the closed form (no l1 term).
     dual_gap : Tensor (folds, grid, targets) float64
         sklearn's ``dual_gap_``: the final duality gap divided by the training size.
     tol : Tensor (folds, grid, targets) float64
@@ -104,8 +108,8 @@ class EnetResult:
         Grid points in the order of the grid axis (alpha-major).
     certified : Tensor (folds, grid, targets) bool
         The returned coefficients are the exact optimum (the solution of their sign pattern,
-        KKT verified on every feature in float64; see :mod:`.certify`). False for pure ridge
-        problems (l1_ratio 0), which the gap certifies.
+        KKT verified on every feature in float64; see :mod:`.certify`; for problems without
+        an l1 term, stationarity verified on every feature).
     """
 
     coef: torch.Tensor
@@ -255,10 +259,10 @@ class Problem:
     strategy: str = "auto"     # see STRATEGIES
 
 
-# The engine's batch shape: "cpu" buckets each round's groups by working-set size (padding
-# costs flops); "gpu" solves each round's groups in one batch with one-kernel dot products and
-# a sync-free FISTA metric choice (launches and host syncs cost more than padding on a GPU);
-# "auto" is "gpu" on CUDA or at a GPU-sized memory budget (options.ONE_BATCH_BUDGET), else "cpu".
+# The engine's batch shape: "cpu" batches each round's sign-pattern solves by active-set width
+# (padding costs flops); "gpu" solves them in one batch (launches and host syncs cost more than
+# padding on a GPU); "auto" is "gpu" on CUDA or at a GPU-sized memory budget (ONE_BATCH_BUDGET),
+# else "cpu". Both give the same certified answers.
 STRATEGIES = ("auto", "cpu", "gpu")
 
 
@@ -312,80 +316,74 @@ def _group_params(problem: Problem, targets: torch.Tensor):
 
 
 def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
-                opts_full: Options | None = None, opts_folds: Options | None = None,
                 memory_budget: int | None = None) -> working_set.Solution:
     """Solve every (grid point, target in ``targets``, fold) problem (working-set form).
 
     Groups are ordered grid-major: group ``g * len(targets) + i`` is grid point ``g`` and
-    target ``targets[i]``. ``memory_budget`` (bytes) sizes the Newton sub-batches.
+    target ``targets[i]``. ``memory_budget`` (bytes) sizes the sub-batches.
     """
     alpha, l1, t_idx = _group_params(problem, targets)
     all_rows = problem.folds.train.shape[0] == 1 and bool((problem.folds.train > 0).all())
-    # FISTA iterates may run in float32 (half the memory traffic) while every gap that decides
-    # convergence stays float64: float32 rounding (~1e-7 relative) is far below tol >= 1e-5
-    fista_dtype = torch.float32 if problem.tol >= MIXED_PRECISION_TOL else None
-    # a tight tolerance is beyond FISTA's reach in max_iter on ill-conditioned problems: let the
-    # exact Newton steps run whatever they cost
-    budget = Options.newton_budget if problem.tol >= MIXED_PRECISION_TOL else math.inf
-    # the cold full-data fit grows its working sets fast and lets the Newton polish finish
-    tight = problem.tol < MIXED_PRECISION_TOL
-    # Newton sub-batches may hold 1/16 of the budget (float64 elements), at least 256 MiB
-    elems = max(Options.max_elems, int((memory_budget or 0) // (16 * 8)))
+    # sub-batches may hold 1/16 of the budget (float64 elements), at least 256 MiB
+    elems = max(MIN_ELEMS, int((memory_budget or 0) // (16 * 8)))
     # launch-bound devices (a GPU, or a GPU-sized budget) solve each round in one batch
     one_batch = problem.strategy == "gpu" or (problem.strategy == "auto" and (
         problem.Y.device.type == "cuda" or (memory_budget or 0) >= ONE_BATCH_BUDGET))
-    ratio = math.inf if one_batch else BUCKET_RATIO
-    opts_full = opts_full or Options(inner_fraction=FULL_INNER_FRACTION, growth=1.0, max_elems=elems,
-                                        bucket_ratio=ratio,
-                                        fista_dtype=fista_dtype, newton_budget=budget, lowrank_newton=not tight)
-    # folds start next to their optimum (full-data fit + one shared Newton step): FISTA to half
-    # the tolerance is cheaper there than an exact polish, which only the stragglers get
-    opts_folds = opts_folds or Options(polish_from_round=3, inner_fraction=FOLD_INNER_FRACTION, max_elems=elems,
-                                       bucket_ratio=ratio,
-                                       stop_fraction=FOLD_STOP_FRACTION,
-                                       fista_dtype=fista_dtype, newton_budget=budget, lowrank_newton=not tight)
-    params = dict(alpha=alpha, l1_ratio=l1, t_idx=t_idx)
+    # groups without an l1 term (ridge, least squares) have no sign pattern: one exact solve
+    plain = alpha * l1 == 0
+    lasso = torch.nonzero(~plain).squeeze(1)
+    n_plain = int(plain.sum())
 
-    def finish(folds, ws, coef, score, rounds, opts):
-        """Active-set rounds from (ws, coef) (None: from zero); the iterative engine, then the
-        certificate again, only for the groups they leave uncertified."""
+    def finish(folds, ws, coef, score, rounds):
+        """Active-set rounds from (ws, coef) (None: from zero) for the groups with an l1 term;
+        the closed form for the others."""
         start = _start(problem, folds, t_idx, ws, coef, score)
-        rounds = min(rounds, problem.max_iter)      # max_iter bounds every phase's iterations
+        if n_plain:
+            exact = _plain(problem, folds, start, t_idx, alpha, l1, elems)
+            if n_plain == t_idx.numel():
+                return exact
+            start = _groups(start, lasso)
+        rounds = min(rounds, problem.max_iter)      # max_iter bounds the rounds
+        params = dict(alpha=alpha[lasso], l1_ratio=l1[lasso], t_idx=t_idx[lasso])
         if ws is None:
             # groups far below their alpha_max walk down the path first; the others start from
             # zero at their own alpha (a handful of rounds find their support)
-            amax = alpha_max(problem.design, problem.Y, folds, l1, t_idx)
-            far = torch.nonzero(alpha < PATH_BELOW * amax).squeeze(1)
+            amax = alpha_max(problem.design, problem.Y, folds, params["l1_ratio"], params["t_idx"])
+            far = torch.nonzero(params["alpha"] < PATH_BELOW * amax).squeeze(1)
             if far.numel():
-                walked = _path(problem, folds, _start(problem, folds, t_idx[far], None, None, None), alpha[far],
-                               l1[far], t_idx[far], amax[far], elems)
+                walked = _path(problem, folds, _groups(start, far), params["alpha"][far], params["l1_ratio"][far],
+                               params["t_idx"][far], amax[far], elems, one_batch)
                 start = working_set.merge_groups(start, walked, far, problem.design.p)
-        first = certify(problem.design, problem.Y, folds, start, **params, max_elems=elems, max_rounds=rounds)
-        open_ = torch.nonzero(~first.certified.all(1)).squeeze(1)
-        if not open_.numel():
-            return first
-        sub = {k: v[open_] for k, v in params.items()}
-        warm = {} if ws is None else dict(ws=ws[open_], coef=coef[open_])
-        rest = working_set.solve(problem.design, problem.Y, folds, opts=opts, tol=problem.tol,
-                                 max_iter=problem.max_iter, **warm, **sub)
-        rest = certify(problem.design, problem.Y, folds, rest, **sub, max_elems=elems)
-        return working_set.merge_groups(first, rest, open_, problem.design.p)
+        sol = certify(problem.design, problem.Y, folds, start, **params, max_elems=elems, max_rounds=rounds,
+                      one_batch=one_batch)
+        return working_set.merge_groups(exact, sol, lasso, problem.design.p) if n_plain else sol
 
-    if all_rows:
-        # a single fit (the estimator): the engine always finishes with the exact polish
-        return finish(problem.folds, None, None, None, COLD_ROUNDS,
-                      dataclasses.replace(opts_full, newton_budget=math.inf))
-    if not warm_start:
-        return finish(problem.folds, None, None, None, COLD_ROUNDS, opts_folds)
+    if all_rows or not warm_start:
+        return finish(problem.folds, None, None, None, COLD_ROUNDS)
     # 1) the full-data fit, exact: its sign pattern is every fold's first guess
-    full = finish(problem.full, None, None, None, COLD_ROUNDS, opts_full)
+    full = finish(problem.full, None, None, None, COLD_ROUNDS)
     # 2) every fold from that pattern; folds differ from the full data by a few rows, so this
-    #    usually certifies in 1-2 rounds (the engine warm-starts the rest from the same point)
+    #    usually certifies in 1-2 rounds
     ws, coef = working_set.warm_start_from_full(full, problem.folds.train.shape[0], problem.design.p)
-    return finish(problem.folds, ws, coef, full.score, WARM_ROUNDS, opts_folds)
+    return finish(problem.folds, ws, coef, full.score, WARM_ROUNDS)
 
 
-def _path(problem: Problem, folds, start, alpha, l1, t_idx, amax, elems) -> working_set.Solution:
+def _plain(problem, folds, start, t_idx, alpha, l1, elems) -> working_set.Solution:
+    """Every group's closed-form answer (:mod:`.ridge`; meaningful for those without an l1 term)."""
+    f64 = working_set.Folds(folds.train.to(torch.float64), folds.n_train, folds.held_out, folds.center)
+    yc = centred_targets(problem.Y, f64, t_idx, problem.design.n)
+    b = alpha[:, None] * (1.0 - l1[:, None]) * folds.n_train[None, :]
+    sol = solve_plain(problem.design, f64, yc, b, start.tol, elems)
+    return dataclasses.replace(sol, coef=sol.coef.to(problem.Y.dtype), score=sol.score.to(start.score.dtype))
+
+
+def _groups(sol: working_set.Solution, idx: torch.Tensor) -> working_set.Solution:
+    """The groups ``idx`` of a solution."""
+    return working_set.Solution(**{f.name: None if getattr(sol, f.name) is None else getattr(sol, f.name)[idx]
+                                   for f in dataclasses.fields(sol)})
+
+
+def _path(problem: Problem, folds, start, alpha, l1, t_idx, amax, elems, one_batch) -> working_set.Solution:
     """A cold start walked down the regularisation path: at small alpha the support is wide
     (up to and past n features), and active-set rounds from zero need dozens of rounds to find
     it; from the solution at PATH_RATIO times a larger alpha, the support moves a little and
@@ -395,7 +393,7 @@ def _path(problem: Problem, folds, start, alpha, l1, t_idx, amax, elems) -> work
         if not bool((step > alpha).any()):
             break
         start = certify(problem.design, problem.Y, folds, start, alpha=step, l1_ratio=l1, t_idx=t_idx,
-                        max_elems=elems, max_rounds=min(PATH_ROUNDS, problem.max_iter))
+                        max_elems=elems, max_rounds=min(PATH_ROUNDS, problem.max_iter), one_batch=one_batch)
     return start
 
 
@@ -454,8 +452,8 @@ def bytes_per_group(problem: Problem) -> int:
     n, p1 = problem.design.n, problem.design.p + 1
     item = problem.Y.element_size()
     h = problem.folds.held_out.shape[1]
-    # the check's (F, p+1) products and the FISTA state at a full working set dominate; a Gram
-    # is only formed for working sets up to 2n; float64 temporaries of residuals and predictions
+    # the KKT check's (F, p+1) products (and the closed form's coefficients) dominate; Grams
+    # are formed for working sets up to 2n; float64 temporaries of residuals and predictions
     return (item * (20 * F * p1 + 8 * F * n + 4 * n * n + 2 * n * p1 + 2 * F * (h + 1) * min(p1, 2 * n))
             + 8 * (6 * F * n + 2 * F * p1))
 
@@ -478,9 +476,9 @@ def enet_path_fit(X, Y, alphas, l1_ratios, *, train_masks=None, fit_intercept=Tr
     fit_intercept : bool
         Centre X and Y over each fold's training samples (as sklearn does).
     tol, max_iter : float, int
-        sklearn's stopping rule (duality gap <= tol * ||y - mean(y)||^2) and the largest
-        number of coordinate descent epochs (sklearn's unit) per problem; FISTA, the fast
-        path, has an allowance of its own of the same size.
+        sklearn's stopping rule (duality gap <= tol * ||y - mean(y)||^2), which decides
+        ``converged`` where no certificate is found, and the most active-set rounds per problem
+        (each an exact solve and a check over all features).
     device : str or torch.device or None
         Where to compute; None uses X's device for a tensor, else ``"auto"``.
     memory_budget : int or None
@@ -495,8 +493,8 @@ def enet_path_fit(X, Y, alphas, l1_ratios, *, train_masks=None, fit_intercept=Tr
     strategy : {"auto", "cpu", "gpu"}
         The engine's batch shape: "gpu" solves each round in one batch with fewer kernel
         launches and host syncs (what "auto" takes on CUDA or at a memory budget of 16 GiB or
-        more), "cpu" buckets by working-set size to save padding flops. Both converge to the
-        same tolerance; "gpu" on a CPU measures the GPU path's counts and exactness.
+        more), "cpu" batches by active-set width to save padding flops. Both certify the same
+        answers; "gpu" on a CPU measures the GPU path's counts and exactness.
 
     Returns
     -------

@@ -33,7 +33,7 @@ class ElasticNet(MultiOutputMixin, RegressorMixin, BaseEstimator):
     tol : float, default 1e-4
         Stop when the duality gap is at most ``tol * ||y - mean(y)||^2``.
     max_iter : int, default 1000
-        FISTA iterations per target at most.
+        Active-set rounds per target at most (each an exact solve and a KKT check).
     device : str or torch.device, default "cpu"
         ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
     dtype : {None, "float32", "float64"}, default None
