@@ -99,8 +99,11 @@ SHARED_ROUNDS = 8
 # The shared inverse of a working set up to LOWRANK_ABOVE x n wide is the explicit s x s one
 # (cheap per-fold blocks); wider sets use the n x n low-rank form, whose per-fold blocks gather
 # (folds x n x d) columns: at s just above n that made the first round 2-3x slower (GPT-2's last
-# layer, 127 targets, leave-one-out: 5.2 s -> 3.1 s).
-LOWRANK_ABOVE = 2
+# layer, 127 targets, leave-one-out: 5.2 s -> 3.1 s); at 0.05 x alpha_max (s = 2.6 n, 80
+# zero constraints per fold) 2 -> 3 took 32 of its targets from 8.3 s to 6.7 s, while the
+# 3-target wide families (p = 2000; n = 10, p = 5000) stayed within timing noise. Up to s ~ 10n
+# the explicit one was faster still on that design but slower on the wide families.
+LOWRANK_ABOVE = 3
 # Working sets wider than n share an inverse across folds (either form) only where every group's
 # ridge term b is at least this fraction of lambda_max(X^T X) (measured: from 1e-3 up it pays;
 # at 5e-5 its imprecise rounds triple the time).
