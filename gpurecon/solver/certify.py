@@ -493,7 +493,15 @@ def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems,
         shared = (torch.bmm(xw.transpose(1, 2), xw).reshape(-1), torch.bmm(yc, xw).reshape(K * F, s)[probs],
                   probs // F, design.X)
     first_f = torch.zeros_like(x_f) if with_first else None
-    for sl in _size_buckets(act_f.sum(1), lambda k: 3 * k * n + 3 * min(k, n) ** 2 + 4 * s, max_elems, spread):
+    def cost(k):
+        return 3 * k * n + 3 * min(k, n) ** 2 + 4 * s
+
+    if spread > 0:
+        batches = _size_buckets(act_f.sum(1), cost, max_elems, spread)
+    else:   # one batch (a GPU): padded to the widest, no host read of the widths
+        step = max(1, int(max_elems // max(1, cost(width))))
+        batches = [slice(lo, lo + step) for lo in range(0, probs.numel(), step)]
+    for sl in batches:
         sub = None if shared is None else (shared[0], shared[1][sl], shared[2][sl], shared[3])
         x_f[sl], ok_f[sl], first = _solve_some(xt, folds, fold_f[sl], ws_f[sl], act_f[sl], sign_f[sl], yc_f[sl],
                                                a_f[sl], b_f[sl], p, max_drops, sub)
