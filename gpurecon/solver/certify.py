@@ -210,33 +210,38 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
         # dual's semismooth Newton finds their active set at once (once per problem); the
         # pattern solve below then makes it exact
         newton = open_all & mono & ~dualed & (b > 0)
-        if bool(newton.any()):
+        # the round's decisions from one host read: the dual step, the feature-sign rounds,
+        # and the open problems for the shared inverse (mono loses the dual-stepped problems)
+        open_ = open_all & ~(mono & ~newton)
+        any_newton, any_slow, n_open, n_busy = (int(v) for v in torch.stack([
+            newton.any(), (open_all & mono & ~newton).any(), open_.sum(), open_.any(1).sum() * F]).tolist())
+        if any_newton:
             ws, x, active, sign = _dual_step(d64, f64, ws, x, active, sign, yc, a, b, newton, max_elems)
             dualed |= newton
             mono &= ~newton
-        open_ = open_all & ~mono
         # in the first round, where there is a ridge term, folds hold out <= 2 rows and most of
         # a group's folds are open, primal-dual active-set steps on the working set with one
         # shared inverse per group (Woodbury per fold: cheap for many folds of one design);
         # direct sign-pattern solves for the lasso, for k-fold, for later rounds and for
         # whatever the shared steps leave unsettled
-        n_open, n_busy = (int(v) for v in torch.stack([open_.sum(), open_.any(1).sum() * F]).tolist())
         # (a working set wider than n has a rank-deficient Gram: its shared inverse, in either
         # form, loses digits when the ridge term is tiny next to the Gram, and then its rounds
         # settle little and cost more than direct solves)
-        if shared_ok and i == 0 and n_open and n_open >= SHARED_FRACTION * n_busy and (ws.shape[1] <= n or wide_ok):
+        use_shared = (shared_ok and i == 0 and n_open and n_open >= SHARED_FRACTION * n_busy
+                      and (ws.shape[1] <= n or wide_ok))
+        if use_shared:
             x_new, solved = _solve_shared_inverse(d64, f64, ws, active, sign, yc, a, b, open_, alpha, l1_ratio,
                                                   max_elems)
         else:
             x_new, solved = torch.zeros_like(x), torch.zeros_like(open_)
         rest = open_ & ~solved
-        if bool(rest.any()):
+        if (bool(rest.any()) if use_shared else n_open):
             x_rest, solved_rest = _solve_patterns(d64, f64, ws, active, sign, yc, a, b, rest, max_elems,
                                                   spread=spread)
             x_new = torch.where(rest[..., None], x_rest, x_new)
             solved = torch.where(rest, solved_rest, solved)
         slow = open_all & mono
-        if bool(slow.any()):
+        if any_slow:
             x_drop, solved_drop, x_slow = _solve_patterns(d64, f64, ws, active, sign, yc, a, b, slow, max_elems,
                                                           with_first=True, spread=spread)
             # feature-sign search: move only as far along the segment to the pattern's
@@ -277,15 +282,18 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
         f_prev.view(-1)[probs] = torch.minimum(f_now, f_prev.reshape(-1)[probs])
         # the gap (and the full fit's KKT scores) of what this round certified, from this check
         _record(gap, score, probs, ok_now, r, g, x, ws, yc, a, b, F)
-        if bool(ok_now.all()):
-            break
         # 3) the strongest violators enter the active set with the sign of x_j^T r; at most
         #    ADD_FRACTION of the set's size per round (all at once overshoots: hundreds enter,
         #    the solve flips most of them, and the pattern oscillates)
         # (in the feature-sign rounds only once the point is optimal on its own active set:
         # then the step to the wider pattern is a descent direction)
         limit = torch.where(stat_ok | ~mono.reshape(-1)[probs], cap[probs], 0)
-        viol = _strongest(viol & ~ok_now[:, None], g, active.reshape(K * F, -1)[probs].sum(-1), limit)
+        viol = viol & ~ok_now[:, None]
+        m = _add_counts(viol, active.reshape(K * F, -1)[probs].sum(-1), limit)
+        done, k = (int(v) for v in torch.stack([ok_now.all(), m.max()]).tolist())   # one host read
+        if done:
+            break
+        viol = _strongest(viol, g, None, m=m, k=k)
         ws, x, active, sign = _enter(ws, x, active, sign, probs, viol, g, p)
     # the answer: certified problems their exact solution, the others the engine's iterate
     # (on the possibly wider working set) or the rounds' last point, whichever is lower
@@ -471,10 +479,11 @@ def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems,
     x = torch.zeros((K, F, s), dtype=F64, device=dev)
     solved = torch.zeros((K, F), dtype=torch.bool, device=dev)
     act = active & (ws != p)[:, None, :] & open_[..., None]
-    if not bool(act.any()):
-        return (x, open_.clone(), x) if with_first else (x, open_.clone())
     probs = torch.nonzero(open_.reshape(-1)).squeeze(1)                         # flat (K*F) problems
     act_f = act.reshape(K * F, s)[probs]
+    width = int(act_f.sum(1).max()) if probs.numel() else 0
+    if not width:      # nothing active: zero solves every open problem
+        return (x, open_.clone(), x) if with_first else (x, open_.clone())
     sign_f = sign.reshape(K * F, s)[probs]
     ws_f = ws[probs // F]                                                       # (P, s)
     fold_f = probs % F
@@ -483,7 +492,6 @@ def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems,
     xt = design.X[:n].T                                                         # (p+1, n)
     x_f = torch.zeros((probs.numel(), s), dtype=F64, device=dev)
     ok_f = torch.zeros((probs.numel(),), dtype=torch.bool, device=dev)
-    width = int(act_f.sum(1).max())
     # each group's all-rows Gram and X^T y on its working set, once: a fold's system is then a
     # gather plus a downdate by its few held-out rows (and the centring term), instead of
     # products over all n rows per problem
@@ -545,31 +553,34 @@ def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p, max_drops=MAX_DROPS
     flipped = torch.zeros((P,), dtype=torch.bool, device=act.device)
     act = act.clone()
     idx = torch.arange(P, device=act.device)
-    first = None
+    first, k = None, None
     for _ in range(max_drops):
         sub = None if shared is None else (shared[0], shared[1][idx], shared[2][idx], shared[3])
         o, o_ok = _pattern_solve(xt, folds, fold[idx], ws[idx], act[idx], sign[idx], yc[idx], a[idx], b[idx], p,
-                                 sub)
+                                 sub, k)
         flip = act[idx] & (torch.sign(o) != sign[idx])
         out[idx], ok[idx] = o, o_ok
         if first is None:
             first = out.clone()
         again = flip.any(1)
         flipped[idx] = again
-        if not bool(again.any()):
-            break
         act[idx] = act[idx] & ~flip
-        idx = idx[again]
+        # one host read: how many solve again, and their widest active set
+        n_again, k = (int(v) for v in torch.stack([again.sum(), torch.where(again, act[idx].sum(1), 0).max()]).tolist())
+        if not n_again:
+            break
+        idx = idx[torch.nonzero_static(again, size=n_again).squeeze(1)]
     return out, ok & ~flipped, first
 
 
-def _pattern_solve(xt, folds, fold, ws, act, sign, yc, a, b, p, shared):
-    """One sign-pattern solve of each of P problems: (x (P, s), factorised (P,))."""
+def _pattern_solve(xt, folds, fold, ws, act, sign, yc, a, b, p, shared, k=None):
+    """One sign-pattern solve of each of P problems: (x (P, s), factorised (P,)); ``k``: the
+    widest active set, when the caller knows it."""
     P, s = act.shape
     n = xt.shape[1]
     train = folds.train[fold]                                                    # (P, n) float64
     n_train = folds.n_train[fold]
-    k = max(int(act.sum(1).max()), 1)
+    k = max(int(act.sum(1).max()) if k is None else k, 1)
     pos = torch.argsort((~act).to(torch.int8), dim=1, stable=True)[:, :k]  # active positions first
     valid = torch.arange(k, device=act.device)[None, :] < act.sum(1, keepdim=True)
     feat = torch.where(valid, ws.gather(1, pos), p)                          # (P, k); p: zero column
@@ -636,14 +647,22 @@ def _downdated_gram(shared, folds, fold, pos, feat, valid, s):
     return torch.where(both, gram, 0.0), torch.where(valid, c_ws.gather(1, pos), 0.0)
 
 
-def _strongest(viol, g, n_active, limit=None):
-    """The ``max(MIN_ADD, ADD_FRACTION * |A|)`` violators (at most ``limit``) with the largest
-    ``|x_j^T r|`` per problem."""
+def _add_counts(viol, n_active, limit=None):
+    """How many violators enter per problem: ``max(MIN_ADD, ADD_FRACTION * |A|)``, at most
+    ``limit`` and at most the violators there are."""
     m = torch.clamp((n_active * ADD_FRACTION).long(), min=MIN_ADD)
     if limit is not None:
         m = torch.minimum(m, limit)
-    m = torch.minimum(m, viol.sum(-1))
-    k = int(m.max())
+    return torch.minimum(m, viol.sum(-1))
+
+
+def _strongest(viol, g, n_active, limit=None, m=None, k=None):
+    """The ``max(MIN_ADD, ADD_FRACTION * |A|)`` violators (at most ``limit``) with the largest
+    ``|x_j^T r|`` per problem (``m``: those counts, ``k``: their largest, when known)."""
+    if m is None:
+        m = _add_counts(viol, n_active, limit)
+    if k is None:
+        k = int(m.max())
     if not k:
         return torch.zeros_like(viol)
     top = torch.topk(torch.where(viol, g.abs(), -1.0), k, dim=-1).indices
@@ -706,20 +725,20 @@ def _record(gap, score, probs, take, r, g, x, ws, yc, a, b, F):
     ``|x_j^T r| / a`` into ``score`` (K, p+1), from one check's residuals and ``X^T r``."""
     K, _, s = x.shape
     p = g.shape[1] - 1
-    probs, r, g = probs[take], r[take], g[take]
-    if not probs.numel():
-        return
+    # every checked problem's gap is computed and only those taken are written (masked writes,
+    # no host read of how many were taken)
     x_p = x.reshape(K * F, s)[probs]
     ws_p = ws[probs // F]
     a_p, b_p = a.reshape(-1)[probs], b.reshape(-1)[probs]
     xta = g.scatter_add(1, ws_p, -b_p[:, None] * x_p)
     xta[:, p] = 0
     yc_p = yc.reshape(K * F, -1)[probs]
-    gap.view(-1)[probs] = enet_duality_gap(r.square().sum(-1), (r * yc_p).sum(-1), x_p.abs().sum(-1),
-                                           x_p.square().sum(-1), xta.abs().amax(-1), g.square().sum(-1), a_p, b_p)
+    new = enet_duality_gap(r.square().sum(-1), (r * yc_p).sum(-1), x_p.abs().sum(-1), x_p.square().sum(-1),
+                           xta.abs().amax(-1), g.square().sum(-1), a_p, b_p)
+    gap.view(-1)[probs] = torch.where(take, new, gap.view(-1)[probs])
     if score is not None:
         sc = (g.abs() / a_p[:, None]).nan_to_num_(nan=0.0, posinf=torch.inf)
-        score[probs] = sc.to(score.dtype)
+        score[probs] = torch.where(take[:, None], sc.to(score.dtype), score[probs])
 
 
 def _carry(ws_from, coef, ws_to, p):
