@@ -3,18 +3,20 @@ squares (``alpha == 0``).
 
 With ``a = 0`` sklearn's objective ``0.5 ||y - X w||^2 + 0.5 b ||w||^2`` (fold-centred
 training rows, ``b = alpha * n_f``) has no sign pattern to certify: its optimum is the linear
-solve ``w = (X^T X + b I)^{-1} X^T y``. Through the thin SVD of each fold's centred training
-design, ``X = U diag(s) V^T``,
+solve ``w = (X^T X + b I)^{-1} X^T y``. With the eigenvectors of each fold's smaller Gram
+(the ``n x n`` kernel ``X X^T = U diag(lam) U^T`` when p > n, else ``X^T X = V diag(lam) V^T``),
 
-    w = V diag(s / (s^2 + b)) U^T y,
+    w = X^T U diag(1 / (lam + b)) U^T y    or    w = V diag(1 / (lam + b)) V^T X^T y,
 
-one factorisation per fold serves every target and every alpha of the chunk. At ``b = 0`` the
-same formula with ``1 / s`` on the singular values above rounding (``max(n, p) * eps * s_max``,
-numpy's ``lstsq`` cut-off) is the minimum-norm least-squares solution: where p > n-1 least
-squares has infinitely many optima, and this is the one :func:`numpy.linalg.lstsq` returns.
+one factorisation per fold serves every target and every alpha of the chunk. Where a chunk
+holds least squares (``b = 0``) it uses the thin SVD ``X = U diag(s) V^T`` instead (the Gram
+squares the condition number): ``w = V diag(s / (s^2 + b)) U^T y``, with ``1 / s`` at ``b = 0``
+on the singular values above rounding (``max(n, p) * eps * s_max``, numpy's ``lstsq``
+cut-off): the minimum-norm least-squares solution (where p > n-1 least squares has infinitely
+many optima, this is the one :func:`numpy.linalg.lstsq` returns).
 
 The answer is checked like the certificate of :mod:`.certify` checks stationarity: the
-gradient ``X^T r - b w`` must vanish on every feature up to rounding (``KKT_RTOL`` of its
+gradient ``X^T r - b w`` must vanish on every feature up to rounding (``STATIONARITY_RTOL`` of its
 size at ``w = 0``); ``certified`` says where it does, and sklearn's duality gap (ridge and
 least-squares forms, float64) decides ``converged`` as everywhere else.
 """
@@ -77,15 +79,32 @@ def solve_plain(design: Design, folds: Folds, yc: torch.Tensor, b: torch.Tensor,
         fs = slice(f0, f0 + f_step)
         part = Folds(folds.train[fs], folds.n_train[fs], folds.held_out[fs], folds.center)
         xf = fold_designs(design, part)                                         # (f, n, p)
-        u, s, vh = torch.linalg.svd(xf, full_matrices=False)                    # (f, n, m), (f, m), (f, m, p)
-        cut = max(n, p) * torch.finfo(F64).eps * s.amax(-1, keepdim=True)       # numpy lstsq's rcond
+        ridge_only = bool((b[:, fs] > 0).all())
+        if ridge_only:
+            # every problem has a ridge term: the eigenvectors of the smaller Gram (n x n kernel
+            # or p x p) serve every target and alpha, at a fraction of an SVD's cost
+            wide = p > n
+            gram = torch.bmm(xf, xf.transpose(1, 2)) if wide else torch.bmm(xf.transpose(1, 2), xf)
+            lam, vec = torch.linalg.eigh(gram)                                  # (f, m), (f, m, m)
+            lam = lam.clamp_min(0.0)
+        else:
+            u, s, vh = torch.linalg.svd(xf, full_matrices=False)                # (f, n, m), (f, m), (f, m, p)
+            cut = max(n, p) * torch.finfo(F64).eps * s.amax(-1, keepdim=True)   # numpy lstsq's rcond
         k_step = max(1, int(max_elems // max(1, 3 * xf.shape[0] * (p + n))))
         for k0 in range(0, K, k_step):
             ks = slice(k0, k0 + k_step)
             y, b_k = yc[ks, fs], b[ks, fs]
-            s_k, b3 = s[None], b_k[..., None]
-            gain = torch.where(b3 > 0, s_k / (s_k.square() + b3), torch.where(s_k > cut[None], 1.0 / s_k, 0.0))
-            w = torch.einsum("kfm,fmp->kfp", torch.einsum("fnm,kfn->kfm", u, y) * gain, vh)
+            b3 = b_k[..., None]
+            if ridge_only and wide:     # w = X^T U diag(1 / (lam + b)) U^T y
+                z = torch.einsum("fnm,kfn->kfm", vec, y) / (lam[None] + b3)
+                w = torch.einsum("fnp,kfn->kfp", xf, torch.einsum("fnm,kfm->kfn", vec, z))
+            elif ridge_only:            # w = V diag(1 / (lam + b)) V^T X^T y
+                z = torch.einsum("fpm,kfp->kfm", vec, torch.einsum("fnp,kfn->kfp", xf, y)) / (lam[None] + b3)
+                w = torch.einsum("fpm,kfm->kfp", vec, z)
+            else:
+                s_k = s[None]
+                gain = torch.where(b3 > 0, s_k / (s_k.square() + b3), torch.where(s_k > cut[None], 1.0 / s_k, 0.0))
+                w = torch.einsum("kfm,fmp->kfp", torch.einsum("fnm,kfn->kfm", u, y) * gain, vh)
             r = y - torch.einsum("kfp,fnp->kfn", w, xf)
             g = torch.einsum("kfn,fnp->kfp", r, xf)                             # X^T r
             grad = (g - b3 * w).abs().amax(-1)
