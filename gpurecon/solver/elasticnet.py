@@ -331,18 +331,18 @@ def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
         problem.Y.device.type == "cuda" or (memory_budget or 0) >= ONE_BATCH_BUDGET))
     # groups without an l1 term (ridge, least squares) have no sign pattern: one exact solve
     plain = alpha * l1 == 0
-    lasso = torch.nonzero(~plain).squeeze(1)
-    n_plain = int(plain.sum())
+    lasso, ridge = torch.nonzero(~plain).squeeze(1), torch.nonzero(plain).squeeze(1)
+    n_plain = ridge.numel()
 
     def finish(folds, ws, coef, score, rounds):
         """Active-set rounds from (ws, coef) (None: from zero) for the groups with an l1 term;
         the closed form for the others."""
         start = _start(problem, folds, t_idx, ws, coef, score)
         if n_plain:
-            exact = _plain(problem, folds, start, t_idx, alpha, l1, elems)
+            exact = _plain(problem, folds, _groups(start, ridge), t_idx[ridge], alpha[ridge], l1[ridge], elems)
             if n_plain == t_idx.numel():
                 return exact
-            start = _groups(start, lasso)
+            whole, start = start, _groups(start, lasso)
         rounds = min(rounds, problem.max_iter)      # max_iter bounds the rounds
         params = dict(alpha=alpha[lasso], l1_ratio=l1[lasso], t_idx=t_idx[lasso])
         if ws is None:
@@ -356,7 +356,10 @@ def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
                 start = working_set.merge_groups(start, walked, far, problem.design.p)
         sol = certify(problem.design, problem.Y, folds, start, **params, max_elems=elems, max_rounds=rounds,
                       one_batch=one_batch)
-        return working_set.merge_groups(exact, sol, lasso, problem.design.p) if n_plain else sol
+        if not n_plain:
+            return sol
+        p = problem.design.p
+        return working_set.merge_groups(working_set.merge_groups(whole, sol, lasso, p), exact, ridge, p)
 
     if all_rows or not warm_start:
         return finish(problem.folds, None, None, None, COLD_ROUNDS)
@@ -369,7 +372,7 @@ def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
 
 
 def _plain(problem, folds, start, t_idx, alpha, l1, elems) -> working_set.Solution:
-    """Every group's closed-form answer (:mod:`.ridge`; meaningful for those without an l1 term)."""
+    """The closed-form answers (:mod:`.ridge`) of groups without an l1 term (``start``: theirs)."""
     f64 = working_set.Folds(folds.train.to(torch.float64), folds.n_train, folds.held_out, folds.center)
     yc = centred_targets(problem.Y, f64, t_idx, problem.design.n)
     b = alpha[:, None] * (1.0 - l1[:, None]) * folds.n_train[None, :]
