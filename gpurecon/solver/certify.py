@@ -213,8 +213,9 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
         # the round's decisions from one host read: the dual step, the feature-sign rounds,
         # and the open problems for the shared inverse (mono loses the dual-stepped problems)
         open_ = open_all & ~(mono & ~newton)
-        any_newton, any_slow, n_open, n_busy = (int(v) for v in torch.stack([
-            newton.any(), (open_all & mono & ~newton).any(), open_.sum(), open_.any(1).sum() * F]).tolist())
+        n_all, any_newton, n_slow, n_open, n_busy = (int(v) for v in torch.stack([
+            open_all.sum(), newton.any(), (open_all & mono & ~newton).sum(), open_.sum(), open_.any(1).sum() * F
+        ]).tolist())
         if any_newton:
             ws, x, active, sign = _dual_step(d64, f64, ws, x, active, sign, yc, a, b, newton, max_elems)
             dualed |= newton
@@ -237,13 +238,13 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
         rest = open_ & ~solved
         if (bool(rest.any()) if use_shared else n_open):
             x_rest, solved_rest = _solve_patterns(d64, f64, ws, active, sign, yc, a, b, rest, max_elems,
-                                                  spread=spread)
+                                                  spread=spread, count=None if use_shared else n_open)
             x_new = torch.where(rest[..., None], x_rest, x_new)
             solved = torch.where(rest, solved_rest, solved)
         slow = open_all & mono
-        if any_slow:
+        if n_slow:
             x_drop, solved_drop, x_slow = _solve_patterns(d64, f64, ws, active, sign, yc, a, b, slow, max_elems,
-                                                          with_first=True, spread=spread)
+                                                          with_first=True, spread=spread, count=n_slow)
             # feature-sign search: move only as far along the segment to the pattern's
             # solution as the objective keeps falling. Pattern solves alone can cycle
             # (near-collinear columns, tiny ridge terms, rank-saturated lasso folds); with the
@@ -261,7 +262,7 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
             moved = torch.where(take, moved_d, moved)
             # a step that could not lower the objective had too many violators entering at
             # once: next time only the strongest enters (that step always descends)
-            cap.view(K, F)[slow] = torch.where(moved, p + 1, 1)[slow]
+            cap.copy_(torch.where(slow, torch.where(moved, p + 1, 1), cap.view(K, F)).reshape(-1))
             x_new = torch.where(slow[..., None], x_slow, x_new)
             solved = torch.where(slow, solved_slow, solved)
         open_ = open_all
@@ -269,7 +270,7 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
         active = torch.where(open_[..., None], x != 0, active)
         sign = torch.where(open_[..., None], torch.sign(x), sign)
         # 2) KKT over all features, float64, for the open problems (flat)
-        probs = torch.nonzero(open_.reshape(-1)).squeeze(1)
+        probs = torch.nonzero_static(open_.reshape(-1), size=n_all).squeeze(1)
         r, g, viol, stat_ok = _kkt(d64, f64, ws, x, yc, a, b, active, sign, col_norm, probs)
         # (a feature-sign point is accepted on KKT alone: next to the optimum its step to the
         # pattern's solution can be rounding, which the line search may not take)
@@ -465,10 +466,11 @@ def _solve_shared_inverse(design, folds, ws, active, sign, yc, a, b, open_, alph
 
 
 def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems, max_drops=MAX_DROPS,
-                    with_first=False, spread=BUCKET_SPREAD):
+                    with_first=False, spread=BUCKET_SPREAD, count=None):
     """Solve ``(H_f + b I)_AA w_A = c_A - a s_A`` for every open problem, dropping coordinates
     whose sign flips (up to MAX_DROPS times); returns (x (K, F, s), solved (K, F)), and with
-    ``with_first`` also the first solve's x (before any drop).
+    ``with_first`` also the first solve's x (before any drop). ``count``: how many problems are
+    open, when the caller knows it (then no host read finds them).
 
     Each problem's system is built on its own active features only (compacted, not the
     group's union): Cholesky of ``|A| x |A|``, or with ``|A|`` above the training size and a
@@ -479,7 +481,8 @@ def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems,
     x = torch.zeros((K, F, s), dtype=F64, device=dev)
     solved = torch.zeros((K, F), dtype=torch.bool, device=dev)
     act = active & (ws != p)[:, None, :] & open_[..., None]
-    probs = torch.nonzero(open_.reshape(-1)).squeeze(1)                         # flat (K*F) problems
+    flat = open_.reshape(-1)
+    probs = (torch.nonzero(flat) if count is None else torch.nonzero_static(flat, size=count)).squeeze(1)
     act_f = act.reshape(K * F, s)[probs]
     width = int(act_f.sum(1).max()) if probs.numel() else 0
     if not width:      # nothing active: zero solves every open problem
@@ -501,18 +504,20 @@ def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems,
         shared = (torch.bmm(xw.transpose(1, 2), xw).reshape(-1), torch.bmm(yc, xw).reshape(K * F, s)[probs],
                   probs // F, design.X)
     first_f = torch.zeros_like(x_f) if with_first else None
+
     def cost(k):
         return 3 * k * n + 3 * min(k, n) ** 2 + 4 * s
 
     if spread > 0:
-        batches = _size_buckets(act_f.sum(1), cost, max_elems, spread)
+        batches = _size_buckets(act_f.sum(1), cost, max_elems, spread)        # (problems, widest)
     else:   # one batch (a GPU): padded to the widest, no host read of the widths
         step = max(1, int(max_elems // max(1, cost(width))))
-        batches = [slice(lo, lo + step) for lo in range(0, probs.numel(), step)]
-    for sl in batches:
+        batches = [(slice(lo, lo + step), width if step >= probs.numel() else None)
+                   for lo in range(0, probs.numel(), step)]
+    for sl, widest in batches:
         sub = None if shared is None else (shared[0], shared[1][sl], shared[2][sl], shared[3])
         x_f[sl], ok_f[sl], first = _solve_some(xt, folds, fold_f[sl], ws_f[sl], act_f[sl], sign_f[sl], yc_f[sl],
-                                               a_f[sl], b_f[sl], p, max_drops, sub)
+                                               a_f[sl], b_f[sl], p, max_drops, sub, widest)
         if with_first:
             first_f[sl] = first
     x.view(K * F, s)[probs] = x_f
@@ -525,9 +530,9 @@ def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems,
 
 
 def _size_buckets(width, cost, max_elems, spread=BUCKET_SPREAD):
-    """Batches of problems (index tensors) of similar width: each batch pads its systems to
-    its widest problem, so problems are taken widest first and a batch ends where the width
-    falls below ``spread`` x its first once it holds ``MIN_BUCKET`` (or where ``cost(width)``
+    """Batches of problems of similar width, as (index tensor, widest active set): each batch
+    pads its systems to its widest problem, so problems are taken widest first and a batch ends
+    where the width falls below ``spread`` x its first once it holds ``MIN_BUCKET`` (or where ``cost(width)``
     per problem fills ``max_elems``). One host read of the widths."""
     order = torch.argsort(width, descending=True, stable=True)
     neg = (-width[order]).tolist()                                              # ascending
@@ -536,24 +541,25 @@ def _size_buckets(width, cost, max_elems, spread=BUCKET_SPREAD):
         widest = -neg[lo]
         step = max(1, int(max_elems // max(1, cost(max(widest, 1)))))
         hi = min(lo + step, max(lo + MIN_BUCKET, bisect.bisect_right(neg, -spread * widest)), len(neg))
-        out.append(order[lo:hi])
+        out.append((order[lo:hi], widest))
         lo = hi
     return out
 
 
-def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p, max_drops=MAX_DROPS, shared=None):
+def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p, max_drops=MAX_DROPS, shared=None, widest=None):
     """Sign-pattern solves of a batch of P problems (flat), dropping coordinates whose sign
     flips and solving again (only the problems that had flips); see ``_solve_patterns``; also
     returns the first solve (before any drop). With
     ``shared`` = (the groups' flat all-rows Grams on their working sets, each problem's
-    ``X^T y_c`` there (P, s), its group (P,), the padded design): systems by downdate."""
+    ``X^T y_c`` there (P, s), its group (P,), the padded design): systems by downdate.
+    ``widest``: the largest active set, when the caller knows it."""
     P, s = act.shape
     out = torch.zeros((P, s), dtype=F64, device=act.device)
     ok = torch.zeros((P,), dtype=torch.bool, device=act.device)
     flipped = torch.zeros((P,), dtype=torch.bool, device=act.device)
     act = act.clone()
     idx = torch.arange(P, device=act.device)
-    first, k = None, None
+    first, k = None, widest
     for _ in range(max_drops):
         sub = None if shared is None else (shared[0], shared[1][idx], shared[2][idx], shared[3])
         o, o_ok = _pattern_solve(xt, folds, fold[idx], ws[idx], act[idx], sign[idx], yc[idx], a[idx], b[idx], p,
