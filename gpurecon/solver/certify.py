@@ -294,7 +294,7 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
         done, k = (int(v) for v in torch.stack([ok_now.all(), m.max()]).tolist())   # one host read
         if done:
             break
-        viol = _strongest(viol, g, None, m=m, k=k)
+        viol = _strongest(viol, g, m, k)
         ws, x, active, sign = _enter(ws, x, active, sign, probs, viol, g, p)
     # the answer: certified problems their exact solution, the others the engine's iterate
     # (on the possibly wider working set) or the rounds' last point, whichever is lower
@@ -532,8 +532,8 @@ def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems,
 def _size_buckets(width, cost, max_elems, spread=BUCKET_SPREAD):
     """Batches of problems of similar width, as (index tensor, widest active set): each batch
     pads its systems to its widest problem, so problems are taken widest first and a batch ends
-    where the width falls below ``spread`` x its first once it holds ``MIN_BUCKET`` (or where ``cost(width)``
-    per problem fills ``max_elems``). One host read of the widths."""
+    where the width falls below ``spread`` x its first once it holds ``MIN_BUCKET`` (or where
+    ``cost(width)`` per problem fills ``max_elems``). One host read of the widths."""
     order = torch.argsort(width, descending=True, stable=True)
     neg = (-width[order]).tolist()                                              # ascending
     out, lo = [], 0
@@ -662,11 +662,9 @@ def _add_counts(viol, n_active, limit=None):
     return torch.minimum(m, viol.sum(-1))
 
 
-def _strongest(viol, g, n_active, limit=None, m=None, k=None):
-    """The ``max(MIN_ADD, ADD_FRACTION * |A|)`` violators (at most ``limit``) with the largest
-    ``|x_j^T r|`` per problem (``m``: those counts, ``k``: their largest, when known)."""
-    if m is None:
-        m = _add_counts(viol, n_active, limit)
+def _strongest(viol, g, m, k=None):
+    """The ``m`` violators (per problem, from :func:`_add_counts`) with the largest ``|x_j^T r|``;
+    ``k``: the largest of ``m``, when the caller has read it."""
     if k is None:
         k = int(m.max())
     if not k:
@@ -814,7 +812,8 @@ def certify_dense(xc, yc, coef, a, b, max_rounds: int = MAX_ROUNDS):
         still = open_ & ~certified
         if not bool(still.any()):
             break
-        viol = _strongest(viol & still[..., None], g, active.sum(-1))
+        viol = viol & still[..., None]
+        viol = _strongest(viol, g, _add_counts(viol, active.sum(-1)))
         active = torch.where(still[..., None], active | viol, active)
         sign = torch.where(viol, torch.sign(g), torch.where(active, torch.sign(x), sign))
     return torch.where(certified[..., None], x, w).to(coef.dtype), certified

@@ -25,8 +25,9 @@ the training rows (heavy-tailed features, outlier trials) magnify what it leaves
    judged by sklearn's gap (recomputed in float64), and is reported (``certified`` False).
 
 Problems without an l1 term (``l1_ratio == 0``: ridge; ``alpha == 0``: least squares, the
-minimum-norm solution) have no sign pattern: :mod:`.ridge` solves them in closed form, one SVD
-per fold for every target and alpha, and checks their stationarity on every feature.
+minimum-norm solution) have no sign pattern: :mod:`.ridge` solves them in closed form, one
+factorisation per fold for every target and alpha, and checks their stationarity on every
+feature.
 
 Targets are processed in chunks sized to a memory budget.
 

@@ -95,11 +95,12 @@ def solve_plain(design: Design, folds: Folds, yc: torch.Tensor, b: torch.Tensor,
             ks = slice(k0, k0 + k_step)
             y, b_k = yc[ks, fs], b[ks, fs]
             b3 = b_k[..., None]
+            xty = torch.einsum("kfn,fnp->kfp", y, xf)                           # X^T y: the gradient at w = 0
             if ridge_only and wide:     # w = X^T U diag(1 / (lam + b)) U^T y
                 z = torch.einsum("fnm,kfn->kfm", vec, y) / (lam[None] + b3)
                 w = torch.einsum("fnp,kfn->kfp", xf, torch.einsum("fnm,kfm->kfn", vec, z))
             elif ridge_only:            # w = V diag(1 / (lam + b)) V^T X^T y
-                z = torch.einsum("fpm,kfp->kfm", vec, torch.einsum("fnp,kfn->kfp", xf, y)) / (lam[None] + b3)
+                z = torch.einsum("fpm,kfp->kfm", vec, xty) / (lam[None] + b3)
                 w = torch.einsum("fpm,kfm->kfp", vec, z)
             else:
                 s_k = s[None]
@@ -108,8 +109,7 @@ def solve_plain(design: Design, folds: Folds, yc: torch.Tensor, b: torch.Tensor,
             r = y - torch.einsum("kfp,fnp->kfn", w, xf)
             g = torch.einsum("kfn,fnp->kfp", r, xf)                             # X^T r
             grad = (g - b3 * w).abs().amax(-1)
-            scale = torch.einsum("kfn,fnp->kfp", y, xf).abs().amax(-1)         # the gradient at w = 0
-            certified[ks, fs] = grad <= STATIONARITY_RTOL * scale
+            certified[ks, fs] = grad <= STATIONARITY_RTOL * xty.abs().amax(-1)
             gap[ks, fs] = enet_duality_gap(r.square().sum(-1), (r * y).sum(-1), w.abs().sum(-1),
                                            w.square().sum(-1), grad, g.square().sum(-1), torch.zeros_like(b_k), b_k)
             coef[ks, fs] = w
