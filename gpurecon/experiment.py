@@ -155,7 +155,7 @@ def run_stages(cfg: DictConfig, setup: Setup) -> StageResults:
     prov.update(checkpoint=emb.meta.get("checkpoint", prov.fields["checkpoint"]),
                 untrained=bool(emb.meta.get("untrained", False)))
     if prov.fields["untrained"]:
-        log.warning("model %s is an UNTRAINED tiny model: its scores say nothing about %s",
+        log.warning("model %s is UNTRAINED (random weights): its scores say nothing about %s",
                     emb.meta.get("checkpoint"), cfg.model.name)
 
     layers = split_layers(emb)

@@ -161,6 +161,59 @@ def test_pca_transform_is_the_sklearn_projection():
         assert not Z[f, :, ref.shape[1]:].any()
 
 
+@pytest.mark.parametrize("shape", [(30, 12), (22, 40), (16, 900)], ids=["tall-svd", "wide-gram", "very-wide-gram"])
+@pytest.mark.parametrize("variance", [0.9, 5], ids=["fraction", "count"])
+@pytest.mark.parametrize("whiten", [False, True], ids=["plain", "whiten"])
+def test_pca_tall_and_wide_designs_are_sklearns_projection(shape, variance, whiten):
+    """Both routes (the direct SVD for p <= n, the n x n Gram for p > n), sklearn's sign rule
+    included, on leave-one-out and 4-fold masks."""
+    n, p = shape
+    rng = np.random.default_rng(n + p)
+    X = rng.standard_normal((n, 6)) @ rng.standard_normal((6, p)) * 3.0 + rng.standard_normal((n, p)) + 2.0
+    for masks in (leave_one_out(n), kfold(n, 4)):
+        pca = PCA(variance, whiten=whiten)
+        Z = pca.fit_transform_folds(torch.tensor(X), torch.tensor(masks))
+        for f, m in enumerate(masks):
+            sk = SkPCA(variance, whiten=whiten).fit(X[m])
+            ref = sk.transform(X)
+            assert int(pca.n_features_[f]) == sk.n_components_
+            np.testing.assert_allclose(Z[f, :, :ref.shape[1]].numpy(), ref, atol=1e-8 * np.abs(ref).max())
+            np.testing.assert_allclose(pca.explained_variance_ratio_[f, :ref.shape[1]].numpy(),
+                                       sk.explained_variance_ratio_, rtol=1e-9)
+            assert not Z[f, :, ref.shape[1]:].any()
+
+
+class _LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
+    """The largest tensor any operation returns (numel) while active."""
+
+    largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def test_wide_pca_never_forms_a_folds_x_samples_x_features_array(monkeypatch):
+    """Wav2Vec2's flattened frames (100 trials x 102,400 features) under leave-one-out: the
+    direct route held (folds, n, p) float64 copies, 25 GB at that shape (killed for memory on
+    a 24 GB machine). The Gram route's largest array is n x p or a block of the sign rule."""
+    import gpurecon.solver.preprocessing as pre
+
+    monkeypatch.setattr(pre, "SIGN_BLOCK_ELEMS", 2 ** 14)
+    n, p = 24, 3000
+    rng = np.random.default_rng(3)
+    X = torch.tensor(rng.standard_normal((n, 4)) @ rng.standard_normal((4, p)) + 0.1 * rng.standard_normal((n, p)))
+    masks = torch.tensor(leave_one_out(n))
+    with _LargestTensor() as seen:
+        Z = PCA(0.9).fit_transform_folds(X, masks)
+    assert seen.largest <= n * p < n * n * p / 8
+    ref = SkPCA(0.9).fit(X.numpy()[masks[7].numpy()]).transform(X.numpy())
+    np.testing.assert_allclose(Z[7, :, :ref.shape[1]].numpy(), ref, atol=1e-9 * np.abs(ref).max())
+
+
 @pytest.mark.parametrize("transform", [PCA(0.9), Standardize()], ids=["pca", "standardize"])
 def test_held_out_row_does_not_leak_into_its_fold(transform):
     X, Y = _data(seed=8)

@@ -14,6 +14,11 @@ from __future__ import annotations
 import torch
 
 F64 = torch.float64
+# Wide designs (p > n): components from the n x n Gram. Its rounding puts ~n*eps*var_max on
+# directions of no variance, so those above this fraction of the first component count as rank.
+GRAM_RANK_RTOL = 1e-10
+# float64 elements per block of features when the components' sign rule is evaluated
+SIGN_BLOCK_ELEMS = 2 ** 24
 
 
 class FoldTransform:
@@ -75,6 +80,8 @@ class PCA(FoldTransform):
         self.whiten = whiten
 
     def fit_transform_folds(self, X, train):
+        if X.ndim == 2 and X.shape[1] > X.shape[0]:
+            return self._from_gram(X, train)
         Xf = _as_folds(X, train).to(F64)
         F, n, p = Xf.shape
         m = train.to(F64)
@@ -86,23 +93,81 @@ class PCA(FoldTransform):
         vh = vh * torch.sign(vh.gather(-1, big))
         var = svals ** 2
         ratio = var / var.sum(-1, keepdim=True).clamp_min(torch.finfo(F64).tiny)
+        keep = self._keep(ratio, var, min(n, p), 1e-20)
+        k = int(keep.max())
+        proj = torch.einsum("fnp,fkp->fnk", Xf - mu[:, None], vh[:, :k])
+        return self._finish(proj, svals[:, :k], ratio, keep, m, X.dtype)
+
+    def _from_gram(self, X, train):
+        """The same components from each fold's ``n x n`` Gram of centred training rows (X wider
+        than tall, e.g. Wav2Vec2's flattened frames: 100 trials x 102,400 features). Nothing of
+        size folds x n x p is formed: the direct SVD held three such float64 copies (25 GB at the
+        study's shape, leave-one-out) and was killed for memory on a 24 GB machine.
+
+        With ``Z`` centred on all rows, ``R = Z Z^T`` and fold ``f``'s training mean ``mu``:
+        ``C[i, j] = (z_i - mu).(z_j - mu) = R_ij - a_i - a_j + c`` (``a = R m / n_f``,
+        ``c = m^T a / n_f``). Its training block is ``U diag(s^2) U^T`` (eigh), the projection of
+        any row ``i`` on component ``k`` is ``C[i, train] U[train, k] / s_k``, and the component
+        itself, ``V_k = Z_train^T U_k / s_k`` (needed only for sklearn's sign rule), is built a
+        block of features at a time."""
+        Z = X.to(F64)
+        Z = Z - Z.mean(0)           # fold-centred quantities do not depend on a global shift
+        n, p = Z.shape
+        m = train.to(F64)
+        n_f = m.sum(1)
+        R = Z @ Z.T
+        a = (m @ R) / n_f[:, None]                                                   # (F, n)
+        c = (a * m).sum(1) / n_f                                                      # (F,)
+        C = R[None] - a[:, :, None] - a[:, None, :] + c[:, None, None]               # (F, n, n)
+        var, U = torch.linalg.eigh(C * m[:, :, None] * m[:, None, :])
+        var, U = var.flip(-1).clamp_min(0.0), U.flip(-1)                              # descending
+        ratio = var / var.sum(-1, keepdim=True).clamp_min(torch.finfo(F64).tiny)
+        # rounding in the Gram leaves ~n*eps*var_max on null directions (the SVD: ~eps^2)
+        keep = self._keep(ratio, var, n, GRAM_RANK_RTOL)
+        k = int(keep.max())
+        svals = var[:, :k].sqrt()
+        live = torch.arange(k, device=X.device)[None, :] < keep[:, None]
+        s_safe = torch.where(live, svals, torch.ones_like(svals))
+        uk = U[..., :k] * m[..., None] / s_safe[:, None, :]                          # (F, n, k)
+        proj = torch.bmm(C, uk)                                                       # (F, n, k)
+        # sklearn's svd_flip on V: each component's largest |loading| positive
+        usum = uk.sum(1)                                                              # (F, k) ~0
+        mu = (m @ Z) / n_f[:, None] if p * m.shape[0] <= SIGN_BLOCK_ELEMS else None
+        best = torch.full(usum.shape, -1.0, dtype=F64, device=X.device)
+        sign = torch.ones_like(best)
+        step = max(1, SIGN_BLOCK_ELEMS // max(1, m.shape[0] * k))
+        for lo in range(0, p, step):
+            zb = Z[:, lo:lo + step]                                                   # (n, b)
+            mub = mu[:, lo:lo + step] if mu is not None else (m @ zb) / n_f[:, None]
+            vb = torch.einsum("nb,fnk->fbk", zb, uk) - mub[..., None] * usum[:, None, :]   # (F, b, k)
+            big, at = vb.abs().max(1)
+            higher = big > best
+            best = torch.where(higher, big, best)
+            sign = torch.where(higher, torch.sign(vb.gather(1, at[:, None, :])[:, 0]), sign)
+        proj = proj * torch.where(sign == 0, 1.0, sign)[:, None, :]
+        return self._finish(proj, svals, ratio, keep, m, X.dtype)
+
+    def _keep(self, ratio, var, most, rank_rtol):
+        """Components kept per fold (F,): the variance rule, at most ``most``, never beyond the
+        fold's numerical rank (variance above ``rank_rtol`` x the first)."""
         if isinstance(self.variance, float):
             # sklearn: searchsorted(cumsum, variance, side="right") + 1
             keep = (torch.cumsum(ratio, -1) <= self.variance).sum(-1) + 1
         else:
-            keep = torch.full((F,), self.variance, dtype=torch.int64, device=X.device)
-        keep = torch.clamp(keep, max=min(n, p))
-        # components beyond a fold's rank carry no variance: never keep them
-        keep = torch.minimum(keep, torch.clamp((var > var[:, :1] * 1e-20).sum(-1), min=1))
-        k = int(keep.max())
-        proj = torch.einsum("fnp,fkp->fnk", Xf - mu[:, None], vh[:, :k])
+            keep = torch.full((ratio.shape[0],), self.variance, dtype=torch.int64, device=ratio.device)
+        keep = torch.clamp(keep, max=most)
+        return torch.minimum(keep, torch.clamp((var > var[:, :1] * rank_rtol).sum(-1), min=1))
+
+    def _finish(self, proj, svals, ratio, keep, m, dtype):
+        """Whitening, zero padding beyond each fold's kept components, the fitted attributes."""
+        k = proj.shape[-1]
         if self.whiten:
-            std = svals[:, :k] / torch.sqrt((m.sum(1, keepdim=True) - 1).clamp_min(1.0))
+            std = svals / torch.sqrt((m.sum(1, keepdim=True) - 1).clamp_min(1.0))
             proj = proj / torch.where(std > 0, std, torch.ones_like(std))[:, None, :]
-        cols = torch.arange(k, device=X.device)[None, :] < keep[:, None]
+        cols = torch.arange(k, device=proj.device)[None, :] < keep[:, None]
         self.n_features_ = keep.cpu()
         self.explained_variance_ratio_ = ratio[:, :k].cpu()
-        return (proj * cols[:, None, :]).to(X.dtype)
+        return (proj * cols[:, None, :]).to(dtype)
 
 
 class Pipeline(FoldTransform):
