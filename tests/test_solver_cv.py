@@ -214,6 +214,39 @@ def test_wide_pca_never_forms_a_folds_x_samples_x_features_array(monkeypatch):
     np.testing.assert_allclose(Z[7, :, :ref.shape[1]].numpy(), ref, atol=1e-9 * np.abs(ref).max())
 
 
+def test_fold_wise_pca_fits_stay_within_the_memory_budget(monkeypatch):
+    """The full-set engine's k x k sign-pattern systems per (fold, target) count in its chunk
+    size: Wav2Vec2's study run reached 10 GB on a 4 GB budget with 2 permutations and was killed
+    with the CPU default of 100. Chunked answers equal one-chunk answers; nested selection too."""
+    import gpurecon.solver.preprocessing as pre
+
+    monkeypatch.setattr(pre, "SIGN_BLOCK_ELEMS", 2 ** 12)   # the PCA's own blocks: small here
+    rng = np.random.default_rng(11)
+    n, p, T = 30, 200, 12
+    X = rng.standard_normal((n, 20)) @ rng.standard_normal((20, p)) + 0.3 * rng.standard_normal((n, p))
+    Y = X[:, :4] @ rng.standard_normal((4, T)) + rng.standard_normal((n, T))
+    perms = permutations(n, 3, seed=0)
+    budget = 2 * 2 ** 20
+    with _LargestTensor() as seen:
+        small = cross_val_predict(X, Y, 0.1, 0.5, preprocess="pca:0.9", permutations=perms, memory_budget=budget,
+                                  tol=1e-10, device="cpu")
+    k = int(small.n_features.max())
+    assert k >= 10 and seen.largest * 8 <= budget // 4
+    big = cross_val_predict(X, Y, 0.1, 0.5, preprocess="pca:0.9", permutations=perms, memory_budget=2 ** 34,
+                            tol=1e-10, device="cpu")
+    np.testing.assert_allclose(small.predictions.numpy(), big.predictions.numpy(), atol=1e-10)
+    np.testing.assert_allclose(small.null_predictions.numpy(), big.null_predictions.numpy(), atol=1e-10)
+    grid = dict(alphas=[0.05, 0.5], l1_ratios=[0.5], folds=kfold(n, 5), inner="kfold:3", preprocess="pca:0.9",
+                tol=1e-10, device="cpu")
+    Y2 = np.hstack([Y, 0.5 * Y + rng.standard_normal((n, T))])
+    with _LargestTensor() as seen:
+        nested_small = nested_cross_val_predict(X, Y2, memory_budget=budget, **grid)
+    assert seen.largest * 8 <= budget // 4
+    nested_big = nested_cross_val_predict(X, Y2, memory_budget=2 ** 34, **grid)
+    np.testing.assert_allclose(nested_small.inner_loss.numpy(), nested_big.inner_loss.numpy(), rtol=1e-9)
+    np.testing.assert_allclose(nested_small.predictions.numpy(), nested_big.predictions.numpy(), atol=1e-10)
+
+
 @pytest.mark.parametrize("transform", [PCA(0.9), Standardize()], ids=["pca", "standardize"])
 def test_held_out_row_does_not_leak_into_its_fold(transform):
     X, Y = _data(seed=8)
