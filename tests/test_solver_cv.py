@@ -247,6 +247,84 @@ def test_fold_wise_pca_fits_stay_within_the_memory_budget(monkeypatch):
     np.testing.assert_allclose(nested_small.predictions.numpy(), nested_big.predictions.numpy(), atol=1e-10)
 
 
+class _OpNames(torch.utils._python_dispatch.TorchDispatchMode):
+    """Names of the ATen operations dispatched while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("l1", [0.05, 0.5, 1.0])
+def test_pca_designs_are_solved_in_closed_form_and_match_sklearn(l1):
+    """Fold-wise PCA components are orthogonal on the training rows, so each fold's ElasticNet
+    is a soft threshold per component: no iterations and no factorisation, the answers those of
+    sklearn's pipeline (tall and wide designs, LOO and 5-fold, alphas from mild to all-zero)."""
+    rng = np.random.default_rng(12)
+    for n, p, masks in ((24, 10, leave_one_out(24)), (30, 120, kfold(30, 5))):
+        X = rng.standard_normal((n, 5)) @ rng.standard_normal((5, p)) + 0.5 * rng.standard_normal((n, p))
+        Y = X[:, :2] @ rng.standard_normal((2, 3)) + rng.standard_normal((n, 3))
+        alphas = [0.01, 0.3, 1e6]
+        with _OpNames() as seen:
+            res = cross_val_predict(X, Y, alphas, l1, folds=masks, preprocess="pca:0.9", device="cpu")
+        assert not any("cholesky" in name or "linalg_solve" in name for name in seen.names), sorted(seen.names)
+        assert bool((res.n_iter == 1).all()) and bool(res.certified.all())
+        for g, alpha in enumerate(alphas):
+            want = _sk_cv(X, Y, masks, alpha, l1, lambda: SkPCA(0.9))
+            np.testing.assert_allclose(res.predictions[g].numpy(), want, atol=1e-7 * np.abs(Y).max())
+        means = np.zeros_like(Y)                                   # alpha 1e6: all zero, the training mean
+        for m in masks:
+            means[~m] = Y[m].mean(0)
+        np.testing.assert_allclose(res.predictions[2].numpy(), means, atol=1e-12)
+
+
+def test_dense_certificate_keeps_an_exact_start_and_repairs_a_wrong_one():
+    """The full-set certificate accepts a point that meets KKT as it is, and solves a point
+    that misses it (one coefficient moved by 1e-6, one active coefficient zeroed) to the exact
+    optimum (sklearn at tol 1e-12)."""
+    from gpurecon.solver.certify import certify_dense
+
+    rng = np.random.default_rng(13)
+    n, k, T = 40, 8, 3
+    X = rng.standard_normal((n, k)) * rng.uniform(0.5, 3.0, k)
+    X = X - X.mean(0)
+    Y = X[:, :3] @ rng.standard_normal((3, T)) + 0.5 * rng.standard_normal((n, T))
+    Y = Y - Y.mean(0)
+    alpha, l1 = 0.1, 0.5
+    exact = np.stack([SkElasticNet(alpha=alpha, l1_ratio=l1, tol=1e-12, max_iter=100_000, fit_intercept=False)
+                      .fit(X, Y[:, t]).coef_ for t in range(T)])
+    xc, yc = torch.tensor(X)[None], torch.tensor(Y.T)[None]
+    a = torch.full((1, T), alpha * l1 * n, dtype=torch.float64)
+    b = torch.full((1, T), alpha * (1 - l1) * n, dtype=torch.float64)
+    coef, cert = certify_dense(xc, yc, torch.tensor(exact)[None], a, b)
+    assert bool(cert.all()) and np.abs(coef[0].numpy() - exact).max() <= 1e-9
+    wrong = exact.copy()
+    wrong[0, int(np.argmax(np.abs(exact[0])))] += 1e-6
+    wrong[1, int(np.argmax(np.abs(exact[1])))] = 0.0
+    coef, cert = certify_dense(xc, yc, torch.tensor(wrong)[None], a, b)
+    assert bool(cert.all()) and np.abs(coef[0].numpy() - exact).max() <= 1e-9
+    # exact on a pattern that lacks one feature: stationary on its own active set, but that
+    # feature violates |x_j^T r| <= a
+    narrow, narrowed = exact.copy(), 0
+    for t in range(T):
+        j = int(np.argmin(np.where(exact[t] != 0, np.abs(exact[t]), np.inf)))
+        A = np.flatnonzero((exact[t] != 0) & (np.arange(k) != j))
+        s_a = np.sign(exact[t, A])
+        w_a = np.linalg.solve(X[:, A].T @ X[:, A] + b[0, t].item() * np.eye(A.size),
+                              X[:, A].T @ Y[:, t] - a[0, t].item() * s_a)
+        if np.all(np.sign(w_a) == s_a):
+            narrow[t] = 0.0
+            narrow[t, A] = w_a
+            narrowed += 1
+    assert narrowed >= 2
+    coef, cert = certify_dense(xc, yc, torch.tensor(narrow)[None], a, b)
+    assert bool(cert.all()) and np.abs(coef[0].numpy() - exact).max() <= 1e-9
+
+
 @pytest.mark.parametrize("transform", [PCA(0.9), Standardize()], ids=["pca", "standardize"])
 def test_held_out_row_does_not_leak_into_its_fold(transform):
     X, Y = _data(seed=8)

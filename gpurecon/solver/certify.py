@@ -777,37 +777,41 @@ def certify_dense(xc, yc, coef, a, b, max_rounds: int = MAX_ROUNDS):
     gram = torch.bmm(x64.transpose(1, 2), x64)                                    # (K, k, k)
     c = torch.bmm(y64, x64)                                                       # (K, T, k)
     col_norm = x64.square().sum(1).sqrt()[:, None, :]                             # (K, 1, k)
-    eye = torch.eye(k, dtype=F64, device=w.device)
     live = (col_norm > 0).expand(K, T, k)                                         # padding columns never enter
     active, sign = (w != 0) & live, torch.sign(w)
-    certified = torch.zeros((K, T), dtype=torch.bool, device=w.device)
-    x = w
+    x = w.clone()
     open_ = a > 0
-    for _ in range(max_rounds):
-        for _drop in range(MAX_DROPS):
-            both = active[..., :, None] & active[..., None, :]
-            m = torch.where(both, gram[:, None] + b[..., None, None] * eye, eye)
-            rhs = torch.where(active, c - a[..., None] * sign, 0.0)
-            jitter = torch.where(b > 0, 0.0, LASSO_JITTER * gram.diagonal(dim1=1, dim2=2).mean(-1)[:, None])
-            chol, info = torch.linalg.cholesky_ex(m + jitter[..., None, None] * eye * both)
-            sol = torch.cholesky_solve(rhs[..., None], chol)
-            for _refine in range(REFINE_STEPS):
-                sol = sol + torch.cholesky_solve(rhs[..., None] - m @ sol, chol)
-            sol = sol[..., 0]
-            ok = (info == 0) & torch.isfinite(sol).all(-1)
-            sol = torch.where(active & ok[..., None], sol, 0.0)
-            flip = active & (torch.sign(sol) != sign)
-            if not bool((flip & open_[..., None]).any()):
-                break
-            active = active & ~flip
-        solved = ok & ~flip.any(-1)
-        x = torch.where((open_ & ~certified)[..., None], sol, x)
+    yy = y64.square().sum(-1)
+
+    def kkt(x, active, sign):
+        """X^T r (K, T, k), the violators outside the active sets, and whether the active
+        features' stationarity holds (K, T)."""
         g = c - torch.einsum("ktj,kij->kti", x, gram)                             # X^T r
-        r_norm = (y64.square().sum(-1) - 2 * (x * c).sum(-1) + (x * torch.einsum("kti,kij->ktj", x, gram)).sum(-1))
+        r_norm = yy - 2 * (x * c).sum(-1) + (x * torch.einsum("kti,kij->ktj", x, gram)).sum(-1)
         slack = a[..., None] * KKT_RTOL + KKT_ATOL * r_norm.clamp_min(0).sqrt()[..., None] * col_norm
         viol = live & ~active & (g.abs() > a[..., None] + slack)
         stat = (g - b[..., None] * x - a[..., None] * sign).abs()
-        stat_ok = ~(active & (stat > slack)).any(-1)
+        return g, viol, ~(active & (stat > slack)).any(-1)
+
+    # a point that already meets KKT (the engine's exact polish, a closed form) is certified as
+    # it is: no solve
+    _, viol, stat_ok = kkt(x, active, sign)
+    certified = open_ & stat_ok & ~viol.any(-1)
+    jitter = LASSO_JITTER * gram.diagonal(dim1=1, dim2=2).mean(-1)                # (K,)
+    for _ in range(max_rounds):
+        # the sign-pattern solves of the open problems only, each on its own active features
+        probs = torch.nonzero((open_ & ~certified).reshape(-1)).squeeze(1)
+        if not probs.numel():
+            break
+        grp = probs // T
+        sol, ok, act = _dense_pattern_solves(gram.reshape(-1), c.reshape(K * T, k)[probs], a.reshape(-1)[probs],
+                                             b.reshape(-1)[probs], jitter[grp], active.reshape(K * T, k)[probs],
+                                             sign.reshape(K * T, k)[probs], grp, k)
+        x.view(K * T, k)[probs] = sol
+        active.view(K * T, k)[probs] = act                                        # sign flips dropped
+        solved = torch.zeros((K, T), dtype=torch.bool, device=w.device)
+        solved.view(-1)[probs] = ok
+        g, viol, stat_ok = kkt(x, active, sign)
         certified = certified | (open_ & solved & stat_ok & ~viol.any(-1))
         still = open_ & ~certified
         if not bool(still.any()):
@@ -817,3 +821,47 @@ def certify_dense(xc, yc, coef, a, b, max_rounds: int = MAX_ROUNDS):
         active = torch.where(still[..., None], active | viol, active)
         sign = torch.where(viol, torch.sign(g), torch.where(active, torch.sign(x), sign))
     return torch.where(certified[..., None], x, w).to(coef.dtype), certified
+
+
+def _dense_pattern_solves(gram_flat, c, a, b, jitter, active, sign, grp, k):
+    """Sign-pattern solves ``(G + b I)_AA w_A = c_A - a s_A`` of P problems (flat), each on its
+    own active features (compacted to the widest; was the full k x k system of every problem
+    of the chunk, certified or not: half of Wav2Vec2's study run), coordinates whose sign flips
+    dropped and solved again (up to MAX_DROPS); returns (x (P, k), solved (P,), the active sets
+    after the drops (P, k))."""
+    P = active.shape[0]
+    out = torch.zeros((P, k), dtype=F64, device=c.device)
+    ok = torch.zeros((P,), dtype=torch.bool, device=c.device)
+    flipped = torch.zeros((P,), dtype=torch.bool, device=c.device)
+    idx = torch.arange(P, device=c.device)
+    act = active.clone()
+    for _drop in range(MAX_DROPS):
+        a_i = act[idx]
+        width = max(int(a_i.sum(1).max()), 1)
+        pos = torch.argsort((~a_i).to(torch.int8), dim=1, stable=True)[:, :width]   # active first
+        valid = torch.arange(width, device=c.device)[None, :] < a_i.sum(1, keepdim=True)
+        both = valid[:, :, None] & valid[:, None, :]
+        sub = torch.take(gram_flat, (grp[idx][:, None, None] * k + pos[:, :, None]) * k + pos[:, None, :])
+        eye = torch.eye(width, dtype=F64, device=c.device)
+        m = torch.where(both, sub + b[idx][:, None, None] * eye, eye)
+        rhs = torch.where(valid, c[idx].gather(1, pos) - a[idx][:, None] * sign[idx].gather(1, pos), 0.0)
+        # the lasso's singular-but-consistent systems: a jitter the refinement removes
+        lasso = torch.where(b[idx] > 0, 0.0, jitter[idx])
+        chol, info = torch.linalg.cholesky_ex(m + lasso[:, None, None] * eye * both)
+        sol = torch.cholesky_solve(rhs[..., None], chol)
+        for _refine in range(REFINE_STEPS):
+            sol = sol + torch.cholesky_solve(rhs[..., None] - m @ sol, chol)
+        sol = sol[..., 0]
+        good = (info == 0) & torch.isfinite(sol).all(-1)
+        sol = torch.where(valid & good[:, None], sol, 0.0)
+        full = torch.zeros((idx.numel(), k), dtype=F64, device=c.device).scatter_(1, pos, sol)
+        full = torch.where(a_i, full, 0.0)
+        flip = a_i & (torch.sign(full) != sign[idx])
+        out[idx], ok[idx] = full, good
+        again = flip.any(1)
+        flipped[idx] = again
+        act[idx] = a_i & ~flip
+        if not bool(again.any()):
+            break
+        idx = idx[again]
+    return out, ok & ~flipped, act

@@ -130,21 +130,21 @@ class PCA(FoldTransform):
         s_safe = torch.where(live, svals, torch.ones_like(svals))
         uk = U[..., :k] * m[..., None] / s_safe[:, None, :]                          # (F, n, k)
         proj = torch.bmm(C, uk)                                                       # (F, n, k)
-        # sklearn's svd_flip on V: each component's largest |loading| positive
-        usum = uk.sum(1)                                                              # (F, k) ~0
-        mu = (m @ Z) / n_f[:, None] if p * m.shape[0] <= SIGN_BLOCK_ELEMS else None
-        best = torch.full(usum.shape, -1.0, dtype=F64, device=X.device)
+        # sklearn's svd_flip on V: each component's largest |loading| positive. The loadings
+        # are Z_train^T U_k / s_k: U_k is orthogonal to the ones vector on the training rows
+        # (the centred Gram's null direction), so the training mean drops out. One pass over
+        # each block of features (min and max together) decides the sign.
+        best = torch.full((m.shape[0], k), -1.0, dtype=F64, device=X.device)
         sign = torch.ones_like(best)
         step = max(1, SIGN_BLOCK_ELEMS // max(1, m.shape[0] * k))
         for lo in range(0, p, step):
-            zb = Z[:, lo:lo + step]                                                   # (n, b)
-            mub = mu[:, lo:lo + step] if mu is not None else (m @ zb) / n_f[:, None]
-            vb = torch.einsum("nb,fnk->fbk", zb, uk) - mub[..., None] * usum[:, None, :]   # (F, b, k)
-            big, at = vb.abs().max(1)
+            vb = torch.einsum("nb,fnk->fbk", Z[:, lo:lo + step], uk)                 # (F, b, k)
+            low, high = torch.aminmax(vb, dim=1)
+            big = torch.maximum(high, -low)
             higher = big > best
             best = torch.where(higher, big, best)
-            sign = torch.where(higher, torch.sign(vb.gather(1, at[:, None, :])[:, 0]), sign)
-        proj = proj * torch.where(sign == 0, 1.0, sign)[:, None, :]
+            sign = torch.where(higher, torch.where(high >= -low, 1.0, -1.0), sign)
+        proj = proj * sign[:, None, :]
         return self._finish(proj, svals, ratio, keep, m, X.dtype)
 
     def _keep(self, ratio, var, most, rank_rtol):
