@@ -197,7 +197,7 @@ class _LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
 
 
 def test_wide_pca_never_forms_a_folds_x_samples_x_features_array(monkeypatch):
-    """Wav2Vec2's flattened frames (100 trials x 102,400 features) under leave-one-out: the
+    """Wav2Vec2's flattened frames (100 trials x 101,376 features) under leave-one-out: the
     direct route held (folds, n, p) float64 copies, 25 GB at that shape (killed for memory on
     a 24 GB machine). The Gram route's largest array is n x p or a block of the sign rule."""
     import gpurecon.solver.preprocessing as pre

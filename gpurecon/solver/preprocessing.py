@@ -100,7 +100,7 @@ class PCA(FoldTransform):
 
     def _from_gram(self, X, train):
         """The same components from each fold's ``n x n`` Gram of centred training rows (X wider
-        than tall, e.g. Wav2Vec2's flattened frames: 100 trials x 102,400 features). Nothing of
+        than tall, e.g. Wav2Vec2's flattened frames: 100 trials x 101,376 features). Nothing of
         size folds x n x p is formed: the direct SVD held three such float64 copies (25 GB at the
         study's shape, leave-one-out) and was killed for memory on a 24 GB machine.
 
