@@ -90,21 +90,22 @@ def solve_full_sets(Xf, Y, train, *, alpha, l1_ratio, tol, max_iter, center, inn
         hess = PrimalHessian(rep(xc), rep(m)[:, None, :], nf_k.to(dt)[:, None, None], center)
     coef = torch.zeros((K, T, k), dtype=dt, device=dev)
     n_iter = torch.zeros((K, T), dtype=torch.int64, device=dev)
-    if _orthogonal(xc):
+    gram64 = gram if gram.dtype == F64 else torch.bmm(xc.to(F64).transpose(1, 2), xc.to(F64))
+    iterate = not _orthogonal(gram64)
+    if not iterate:
         # PCA components are orthogonal on the training rows: the Gram is diagonal and the
         # ElasticNet optimum is coordinate-wise, w_j = S(c_j, a) / (G_jj + b) (soft threshold);
-        # the certificate below checks it on the Gram as computed
-        d = gram_k.to(F64).diagonal(dim1=1, dim2=2)[:, None, :]                   # (K, 1, k)
+        # the certificate below checks it on the Gram as computed (what it rejects, it solves)
+        d = rep(gram64.diagonal(dim1=1, dim2=2))[:, None, :]                     # (K, 1, k)
         c64 = c_k.to(F64)
         shrunk = torch.sign(c64) * (c64.abs() - a[..., None]).clamp_min(0.0)
         coef = torch.where(d > 0, shrunk / torch.where(d > 0, d + b[..., None], 1.0), 0.0).to(dt)
         n_iter = torch.ones((K, T), dtype=torch.int64, device=dev)
-        max_iter = 0       # nothing for the iterative engine to do (what KKT rejects is solved exactly)
     frac = inner_fraction
     fixed = torch.zeros((K, k), dtype=torch.bool, device=dev)
     zero_down = torch.zeros((K, T, 1, k), dtype=F64, device=dev)
     ridge = al_k * (1.0 - l1_k) * nf_k
-    for _ in range(4 if max_iter else 0):  # FISTA, exact polish, verify; tighten the target if rounding misled it
+    for _ in range(4 if iterate else 0):  # FISTA, exact polish, verify; tighten the target if rounding misled it
         gap = _final_gap(xc, yc, coef, a, b, F, G)
         open_ = (gap > tol_abs) & (n_iter < max_iter)
         if not bool(open_.any()):
@@ -124,7 +125,7 @@ def solve_full_sets(Xf, Y, train, *, alpha, l1_ratio, tol, max_iter, center, inn
         frac *= 0.25
     gap = _final_gap(xc, yc, coef, a, b, F, G)
     open_ = gap > tol_abs
-    if max_iter and bool(open_.any()):
+    if iterate and bool(open_.any()):
         # what FISTA and the polish could not finish: coordinate descent (cannot stall), with
         # max_iter epochs of its own
         res = coordinate_descent(gram=gram_k, downdates=None, c=c_k, yy=yy_k, a=a, b=b, w0=coef,
@@ -142,11 +143,10 @@ def solve_full_sets(Xf, Y, train, *, alpha, l1_ratio, tol, max_iter, center, inn
                            certified.reshape(shape))
 
 
-def _orthogonal(xc) -> bool:
-    """Whether every fold's centred training columns are orthogonal (float64 Gram off-diagonal
-    within ORTHOGONAL_RTOL of its diagonal scale): fold-wise PCA's components are."""
-    x64 = xc.to(F64)
-    gram = torch.bmm(x64.transpose(1, 2), x64)
+def _orthogonal(gram) -> bool:
+    """Whether every fold's centred training columns are orthogonal: their float64 Gram
+    (F, k, k) has off-diagonal entries within ORTHOGONAL_RTOL of its diagonal scale (fold-wise
+    PCA's components do)."""
     d = gram.diagonal(dim1=1, dim2=2).clamp_min(0.0).sqrt()
     off = gram - torch.diag_embed(gram.diagonal(dim1=1, dim2=2))
     return bool((off.abs() <= ORTHOGONAL_RTOL * d[:, :, None] * d[:, None, :]).all())
