@@ -8,7 +8,7 @@ from sklearn.linear_model import ElasticNet as SkElasticNet
 
 from gpurecon.solver.coordinate_descent import coordinate_descent
 from gpurecon.solver.fista import GramHessian, fista
-from gpurecon.solver.newton import SharedInverse, pdas
+from gpurecon.solver.newton import SharedInverse, bordered_pdas, pdas
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 F64 = torch.float64
@@ -123,6 +123,43 @@ def test_pdas_from_the_right_support_is_exact():
                         sign=torch.sign(start), fixed=torch.zeros((1, X.shape[1]), dtype=torch.bool), rounds=4)
     assert bool(stable.all())
     np.testing.assert_allclose(coef[0].numpy(), ref, atol=1e-9 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("alpha,l1_ratio", [(0.02, 0.5), (0.05, 0.9), (0.01, 0.2)])
+def test_bordered_pdas_from_the_full_data_pattern_is_exact_on_every_fold(alpha, l1_ratio):
+    """Leave-one-out and leave-two-out folds (two training sizes: two fold classes) start from
+    the full-data fit's pattern; each fold's own entries and drops are its bordered system."""
+    X, y = _loo_problem(n=30, p=24, seed=3)
+    n, p = X.shape
+    held = [[i] for i in range(0, 30, 3)] + [[1, 2], [4, 8], [10, 20]]
+    F = len(held)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    down = torch.zeros((1, F, 2, p), dtype=F64)
+    c = torch.zeros((1, F, p), dtype=F64)
+    for f, h in enumerate(held):
+        down[0, f, :len(h)] = Xt[h]
+        c[0, f] = Xt.T @ yt - Xt[h].T @ yt[h]
+    n_f = torch.tensor([float(n - len(h)) for h in held], dtype=F64)
+    sizes, cls = torch.unique(n_f, return_inverse=True)
+    a, b = (alpha * l1_ratio * n_f)[None], (alpha * (1 - l1_ratio) * n_f)[None]
+    full = SkElasticNet(alpha=alpha, l1_ratio=l1_ratio, fit_intercept=False, tol=1e-12, max_iter=200_000).fit(X, y)
+    start = torch.from_numpy(full.coef_)[None, None].expand(1, F, p)
+    ref = []
+    for h in held:
+        keep = np.setdiff1d(np.arange(n), h)
+        m = SkElasticNet(alpha=alpha, l1_ratio=l1_ratio, fit_intercept=False, tol=1e-12, max_iter=200_000)
+        ref.append(m.fit(X[keep], y[keep]).coef_)
+    ref = np.array(ref)
+    moved_in = ((ref != 0) & (full.coef_ == 0)).any(1)
+    moved_out = ((ref == 0) & (full.coef_ != 0)).any(1)
+    assert moved_in.any() and moved_out.any()        # the folds' own moves are exercised both ways
+    coef, stable = bordered_pdas((Xt.T @ Xt)[None], downdates=down, b_class=sizes, fold_class=cls[None],
+                                 ridge=torch.tensor([alpha * (1 - l1_ratio)], dtype=F64), c=c, a=a, b=b,
+                                 active=start != 0, sign=torch.sign(start), fixed=torch.zeros((1, p), dtype=torch.bool),
+                                 rounds=12)
+    assert bool(stable.all())
+    np.testing.assert_allclose(coef[0].numpy(), ref, atol=1e-9 * np.abs(ref).max())
+    assert ((coef[0].numpy() != 0) == (ref != 0)).all()
 
 
 @pytest.mark.parametrize("l1_ratio", [1.0, 0.5])

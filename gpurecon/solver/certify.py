@@ -46,9 +46,11 @@ alpha_max walk down the regularisation path, ``alpha_max * 0.3**k``, so that eac
 next to its support (glmnet's pathwise warm starts; ``elasticnet.solve_chunk``).
 
 Batching. Where a ridge term is present, folds hold out at most two rows and most of a group's
-folds are open (the first rounds of leave-one-out), PDAS runs as :func:`.newton.pdas` on the group's working set: one inverse of
-the all-rows Gram per group, each fold's Gram a Woodbury downdate of it (held-out rows and the
-centring term). Otherwise (the lasso, a few open problems, working sets wider than n) each
+folds are open (the first rounds of leave-one-out), PDAS runs on the group's working set with
+one inverse of the all-rows Gram per group on the warm start's pattern, each fold's Gram a
+Woodbury downdate of it (held-out rows and the centring term), and each fold's own entries and
+drops a small bordered system (:func:`.newton.bordered_pdas`; working sets wider than
+``LOWRANK_ABOVE`` x n keep :func:`.newton.pdas` in the low-rank form). Otherwise (the lasso, a few open problems, working sets wider than n) each
 problem's system is built on its own active features: a gather from the group's all-rows Gram
 downdated by the fold's held-out rows, or past ``n`` active features the ``n x n`` Woodbury
 form; Cholesky with two steps of iterative refinement; the lasso's singular-but-consistent
@@ -70,8 +72,8 @@ import torch
 
 from .dual_newton import dual_newton
 from .gap import enet_duality_gap
-from .newton import pdas
-from .options import MAX_CONSTRAINTS
+from .newton import bordered_pdas, pdas
+from .options import MAX_BORDER, MAX_CONSTRAINTS
 from .working_set import Design, Folds, Solution, _downdates, _fold_classes, _newton_cols, target_stats
 
 F64 = torch.float64
@@ -450,16 +452,29 @@ def _solve_shared_inverse(design, folds, ws, active, sign, yc, a, b, open_, alph
     sizes, cls = _fold_classes(folds)
     lowrank = s > LOWRANK_ABOVE * n
     r = folds.held_out.shape[1] + 1
-    per_group = (2 * n * s + 2 * n * n * sizes.numel() if lowrank else 2 * s * s * sizes.numel()) \
-        + F * (16 * s + 4 * r * s + MAX_CONSTRAINTS ** 2 + (n * MAX_CONSTRAINTS if lowrank else 0))
+    if lowrank:
+        per_group = 2 * n * s + 2 * n * n * sizes.numel() + F * (16 * s + 4 * r * s + MAX_CONSTRAINTS ** 2
+                                                                + n * MAX_CONSTRAINTS)
+    else:   # each open fold gathers its group's inverse and its bordered system's columns
+        per_group = 2 * s * s * sizes.numel() + F * (16 * s + 4 * r * s + s * s + 4 * MAX_BORDER * s)
     step = max(1, int(max_elems // per_group))
+    # groups of similar pattern width together: a chunk's inverses pad to its widest
+    width = (active[groups] & open_[groups][..., None]).any(1).sum(1)
+    order = torch.argsort(width, stable=True)
+    groups, widest = groups[order], width[order].tolist()
     for lo in range(0, groups.numel(), step):
         g = groups[lo:lo + step]
+        bordered = not lowrank and widest[min(lo + step, groups.numel()) - 1] <= n
         xw = design.X[:n][:, ws[g]].permute(1, 0, 2)                             # (k, n, s)
-        xg, st = pdas(_newton_cols(xw, lowrank), downdates=_downdates(design, folds, ws[g], F64), b_class=sizes,
-                      fold_class=cls[None].expand(g.numel(), F), ridge=ridge[g], c=torch.bmm(yc[g], xw),
-                      a=a[g], b=b[g], active=active[g], sign=sign[g], fixed=ws[g] == p, rounds=SHARED_ROUNDS,
-                      done=~open_[g], lowrank=lowrank)
+        kw = dict(downdates=_downdates(design, folds, ws[g], F64), b_class=sizes,
+                  fold_class=cls[None].expand(g.numel(), F), ridge=ridge[g], c=torch.bmm(yc[g], xw), a=a[g], b=b[g],
+                  active=active[g], sign=sign[g], fixed=ws[g] == p, rounds=SHARED_ROUNDS, done=~open_[g])
+        # each fold's own moves from the shared pattern as a bordered system where that pattern
+        # is at most n wide; wider patterns (small alpha: their folds move by ~15 features each,
+        # and every open fold's copy of the m x m inverse costs more than the union domain's
+        # rounds - 3-target rows up to 1.8x slower) and the low-rank form keep PDAS on the union
+        xg, st = (bordered_pdas(_newton_cols(xw, False), max_border=MAX_BORDER, **kw) if bordered
+                  else pdas(_newton_cols(xw, lowrank), lowrank=lowrank, **kw))
         x[g] = xg
         settled[g] = st & open_[g]
     return x, settled

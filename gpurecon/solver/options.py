@@ -32,3 +32,7 @@ FACE_NEWTON_EVERY = 2
 # The largest zero-constraint system per problem in a shared-inverse PDAS round (beyond it the
 # problem sits the round out and is solved on its own).
 MAX_CONSTRAINTS = 96
+# The most features one fold's pattern may depart from its group's shared pattern by (entered
+# plus dropped) in a bordered PDAS round (:func:`.newton.bordered_pdas`); beyond it the fold is
+# solved on its own.
+MAX_BORDER = 32
