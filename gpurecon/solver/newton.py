@@ -241,19 +241,29 @@ def pdas(cols, *, downdates, b_class, fold_class, ridge, c, a, b, active, sign, 
         bad = ~inv.ok[:, None] | ~torch.isfinite(x).all(-1) | too_big
         if d:
             bad |= info != 0
-        x = torch.where(bad[..., None], torch.zeros_like(x), x)
-        g = c - hessian_apply(cols, downdates, b, x, lowrank)
-        flip = active & (torch.sign(x) != sign)
-        enter = ~active & ~fixed3 & (g.abs() > a3 * (1 + 1e-10))
-        moved = (flip | enter).any(-1) | bad
-        coef = torch.where(stable[..., None], coef, x)
-        stable = stable | ~moved
+        coef, stable, active, sign = _pdas_update(cols, downdates, b, c, a3, x, bad, active, sign, fixed3, stable,
+                                                  coef, lowrank)
         if bool(stable.all()):
             break
-        upd = ~stable[..., None]
-        active = torch.where(upd, (active & ~flip) | enter, active)
-        sign = torch.where(upd & enter, torch.sign(g), torch.where(upd & flip, torch.zeros_like(sign), sign))
     return coef, stable
+
+
+def _pdas_update(cols, downdates, b, c, a3, x, bad, active, sign, fixed3, stable, coef, lowrank=False):
+    """One PDAS round's end, both forms: ``x`` (zeroed where ``bad``) becomes the coefficient of
+    the problems not yet stable; a problem is stable when no active sign flipped and no inactive
+    working-set feature violates its KKT bound; the others drop their flips and take their
+    violators (with the sign of ``c - M x``). Returns (coef, stable, active, sign)."""
+    x = torch.where(bad[..., None], torch.zeros_like(x), x)
+    g = c - hessian_apply(cols, downdates, b, x, lowrank)
+    flip = active & (torch.sign(x) != sign)
+    enter = ~active & ~fixed3 & (g.abs() > a3 * (1 + 1e-10))
+    moved = (flip | enter).any(-1) | bad
+    coef = torch.where(stable[..., None], coef, x)
+    stable = stable | ~moved
+    upd = ~stable[..., None]
+    active = torch.where(upd, (active & ~flip) | enter, active)
+    sign = torch.where(upd & enter, torch.sign(g), torch.where(upd & flip, torch.zeros_like(sign), sign))
+    return coef, stable, active, sign
 
 
 
@@ -326,18 +336,10 @@ def bordered_pdas(cols, *, downdates, b_class, fold_class, ridge, c, a, b, activ
         bad = torch.zeros((K, F), dtype=torch.bool, device=dev)
         bad.view(-1)[probs] = ~ok | ~torch.isfinite(x_p).all(-1)
         bad = (bad | too_big | bad_group) & ~stable
-        x = torch.where(bad[..., None], torch.zeros_like(x), x)
-        g = c - hessian_apply(cols, downdates, b, x)
-        flip = active & (torch.sign(x) != sign)
-        enter = ~active & ~fixed3 & (g.abs() > a3 * (1 + 1e-10))
-        moved = (flip | enter).any(-1) | bad
-        coef = torch.where(stable[..., None], coef, x)
-        stable = stable | ~moved
+        coef, stable, active, sign = _pdas_update(cols, downdates, b, c, a3, x, bad, active, sign, fixed3, stable,
+                                                  coef)
         if bool(stable.all()):
             break
-        upd = ~stable[..., None]
-        active = torch.where(upd, (active & ~flip) | enter, active)
-        sign = torch.where(upd & enter, torch.sign(g), torch.where(upd & flip, torch.zeros_like(sign), sign))
     return coef, stable
 
 
