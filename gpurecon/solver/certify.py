@@ -658,7 +658,7 @@ def _downdated_gram(shared, folds, fold, pos, feat, valid, s):
     rows). ``X_f^T y_c = X^T y_c``: the centred targets are zero on held-out rows."""
     gflat, c_ws, grp, X = shared
     idx = (grp[:, None, None] * s + pos[:, :, None]) * s + pos[:, None, :]
-    gram = gflat[idx]                                                            # (P, k, k)
+    gram = torch.take(gflat, idx)                                                # (P, k, k)
     xo = X[folds.held_out[fold][:, :, None], feat[:, None, :]]                   # (P, h, k); pads read 0
     gram = gram - torch.bmm(xo.transpose(1, 2), xo)
     if folds.center:
