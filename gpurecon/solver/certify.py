@@ -49,9 +49,10 @@ Batching. Where a ridge term is present, folds hold out at most two rows and mos
 folds are open (the first rounds of leave-one-out), PDAS runs on the group's working set with
 one inverse of the all-rows Gram per group on the warm start's pattern, each fold's Gram a
 Woodbury downdate of it (held-out rows and the centring term), and each fold's own entries and
-drops a small bordered system (:func:`.newton.bordered_pdas`; working sets wider than
-``LOWRANK_ABOVE`` x n keep :func:`.newton.pdas` in the low-rank form). Otherwise (the lasso, a few open problems, working sets wider than n) each
-problem's system is built on its own active features: a gather from the group's all-rows Gram
+drops a small bordered system (:func:`.newton.bordered_pdas`; patterns wider than n, and working
+sets wider than ``LOWRANK_ABOVE`` x n in the low-rank form, keep :func:`.newton.pdas` on the
+union of the folds' active sets). Otherwise (the lasso, a few open problems, working sets wider
+than n) each problem's system is built on its own active features: a gather from the group's all-rows Gram
 downdated by the fold's held-out rows, or past ``n`` active features the ``n x n`` Woodbury
 form; Cholesky with two steps of iterative refinement; the lasso's singular-but-consistent
 systems (duplicated columns both active) get a tiny jitter that the refinement removes.

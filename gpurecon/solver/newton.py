@@ -277,7 +277,7 @@ def bordered_pdas(cols, *, downdates, b_class, fold_class, ridge, c, a, b, activ
     Why: leave-one-out folds start from the full-data fit's pattern and most move by a few
     features, each fold its own; :func:`pdas` puts the union of every fold's moves into a shared
     domain and imposes, per fold, a zero constraint on each union feature that fold does not use
-    (GPT-2's study design: ~40 per fold against ~6 moves of its own, 60% of the study's solve
+    (GPT-2's study design: ~40 per fold against ~6 moves of its own, 58% of the study's solve
     time). Here a fold pays only for its own moves, and only open folds pay.
 
     The fold system on ``T = (A \\ R) | E`` with ``M = H_f + b I`` is
@@ -325,8 +325,8 @@ def bordered_pdas(cols, *, downdates, b_class, fold_class, ridge, c, a, b, activ
         kp, fp = probs // F, probs % F
         act_p = active.reshape(K * F, s)[probs]
         rhs = torch.where(act_p, (c - a3 * sign).reshape(K * F, s)[probs], 0.0)
-        border = _Border(inv, cols, downdates, b.reshape(-1)[probs], kp, fp, pos_a, valid_a, add.reshape(K * F, s)[probs],
-                         drop.reshape(K * F, s)[probs], e, r)
+        border = _Border(inv, cols, downdates, b.reshape(-1)[probs], kp, fp, pos_a, valid_a,
+                         add.reshape(K * F, s)[probs], drop.reshape(K * F, s)[probs], e, r)
         x_p, ok = border.solve(rhs)
         x = torch.zeros_like(c)
         x.view(K * F, s)[probs] = x_p
@@ -353,7 +353,7 @@ class _Border:
         P, s = add.shape
         dev = add.device
         m = pos_a.shape[1]
-        self.e, self.r, self.m, self.s = e, r, m, s
+        self.e, self.r = e, r
         self.pos = pos_a[kp]                                                     # (P, m)
         self.va = valid_a[kp].to(F64)                                            # padding: 0
         # every problem open and one fold class (leave-one-out's first round): the groups'
