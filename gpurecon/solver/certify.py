@@ -274,7 +274,7 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
         sign = torch.where(open_[..., None], torch.sign(x), sign)
         # 2) KKT over all features, float64, for the open problems (flat)
         probs = torch.nonzero_static(open_.reshape(-1), size=n_all).squeeze(1)
-        r, g, viol, stat_ok = _kkt(d64, f64, ws, x, yc, a, b, active, sign, col_norm, probs)
+        r, g, viol, stat_ok, absg = _kkt(d64, f64, ws, x, yc, a, b, active, sign, col_norm, probs)
         # (a feature-sign point is accepted on KKT alone: next to the optimum its step to the
         # pattern's solution can be rounding, which the line search may not take)
         ok_now = (solved | mono).reshape(-1)[probs] & stat_ok & ~viol.any(-1)
@@ -285,19 +285,19 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
             mono.view(-1)[probs] |= f_now > f_prev.reshape(-1)[probs]
         f_prev.view(-1)[probs] = torch.minimum(f_now, f_prev.reshape(-1)[probs])
         # the gap (and the full fit's KKT scores) of what this round certified, from this check
-        _record(gap, score, probs, ok_now, r, g, x, ws, yc, a, b, F)
+        _record(gap, score, probs, ok_now, r, g, x, ws, yc, a, b, F, absg)
         # 3) the strongest violators enter the active set with the sign of x_j^T r; at most
         #    ADD_FRACTION of the set's size per round (all at once overshoots: hundreds enter,
         #    the solve flips most of them, and the pattern oscillates)
         # (in the feature-sign rounds only once the point is optimal on its own active set:
         # then the step to the wider pattern is a descent direction)
         limit = torch.where(stat_ok | ~mono.reshape(-1)[probs], cap[probs], 0)
-        viol = viol & ~ok_now[:, None]
+        viol &= ~ok_now[:, None]
         m = _add_counts(viol, active.reshape(K * F, -1)[probs].sum(-1), limit)
         done, k = (int(v) for v in torch.stack([ok_now.all(), m.max()]).tolist())   # one host read
         if done:
             break
-        viol = _strongest(viol, g, m, k)
+        viol = _strongest(viol, g, m, k, absg)
         ws, x, active, sign = _enter(ws, x, active, sign, probs, viol, g, p)
     # the answer: certified problems their exact solution, the others the engine's iterate
     # (on the possibly wider working set) or the rounds' last point, whichever is lower
@@ -307,8 +307,8 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
         lower = _objective(d64, f64, ws, x, yc, a, b) < _objective(d64, f64, ws, w_eng, yc, a, b)
         x = torch.where((keep & ~lower)[..., None], w_eng, x)
         probs = torch.nonzero(keep.reshape(-1)).squeeze(1)
-        r, g, _, _ = _kkt(d64, f64, ws, x, yc, a, b, x != 0, torch.sign(x), col_norm, probs)
-        _record(gap, score, probs, torch.ones_like(probs, dtype=torch.bool), r, g, x, ws, yc, a, b, F)
+        r, g, _, _, absg = _kkt(d64, f64, ws, x, yc, a, b, x != 0, torch.sign(x), col_norm, probs)
+        _record(gap, score, probs, torch.ones_like(probs, dtype=torch.bool), r, g, x, ws, yc, a, b, F, absg)
     converged = certified | (gap <= sol.tol)
     if score is None:      # folds: the warm starts read only the full-data fit's scores
         score = sol.score
@@ -678,37 +678,48 @@ def _add_counts(viol, n_active, limit=None):
     return torch.minimum(m, viol.sum(-1))
 
 
-def _strongest(viol, g, m, k=None):
+def _strongest(viol, g, m, k=None, absg=None):
     """The ``m`` violators (per problem, from :func:`_add_counts`) with the largest ``|x_j^T r|``;
-    ``k``: the largest of ``m``, when the caller has read it."""
+    ``k``: the largest of ``m``, when the caller has read it; ``absg``: ``|g|`` where the caller
+    has it (only its values on violators are read)."""
     if k is None:
         k = int(m.max())
     if not k:
         return torch.zeros_like(viol)
-    top = torch.topk(torch.where(viol, g.abs(), -1.0), k, dim=-1).indices
+    top = torch.topk(torch.where(viol, g.abs() if absg is None else absg, -1.0), k, dim=-1).indices
     keep = torch.arange(k, device=g.device) < m[..., None]
     return torch.zeros_like(viol).scatter_(-1, top, keep) & viol
 
 
 def _kkt(design, folds, ws, x, yc, a, b, active, sign, col_norm, probs):
     """For the flat problems ``probs`` (P,): the residuals (P, n), ``X^T r`` on all features
-    (P, p+1), KKT violators outside the active sets (P, p+1) and whether the active features'
-    stationarity holds (P,)."""
+    (P, p+1), KKT violators outside the active sets (P, p+1), whether the active features'
+    stationarity holds (P,), and ``|X^T r - b x|`` (P, p+1; ``|x_j^T r|`` off the working set:
+    the dual point's scale for the gap, and the violators' strength).
+
+    (Few passes over the (P, p+1) arrays: with every fold of a leave-one-out round open they
+    are the check's cost, a third of the study's solve time when each built its own.)"""
     K, F, s = x.shape
     n, p = design.n, design.p
     r = (yc - _fit(design, folds, ws, x)).reshape(K * F, n)[probs]              # (P, n)
     g = r @ design.X[:n]                                                        # (P, p+1): x_j^T r
     a_p, b_p = a.reshape(-1)[probs], b.reshape(-1)[probs]
-    slack = a_p[:, None] * KKT_RTOL + KKT_ATOL * r.square().sum(-1).sqrt()[:, None] * col_norm
+    r_norm = (KKT_ATOL * r.square().sum(-1).sqrt())[:, None]
+    # a + slack, slack = a KKT_RTOL + KKT_ATOL ||r|| ||x_j|| (rounding of the product)
+    bound = torch.addcmul(a_p[:, None] * KKT_RTOL, r_norm, col_norm).add_(a_p[:, None])
+    absg = g.abs()
+    viol = absg > bound
     ws_p = ws[probs // F]                                                       # (P, s)
     act_p = active.reshape(K * F, s)[probs]
-    in_act = torch.zeros_like(g, dtype=torch.bool).scatter_(1, ws_p, act_p)
-    viol = (g.abs() > a_p[:, None] + slack) & ~in_act
+    viol.scatter_(1, torch.where(act_p, ws_p, p), False)                         # active: never violators
     viol[:, p] = False
-    stat = (g.gather(1, ws_p) - b_p[:, None] * x.reshape(K * F, s)[probs]
-            - a_p[:, None] * sign.reshape(K * F, s)[probs]).abs()
-    stat_ok = ~(act_p & (stat > slack.gather(1, ws_p))).any(-1)
-    return r, g, viol, stat_ok
+    x_p = x.reshape(K * F, s)[probs]
+    g_ws = g.gather(1, ws_p) - b_p[:, None] * x_p
+    stat = (g_ws - a_p[:, None] * sign.reshape(K * F, s)[probs]).abs()
+    stat_ok = ~(act_p & (stat > a_p[:, None] * KKT_RTOL + r_norm * col_norm[ws_p])).any(-1)
+    absg.scatter_(1, ws_p, g_ws.abs())
+    absg[:, p] = 0
+    return r, g, viol, stat_ok, absg
 
 
 def _enter(ws, x, active, sign, probs, viol, g, p):
@@ -717,7 +728,8 @@ def _enter(ws, x, active, sign, probs, viol, g, p):
     K, F, s = x.shape
     dev = ws.device
     k_of = probs // F
-    wanted = torch.zeros((K, p + 1), dtype=F64, device=dev).index_add_(0, k_of, viol.to(F64)) > 0
+    wanted = torch.zeros((K, p + 1), dtype=torch.uint8, device=dev).scatter_reduce_(
+        0, k_of[:, None].expand_as(viol), viol.view(torch.uint8), "amax") > 0
     in_ws = torch.zeros((K, p + 1), dtype=torch.bool, device=dev).scatter_(1, ws, True)
     new = wanted & ~in_ws
     new[:, p] = False
@@ -739,22 +751,19 @@ def _enter(ws, x, active, sign, probs, viol, g, p):
     return ws, x, act_f.reshape(K, F, s2), sign_f.reshape(K, F, s2)
 
 
-def _record(gap, score, probs, take, r, g, x, ws, yc, a, b, F):
+def _record(gap, score, probs, take, r, g, x, ws, yc, a, b, F, absg):
     """Write sklearn's duality gap (unscaled, float64, over all features) of the problems
     ``probs[take]`` into ``gap`` (K, F), and with one fold (F == 1) their KKT scores
-    ``|x_j^T r| / a`` into ``score`` (K, p+1), from one check's residuals and ``X^T r``."""
+    ``|x_j^T r| / a`` into ``score`` (K, p+1), from one check's residuals, ``X^T r`` and
+    ``|X^T r - b x|`` (:func:`_kkt`)."""
     K, _, s = x.shape
-    p = g.shape[1] - 1
     # every checked problem's gap is computed and only those taken are written (masked writes,
     # no host read of how many were taken)
     x_p = x.reshape(K * F, s)[probs]
-    ws_p = ws[probs // F]
     a_p, b_p = a.reshape(-1)[probs], b.reshape(-1)[probs]
-    xta = g.scatter_add(1, ws_p, -b_p[:, None] * x_p)
-    xta[:, p] = 0
     yc_p = yc.reshape(K * F, -1)[probs]
     new = enet_duality_gap(r.square().sum(-1), (r * yc_p).sum(-1), x_p.abs().sum(-1), x_p.square().sum(-1),
-                           xta.abs().amax(-1), g.square().sum(-1), a_p, b_p)
+                           absg.amax(-1), torch.linalg.vector_norm(g, dim=-1).square(), a_p, b_p)
     gap.view(-1)[probs] = torch.where(take, new, gap.view(-1)[probs])
     if score is not None:
         sc = (g.abs() / a_p[:, None]).nan_to_num_(nan=0.0, posinf=torch.inf)
