@@ -354,20 +354,28 @@ class _Border:
         dev = add.device
         m = pos_a.shape[1]
         self.e, self.r = e, r
-        self.pos = pos_a[kp]                                                     # (P, m)
-        self.va = valid_a[kp].to(F64)                                            # padding: 0
+        K, F = inv.fold_class.shape
+        flat = kp * F + fp
+        # (index_select on flattened leading axes: advanced indexing was a third of this
+        # constructor's time)
+        self.pos = pos_a.index_select(0, kp)                                     # (P, m)
+        self.va = valid_a.index_select(0, kp).to(F64)                           # padding: 0
         # every problem open and one fold class (leave-one-out's first round): the groups'
         # inverses as they are, no per-problem copy
-        self.groups = inv.Q.shape[0] if P == inv.fold_class.numel() and inv.n_classes == 1 else 0
-        self.q = inv.Q[:, 0] if self.groups else inv.Q[kp, inv.fold_class[kp, fp]]   # (K or P, m, m)
-        self.v, self.cinv = inv.V[kp, fp], inv.Cinv[kp, fp]                     # (P, rd, m), (P, rd, rd)
+        self.groups = K if P == K * F and inv.n_classes == 1 else 0
+        C = inv.n_classes
+        self.q = inv.Q[:, 0] if self.groups else inv.Q.reshape(K * C, m, m).index_select(
+            0, kp * C + inv.fold_class.reshape(-1).index_select(0, flat))        # (K or P, m, m)
+        rd = inv.V.shape[2]
+        self.v = inv.V.reshape(K * F, rd, m).index_select(0, flat)              # (P, rd, m)
+        self.cinv = inv.Cinv.reshape(K * F, rd, rd).index_select(0, flat)       # (P, rd, rd)
         self.ok = torch.ones((P,), dtype=torch.bool, device=dev)
         if not (e or r):
             return
         if e:
             self.eidx, self.evalid = _positions(add, e)                          # (P, e) in ws
-            rows = gram[kp[:, None], self.eidx]                                  # G[E, :] (P, e, s)
-            u = downdates[kp, fp]                                                # (P, rd, s)
+            rows = gram.reshape(-1, s).index_select(0, (kp[:, None] * s + self.eidx).reshape(-1)).view(P, e, s)
+            u = downdates.reshape(K * F, rd, s).index_select(0, flat)           # (P, rd, s)
             u_e = u.gather(2, self.eidx[:, None, :].expand(P, u.shape[1], e))    # (P, rd, e)
             m_rows = rows - torch.bmm(u_e.transpose(1, 2), u)                    # M[E, :] without b
             self.m_ea = m_rows.gather(2, self.pos[:, None, :].expand(P, e, m)) * self.evalid[..., None] \
@@ -378,8 +386,8 @@ class _Border:
             drop_a = drop.gather(1, self.pos) & (self.va > 0)                    # (P, m)
             self.ridx, self.rvalid = _positions(drop_a, r)                       # (P, r) in A
             # rows R of the fold's inverse: the shared inverse's plus the Woodbury term's
-            q_r = self.q[kp[:, None], self.ridx] if self.groups else \
-                self.q.gather(1, self.ridx[..., None].expand(P, r, m))
+            q_r = self.q.reshape(-1, m).index_select(0, (kp[:, None] * m + self.ridx).reshape(-1)).view(P, r, m) \
+                if self.groups else self.q.gather(1, self.ridx[..., None].expand(P, r, m))
             v_r = self.v.gather(2, self.ridx[:, None, :].expand(P, self.v.shape[1], r))   # (P, rd, r)
             self.QR = q_r + torch.bmm(torch.bmm(v_r.transpose(1, 2), self.cinv), self.v)
         d = e + r
