@@ -73,7 +73,7 @@ import torch
 
 from .dual_newton import dual_newton
 from .gap import enet_duality_gap
-from .newton import bordered_pdas, pdas
+from .newton import _positions, bordered_pdas, pdas
 from .options import MAX_BORDER, MAX_CONSTRAINTS
 from .working_set import Design, Folds, Solution, _downdates, _fold_classes, _newton_cols, target_stats
 
@@ -285,7 +285,7 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
             mono.view(-1)[probs] |= f_now > f_prev.reshape(-1)[probs]
         f_prev.view(-1)[probs] = torch.minimum(f_now, f_prev.reshape(-1)[probs])
         # the gap (and the full fit's KKT scores) of what this round certified, from this check
-        _record(gap, score, probs, ok_now, r, g, x, ws, yc, a, b, F, absg)
+        _record(gap, score, probs, ok_now, r, g, x, yc, a, b, F, absg)
         # 3) the strongest violators enter the active set with the sign of x_j^T r; at most
         #    ADD_FRACTION of the set's size per round (all at once overshoots: hundreds enter,
         #    the solve flips most of them, and the pattern oscillates)
@@ -308,7 +308,7 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
         x = torch.where((keep & ~lower)[..., None], w_eng, x)
         probs = torch.nonzero(keep.reshape(-1)).squeeze(1)
         r, g, _, _, absg = _kkt(d64, f64, ws, x, yc, a, b, x != 0, torch.sign(x), col_norm, probs)
-        _record(gap, score, probs, torch.ones_like(probs, dtype=torch.bool), r, g, x, ws, yc, a, b, F, absg)
+        _record(gap, score, probs, torch.ones_like(probs, dtype=torch.bool), r, g, x, yc, a, b, F, absg)
     converged = certified | (gap <= sol.tol)
     if score is None:      # folds: the warm starts read only the full-data fit's scores
         score = sol.score
@@ -751,7 +751,7 @@ def _enter(ws, x, active, sign, probs, viol, g, p):
     return ws, x, act_f.reshape(K, F, s2), sign_f.reshape(K, F, s2)
 
 
-def _record(gap, score, probs, take, r, g, x, ws, yc, a, b, F, absg):
+def _record(gap, score, probs, take, r, g, x, yc, a, b, F, absg):
     """Write sklearn's duality gap (unscaled, float64, over all features) of the problems
     ``probs[take]`` into ``gap`` (K, F), and with one fold (F == 1) their KKT scores
     ``|x_j^T r| / a`` into ``score`` (K, p+1), from one check's residuals, ``X^T r`` and
@@ -863,8 +863,7 @@ def _dense_pattern_solves(gram_flat, c, a, b, jitter, active, sign, grp, k):
     for _drop in range(MAX_DROPS):
         a_i = act[idx]
         width = max(int(a_i.sum(1).max()), 1)
-        pos = torch.argsort((~a_i).to(torch.int8), dim=1, stable=True)[:, :width]   # active first
-        valid = torch.arange(width, device=c.device)[None, :] < a_i.sum(1, keepdim=True)
+        pos, valid = _positions(a_i, width)                                        # active first
         both = valid[:, :, None] & valid[:, None, :]
         sub = torch.take(gram_flat, (grp[idx][:, None, None] * k + pos[:, :, None]) * k + pos[:, None, :])
         eye = torch.eye(width, dtype=F64, device=c.device)

@@ -324,13 +324,14 @@ def bordered_pdas(cols, *, downdates, b_class, fold_class, ridge, c, a, b, activ
         probs = torch.nonzero_static(live.reshape(-1), size=n_live).squeeze(1)
         kp, fp = probs // F, probs % F
         act_p = active.reshape(K * F, s)[probs]
-        rhs = torch.where(act_p, (c - a3 * sign).reshape(K * F, s)[probs], 0.0)
+        target = c - a3 * sign                                                   # the pattern's right-hand side
+        rhs = torch.where(act_p, target.reshape(K * F, s)[probs], 0.0)
         border = _Border(inv, cols, downdates, b.reshape(-1)[probs], kp, fp, pos_a, valid_a,
                          add.reshape(K * F, s)[probs], drop.reshape(K * F, s)[probs], e, r)
         x_p, ok = border.solve(rhs)
         x = torch.zeros_like(c)
         x.view(K * F, s)[probs] = x_p
-        res = torch.where(active, (c - a3 * sign) - hessian_apply(cols, downdates, b, x), 0.0)
+        res = torch.where(active, target - hessian_apply(cols, downdates, b, x), 0.0)
         x_p = x_p + border.solve(res.reshape(K * F, s)[probs])[0]
         x.view(K * F, s)[probs] = torch.where(act_p, x_p, 0.0)
         bad = torch.zeros((K, F), dtype=torch.bool, device=dev)
