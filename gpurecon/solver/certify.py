@@ -73,7 +73,7 @@ import torch
 
 from .dual_newton import dual_newton
 from .gap import enet_duality_gap
-from .newton import _positions, bordered_pdas, pdas
+from .newton import _positions, bordered_pdas, cho_solve, pdas
 from .options import MAX_BORDER, MAX_CONSTRAINTS
 from .working_set import Design, Folds, Solution, _downdates, _fold_classes, _newton_cols, target_stats
 
@@ -165,7 +165,8 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
         return _certify(design, Y, folds, sol, alpha=alpha, l1_ratio=l1_ratio, t_idx=t_idx, max_elems=max_elems,
                         max_rounds=max_rounds, spread=0.0 if one_batch else BUCKET_SPREAD)
     finally:
-        _LAST_COLUMNS.clear()   # the gathered columns live for one call only
+        _LAST_COLUMNS.clear()   # the gathered columns and the Gram live for one call only
+        _FULL_GRAM.clear()
 
 
 def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_rounds, spread):
@@ -348,6 +349,7 @@ def alpha_max(design, Y, folds, l1_ratio, t_idx):
 
 # The last working set's columns (_columns): the rounds' fits reuse them until features enter.
 _LAST_COLUMNS: list = []
+_FULL_GRAM: list = []
 
 
 def _columns(design, ws):
@@ -515,10 +517,17 @@ def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems,
     # gather plus a downdate by its few held-out rows (and the centring term), instead of
     # products over all n rows per problem
     shared = None
-    if width <= n and K * s * s <= max_elems // 4:
+    if width <= n:
         xw = _columns(design, ws)                                               # (K, n, s)
-        shared = (torch.bmm(xw.transpose(1, 2), xw).reshape(-1), torch.bmm(yc, xw).reshape(K * F, s)[probs],
-                  probs // F, design.X)
+        c_ws = torch.bmm(yc, xw).reshape(K * F, s)[probs]
+        full = _full_gram(design, K * (s + 1) ** 2, max_elems)
+        if full is not None:        # X^T X on all features: built once per call, read by feature
+            shared = (full.reshape(-1), None, c_ws, probs // F, design.X)
+        elif K * s * s <= max_elems // 4:
+            # each group's on its working set, a zero column appended at position s (padded
+            # entries of a problem's system gather zeros from it: no masking of the blocks)
+            xw = torch.nn.functional.pad(xw, (0, 1))                            # (K, n, s + 1)
+            shared = (torch.bmm(xw.transpose(1, 2), xw).reshape(-1), s, c_ws, probs // F, design.X)
     first_f = torch.zeros_like(x_f) if with_first else None
 
     def cost(k):
@@ -531,7 +540,7 @@ def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems,
         batches = [(slice(lo, lo + step), width if step >= probs.numel() else None)
                    for lo in range(0, probs.numel(), step)]
     for sl, widest in batches:
-        sub = None if shared is None else (shared[0], shared[1][sl], shared[2][sl], shared[3])
+        sub = None if shared is None else (shared[0], shared[1], shared[2][sl], shared[3][sl], shared[4])
         x_f[sl], ok_f[sl], first = _solve_some(xt, folds, fold_f[sl], ws_f[sl], act_f[sl], sign_f[sl], yc_f[sl],
                                                a_f[sl], b_f[sl], p, max_drops, sub, widest)
         if with_first:
@@ -577,7 +586,7 @@ def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p, max_drops=MAX_DROPS
     idx = torch.arange(P, device=act.device)
     first, k = None, widest
     for _ in range(max_drops):
-        sub = None if shared is None else (shared[0], shared[1][idx], shared[2][idx], shared[3])
+        sub = None if shared is None else (shared[0], shared[1], shared[2][idx], shared[3][idx], shared[4])
         o, o_ok = _pattern_solve(xt, folds, fold[idx], ws[idx], act[idx], sign[idx], yc[idx], a[idx], b[idx], p,
                                  sub, k)
         flip = act[idx] & (torch.sign(o) != sign[idx])
@@ -625,18 +634,22 @@ def _pattern_solve(xt, folds, fold, ws, act, sign, yc, a, b, p, shared, k=None):
 
         def inv(v):
             av = torch.bmm(xa.transpose(1, 2), v[..., None])                  # (P, n, 1)
-            return (v - torch.bmm(xa, torch.cholesky_solve(av, chol))[..., 0]) / diag
+            return (v - torch.bmm(xa, cho_solve(chol, av))[..., 0]) / diag
     else:
         if gram is None:
             gram = torch.bmm(xa, xa.transpose(1, 2))
         # the lasso (b = 0) with linearly dependent active columns (duplicated features) has a
         # singular but consistent system: factorise with a jitter far below rounding of the
-        # answer's scale, and let the refinement steps (with the true matrix) remove it
-        jitter = torch.where(b > 0, 0.0, LASSO_JITTER * gram.diagonal(dim1=1, dim2=2).mean(-1))
-        chol, info = torch.linalg.cholesky_ex(gram + torch.diag_embed(diag + jitter[:, None] * valid))
+        # answer's scale, and let the refinement steps (with the true matrix) remove it.
+        # In place (the blocks are the largest arrays here): gram becomes H + diag; the jitter is
+        # added for the factorisation only.
+        jitter = torch.where(b > 0, 0.0, LASSO_JITTER * gram.diagonal(dim1=1, dim2=2).mean(-1))[:, None] * valid
+        gram.diagonal(dim1=1, dim2=2).add_(diag + jitter)
+        chol, info = torch.linalg.cholesky_ex(gram)
+        gram.diagonal(dim1=1, dim2=2).sub_(jitter)
 
         def inv(v):
-            return torch.cholesky_solve(v[..., None], chol)[..., 0]
+            return cho_solve(chol, v[..., None])[..., 0]
     sol = inv(rhs)
     for _refine in range(REFINE_STEPS):
         # iterative refinement: the Woodbury form divides by b, which loses digits when b is
@@ -644,7 +657,7 @@ def _pattern_solve(xt, folds, fold, ws, act, sign, yc, a, b, p, shared, k=None):
         if gram is None:
             hx = torch.bmm(xa, torch.bmm(xa.transpose(1, 2), sol[..., None]))[..., 0] + diag * sol
         else:
-            hx = torch.bmm(gram, sol[..., None])[..., 0] + diag * sol
+            hx = torch.bmm(gram, sol[..., None])[..., 0]
         sol = sol + inv(torch.where(valid, rhs - hx, 0.0))
     ok = (info == 0) & torch.isfinite(sol).all(-1)
     sol = torch.where(valid & ok[:, None], sol, 0.0)
@@ -652,21 +665,40 @@ def _pattern_solve(xt, folds, fold, ws, act, sign, yc, a, b, p, shared, k=None):
     return torch.where(act, out, 0.0), ok
 
 
+def _full_gram(design, group_elems, max_elems):
+    """``X^T X`` (p+1, p+1) of the design (its last row and column zero), once per call: where
+    it is no larger than the groups' Grams on their working sets (``group_elems``) and fits the
+    budget; else None."""
+    if _FULL_GRAM and _FULL_GRAM[0] is design.X:
+        return _FULL_GRAM[1]
+    q = design.p + 1
+    if q * q > min(group_elems, max_elems // 4):
+        return None
+    x = design.X[:design.n]
+    _FULL_GRAM[:] = [design.X, x.T @ x]
+    return _FULL_GRAM[1]
+
+
 def _downdated_gram(shared, folds, fold, pos, feat, valid, s):
     """Fold Grams (P, k, k) and ``X_f^T y_c`` (P, k) on each problem's active features from
-    its group's all-rows Gram: ``H_f = G - X_h^T X_h - (sum X_h)(sum X_h)^T / n_f`` (held-out
-    rows ``h``; the last term re-centres on the training rows, the design being centred on all
-    rows). ``X_f^T y_c = X^T y_c``: the centred targets are zero on held-out rows."""
-    gflat, c_ws, grp, X = shared
-    idx = (grp[:, None, None] * s + pos[:, :, None]) * s + pos[:, None, :]
-    gram = torch.take(gflat, idx)                                                # (P, k, k)
+    an all-rows Gram: ``H_f = G - X_h^T X_h - (sum X_h)(sum X_h)^T / n_f`` (held-out rows
+    ``h``; the last term re-centres on the training rows, the design being centred on all
+    rows), both downdates as one product. ``X_f^T y_c = X^T y_c``: the centred targets are zero
+    on held-out rows. ``shared`` = (flat Gram, its working-set width or None for the design's
+    full Gram, X^T y_c on the working set (P, s), each problem's group, the design). Padded
+    entries (``~valid``) read a zero row and column (feature p, or working-set position s)."""
+    gflat, width, c_ws, grp, X = shared
+    if width is None:
+        ix, stride, off = feat, X.shape[1], 0
+    else:
+        ix, stride = torch.where(valid, pos, width), width + 1
+        off = grp[:, None] * stride
+    gram = torch.take(gflat, (off + ix)[:, :, None] * stride + ix[:, None, :])    # (P, k, k)
     xo = X[folds.held_out[fold][:, :, None], feat[:, None, :]]                   # (P, h, k); pads read 0
-    gram = gram - torch.bmm(xo.transpose(1, 2), xo)
     if folds.center:
-        so = xo.sum(1)
-        gram = gram - so[:, :, None] * so[:, None, :] / folds.n_train[fold][:, None, None]
-    both = valid[:, :, None] & valid[:, None, :]
-    return torch.where(both, gram, 0.0), torch.where(valid, c_ws.gather(1, pos), 0.0)
+        so = xo.sum(1, keepdim=True) * folds.n_train[fold].rsqrt()[:, None, None]
+        xo = torch.cat([xo, so], 1)
+    return gram.baddbmm_(xo.transpose(1, 2), xo, alpha=-1), torch.where(valid, c_ws.gather(1, pos), 0.0)
 
 
 def _add_counts(viol, n_active, limit=None):
@@ -872,9 +904,9 @@ def _dense_pattern_solves(gram_flat, c, a, b, jitter, active, sign, grp, k):
         # the lasso's singular-but-consistent systems: a jitter the refinement removes
         lasso = torch.where(b[idx] > 0, 0.0, jitter[idx])
         chol, info = torch.linalg.cholesky_ex(m + lasso[:, None, None] * eye * both)
-        sol = torch.cholesky_solve(rhs[..., None], chol)
+        sol = cho_solve(chol, rhs[..., None])
         for _refine in range(REFINE_STEPS):
-            sol = sol + torch.cholesky_solve(rhs[..., None] - m @ sol, chol)
+            sol = sol + cho_solve(chol, rhs[..., None] - m @ sol)
         sol = sol[..., 0]
         good = (info == 0) & torch.isfinite(sol).all(-1)
         sol = torch.where(valid & good[:, None], sol, 0.0)

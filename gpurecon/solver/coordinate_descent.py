@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from .fista import GramHessian, restricted_gap
+from .newton import cho_solve
 from .options import ANDERSON_MEMORY, CD_COMPACT_AT, FACE_NEWTON_EVERY
 
 F64 = torch.float64
@@ -226,7 +227,7 @@ def _face_newton(G, U, c, a, b, w, live, max_elems) -> bool:
         sign = torch.sign(ww)
         rhs = torch.where(act, c[sl] - a[sl, :, None] * sign, 0.0)
         chol, info = torch.linalg.cholesky_ex(mat)
-        x = torch.where(act, torch.cholesky_solve(rhs[..., None], chol)[..., 0], 0.0)
+        x = torch.where(act, cho_solve(chol, rhs[..., None])[..., 0], 0.0)
         # step to the first sign change on the segment w -> x (1: x itself)
         cross = act & (torch.sign(x) != sign)
         ratio = torch.where(cross, ww / torch.where(cross, ww - x, 1.0), torch.inf)

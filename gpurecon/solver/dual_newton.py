@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import torch
 
+from .newton import cho_solve
+
 F64 = torch.float64
 # Armijo's sufficient-increase fraction and the step halvings tried per Newton step.
 ARMIJO = 1e-4
@@ -75,7 +77,7 @@ def dual_newton(X, train, n_train, center, yc, r, a, b, max_steps: int = MAX_STE
         xa = _centre(X.T[feat], train[:, None, :], nt[:, :, None], center) * valid[..., None]   # (P, k, n)
         hess = torch.bmm(xa.transpose(1, 2), xa) / b[:, None, None] + torch.eye(n, dtype=F64, device=r.device)
         chol, info = torch.linalg.cholesky_ex(hess)
-        step = _centre(torch.cholesky_solve(grad[..., None], chol)[..., 0], train, nt, center)
+        step = _centre(cho_solve(chol, grad[..., None])[..., 0], train, nt, center)
         step = torch.where(((info == 0) & live)[:, None], step, 0.0)
         h = step @ X                                                            # (P, p+1): x_j^T step
         slope = (grad * step).sum(-1)
