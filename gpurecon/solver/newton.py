@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from .options import MAX_CONSTRAINTS
+from .options import MAX_CONSTRAINTS, SLOT_FRACTION
 
 F64 = torch.float64
 
@@ -367,10 +367,13 @@ class _Border:
         # constructor's time)
         self.pos = pos_a.index_select(0, kp)                                     # (P, m)
         self.va = valid_a.index_select(0, kp).to(F64)                           # padding: 0
-        # every problem open and one fold class (leave-one-out's first round): the groups'
-        # inverses as they are, no per-problem copy
-        self.groups = K if P == K * F and inv.n_classes == 1 else 0
+        # one fold class and most problems open (leave-one-out's rounds): products with the
+        # groups' inverses as they are, the problems in their (group, fold) slots, instead of a
+        # per-problem copy of an m x m inverse
         C = inv.n_classes
+        self.K, self.F, self.flat = K, F, flat
+        self.full = P == K * F
+        self.groups = C == 1 and P >= SLOT_FRACTION * K * F
         self.q = inv.Q[:, 0] if self.groups else inv.Q.reshape(K * C, m, m).index_select(
             0, kp * C + inv.fold_class.reshape(-1).index_select(0, flat))        # (K or P, m, m)
         rd = inv.V.shape[2]
@@ -381,13 +384,17 @@ class _Border:
             return
         if e:
             self.eidx, self.evalid = _positions(add, e)                          # (P, e) in ws
-            rows = gram.reshape(-1, s).index_select(0, (kp[:, None] * s + self.eidx).reshape(-1)).view(P, e, s)
+            # M[E, A] and M[E, E] (without b) read from the Gram where they lie, each less the
+            # fold's downdate u_E^T u
+            rows = ((kp[:, None] * s + self.eidx) * s)[:, :, None]               # (P, e, 1)
+            gflat = gram.reshape(-1)
             u = downdates.reshape(K * F, rd, s).index_select(0, flat)           # (P, rd, s)
-            u_e = u.gather(2, self.eidx[:, None, :].expand(P, u.shape[1], e))    # (P, rd, e)
-            m_rows = rows - torch.bmm(u_e.transpose(1, 2), u)                    # M[E, :] without b
-            self.m_ea = m_rows.gather(2, self.pos[:, None, :].expand(P, e, m)) * self.evalid[..., None] \
-                * self.va[:, None, :]
-            m_ee = m_rows.gather(2, self.eidx[:, None, :].expand(P, e, e)) + torch.diag_embed(b[:, None].expand(P, e))
+            u_e = u.gather(2, self.eidx[:, None, :].expand(P, rd, e))           # (P, rd, e)
+            u_a = u.gather(2, self.pos[:, None, :].expand(P, rd, m))            # (P, rd, m)
+            self.m_ea = _sub_outer(torch.take(gflat, rows + self.pos[:, None, :]), u_e, u_a) \
+                .mul_(self.evalid[..., None] * self.va[:, None, :])
+            m_ee = _sub_outer(torch.take(gflat, rows + self.eidx[:, None, :]), u_e, u_e)
+            m_ee.diagonal(dim1=1, dim2=2).add_(b[:, None])
             self.Z = self._minv(self.m_ea)                                       # (P, e, m)
         if r:
             drop_a = drop.gather(1, self.pos) & (self.va > 0)                    # (P, m)
@@ -398,7 +405,7 @@ class _Border:
             v_r = self.v.gather(2, self.ridx[:, None, :].expand(P, self.v.shape[1], r))   # (P, rd, r)
             self.QR = q_r + torch.bmm(torch.bmm(v_r.transpose(1, 2), self.cinv), self.v)
         d = e + r
-        mat = torch.zeros((P, d, d), dtype=F64, device=dev)
+        mat = torch.empty((P, d, d), dtype=F64, device=dev)     # every block is written below
         if e:
             mat[:, :e, :e] = m_ee - torch.bmm(self.m_ea, self.Z.transpose(1, 2))
         if r:
@@ -409,19 +416,25 @@ class _Border:
             mat[:, e:, :e] = zr.transpose(1, 2)
         self.valid = torch.cat([self.evalid if e else torch.zeros((P, 0), dtype=torch.bool, device=dev),
                                 self.rvalid if r else torch.zeros((P, 0), dtype=torch.bool, device=dev)], 1)
-        both = self.valid[:, :, None] & self.valid[:, None, :]
-        self.lu, self.piv, info = torch.linalg.lu_factor_ex(torch.where(both, mat, torch.eye(d, dtype=F64, device=dev)))
+        # padding rows and columns: the identity (multiplies and an add: a where on the blocks
+        # cost as much as their LU)
+        vf = self.valid.to(F64)
+        mat.mul_(vf[:, :, None] * vf[:, None, :]).diagonal(dim1=1, dim2=2).add_(1.0 - vf)
+        self.lu, self.piv, info = torch.linalg.lu_factor_ex(mat)
         self.ok = (info == 0)
 
     def _minv(self, vecs):
         """``M_AA^{-1}`` of the fold (shared inverse and Woodbury term) on rows vecs (P, j, m)."""
-        if self.groups:
-            P, j, m = vecs.shape
-            out = torch.bmm(vecs.reshape(self.groups, -1, m), self.q).reshape(P, j, m)
+        P, j, m = vecs.shape
+        if self.groups and self.full:
+            out = torch.bmm(vecs.reshape(self.K, -1, m), self.q).reshape(P, j, m)
+        elif self.groups:
+            slots = vecs.new_zeros((self.K * self.F, j, m)).index_copy_(0, self.flat, vecs)
+            out = torch.bmm(slots.view(self.K, -1, m), self.q).view(self.K * self.F, j, m).index_select(0, self.flat)
         else:
             out = torch.bmm(vecs, self.q)
         coef = torch.bmm(torch.bmm(vecs, self.v.transpose(1, 2)), self.cinv)     # (P, j, rd)
-        return out + torch.bmm(coef, self.v)
+        return _sub_outer(out, -coef.transpose(1, 2), self.v)
 
     def solve(self, rhs):
         """The bordered solutions for right-hand sides ``rhs`` (P, s) that are zero outside the
@@ -444,6 +457,15 @@ class _Border:
             if r:
                 w_a = w_a - torch.bmm(sol[:, None, e:], self.QR)[:, 0]
         return x.scatter_add(1, self.pos, w_a * self.va), self.ok
+
+
+def _sub_outer(out, u, v):
+    """``out - u^T v`` in place for ``u`` (P, rd, i), ``v`` (P, rd, j) with few rows ``rd`` (the
+    fold downdates): one broadcast multiply-add per row (a bmm of inner size 1 or 2 runs at a
+    fraction of the speed)."""
+    for k in range(u.shape[1]):
+        out.addcmul_(u[:, k, :, None], v[:, k, None, :], value=-1.0)
+    return out
 
 
 def _positions(mask, width):

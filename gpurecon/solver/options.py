@@ -36,3 +36,7 @@ MAX_CONSTRAINTS = 96
 # plus dropped) in a bordered PDAS round (:func:`.newton.bordered_pdas`); beyond it the fold is
 # solved on its own.
 MAX_BORDER = 32
+# Bordered rounds (newton._Border): where at least this fraction of the (group, fold) problems is
+# open, products with the groups' shared inverses run in (group, fold) slots (closed problems'
+# slots zero) instead of on a per-problem copy of each inverse.
+SLOT_FRACTION = 0.5
