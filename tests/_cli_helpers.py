@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,13 +26,20 @@ def cli_env(tmp_path: Path, extra: dict | None = None) -> dict:
     return env
 
 
+def _default_sigint() -> None:
+    # The run starts as from a user's shell, with Ctrl-C's default action: a suite started in
+    # the background (`pytest &`, nohup) has SIGINT ignored, the runs would inherit that, and
+    # the Ctrl-C tests' signal would be dropped (the run then finishes with exit 0).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_cli(args, tmp_path, cwd=None, env_extra=None, name="out", timeout=600):
     out = tmp_path / name
     cmd = [sys.executable, "-m", "gpurecon", *args]
     if "-m" not in args and not any(a.startswith("hydra.run.dir=") for a in args):
         cmd.append(f"hydra.run.dir={out}")
     proc = subprocess.run(cmd, cwd=cwd or tmp_path, env=cli_env(tmp_path, env_extra),
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, preexec_fn=_default_sigint)
     return proc, out
 
 

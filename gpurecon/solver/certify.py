@@ -52,7 +52,8 @@ Woodbury downdate of it (held-out rows and the centring term), and each fold's o
 drops a small bordered system (:func:`.newton.bordered_pdas`; patterns wider than n, and working
 sets wider than ``LOWRANK_ABOVE`` x n in the low-rank form, keep :func:`.newton.pdas` on the
 union of the folds' active sets). Otherwise (the lasso, a few open problems, working sets wider
-than n) each problem's system is built on its own active features: a gather from the group's all-rows Gram
+than n) each problem's system is built on its own active features: a gather from an all-rows Gram
+(the design's ``X^T X`` where it is no larger than the groups' Grams on their working sets)
 downdated by the fold's held-out rows, or past ``n`` active features the ``n x n`` Woodbury
 form; Cholesky with two steps of iterative refinement; the lasso's singular-but-consistent
 systems (duplicated columns both active) get a tiny jitter that the refinement removes.
@@ -575,8 +576,7 @@ def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p, max_drops=MAX_DROPS
     """Sign-pattern solves of a batch of P problems (flat), dropping coordinates whose sign
     flips and solving again (only the problems that had flips); see ``_solve_patterns``; also
     returns the first solve (before any drop). With
-    ``shared`` = (the groups' flat all-rows Grams on their working sets, each problem's
-    ``X^T y_c`` there (P, s), its group (P,), the padded design): systems by downdate.
+    ``shared`` (see :func:`_downdated_gram`): systems by downdate of an all-rows Gram.
     ``widest``: the largest active set, when the caller knows it."""
     P, s = act.shape
     out = torch.zeros((P, s), dtype=F64, device=act.device)
