@@ -172,6 +172,117 @@ def test_bordered_pdas_from_the_full_data_pattern_is_exact_on_every_fold(alpha, 
     np.testing.assert_allclose(coef2[0].numpy()[ok], ref[ok], atol=1e-9 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("n_done", [0, 6, 20], ids=["all open", "most open: slots", "few open: copies"])
+def test_bordered_pdas_of_several_groups_is_exact_whatever_the_open_folds(n_done):
+    """Two targets (two groups of one design, their working sets in different orders) under
+    leave-one-out (one fold class): with every fold open, most folds open (the groups' inverses
+    applied in (group, fold) slots) and few open (per-problem copies), each open fold's bordered
+    answer is sklearn's optimum."""
+    X0, y0 = _loo_problem(n=30, p=24, seed=3)
+    X1 = X0[:, np.random.default_rng(8).permutation(X0.shape[1])]
+    y1 = np.random.default_rng(8).permutation(y0) + X0[:, 5]
+    n, p = X0.shape
+    alpha, l1_ratio = 0.02, 0.5
+    F, K = 15, 2
+    held = list(range(0, 30, 2))
+    Xs = [torch.from_numpy(X) for X in (X0, X1)]
+    ys = [torch.from_numpy(y) for y in (y0, y1)]
+    down = torch.zeros((K, F, 1, p), dtype=F64)
+    c = torch.zeros((K, F, p), dtype=F64)
+    for k, (Xt, yt) in enumerate(zip(Xs, ys)):
+        for f, i in enumerate(held):
+            down[k, f, 0] = Xt[i]
+            c[k, f] = Xt.T @ yt - Xt[i] * yt[i]
+    n_f = torch.full((F,), float(n - 1), dtype=F64)
+    a = (alpha * l1_ratio * n_f).expand(K, F)
+    b = (alpha * (1 - l1_ratio) * n_f).expand(K, F)
+    start, ref = [], []
+    for X, y in ((X0, y0), (X1, y1)):
+        sk = dict(alpha=alpha, l1_ratio=l1_ratio, fit_intercept=False, tol=1e-12, max_iter=200_000)
+        start.append(SkElasticNet(**sk).fit(X, y).coef_)
+        ref.append([SkElasticNet(**sk).fit(np.delete(X, i, 0), np.delete(y, i)).coef_ for i in held])
+    start = torch.from_numpy(np.array(start))[:, None].expand(K, F, p)
+    ref = np.array(ref)                                                          # (K, F, p)
+    full = start.numpy()
+    assert ((ref != 0) & (full == 0)).any() and ((ref == 0) & (full != 0)).any()   # entries and drops
+    done = torch.zeros((K, F), dtype=torch.bool)
+    done.view(-1)[torch.randperm(K * F, generator=torch.Generator().manual_seed(0))[:n_done]] = True
+    coef, stable = bordered_pdas(torch.stack([Xt.T @ Xt for Xt in Xs]), downdates=down, b_class=n_f[:1],
+                                 fold_class=torch.zeros((K, F), dtype=torch.long),
+                                 ridge=torch.full((K,), alpha * (1 - l1_ratio), dtype=F64), c=c, a=a, b=b,
+                                 active=start != 0, sign=torch.sign(start),
+                                 fixed=torch.zeros((K, p), dtype=torch.bool), rounds=12, done=done)
+    open_ = ~done.numpy()
+    assert bool(stable.all())
+    np.testing.assert_allclose(coef.numpy()[open_], ref[open_], atol=1e-9 * np.abs(ref).max())
+    assert ((coef.numpy()[open_] != 0) == (ref[open_] != 0)).all()
+
+
+def test_cho_solve_matches_scipy():
+    """The solver's Cholesky solves (two batched triangular solves) against scipy's cho_solve."""
+    import scipy.linalg
+
+    from gpurecon.solver.newton import cho_solve
+
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((3, 7, 7))
+    m = a @ a.transpose(0, 2, 1) + 0.1 * np.eye(7)
+    v = rng.standard_normal((3, 7, 2))
+    got = cho_solve(torch.linalg.cholesky(torch.from_numpy(m)), torch.from_numpy(v)).numpy()
+    for i in range(3):
+        want = scipy.linalg.cho_solve(scipy.linalg.cho_factor(m[i], lower=True), v[i])
+        np.testing.assert_allclose(got[i], want, rtol=1e-10, atol=1e-12 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("source", ["design Gram", "working-set Grams"])
+def test_fold_grams_of_the_pattern_solves_are_the_training_rows_centred_grams(source):
+    """The direct sign-pattern solves read each fold's Gram on a problem's active features from
+    an all-rows Gram (the design's, or each group's on its working set, padded with a zero
+    column) downdated by the held-out rows and the re-centring term: it must equal the Gram of
+    the fold's own centred training rows (numpy), with padded entries exactly zero. (A wrong
+    block only costs rounds - the KKT check still certifies - so it is checked here.)"""
+    from gpurecon.solver.certify import _downdated_gram
+    from gpurecon.solver.working_set import make_design, make_folds
+
+    rng = np.random.default_rng(4)
+    n, p, s, K = 14, 9, 5, 2
+    X = rng.standard_normal((n, p)) * rng.gamma(2.0, 1.0, p) + 3.0
+    design = make_design(torch.from_numpy(X), center=True)
+    masks = torch.ones((3, n), dtype=torch.bool)
+    masks[0, [2]] = False                    # leave-one-out-like
+    masks[1, [0, 5, 11]] = False             # k-fold-like
+    masks[2, [7, 8]] = False
+    folds = make_folds(masks, center=True, dtype=torch.float64)
+    ws = torch.tensor([[3, 1, 7, 0, p], [6, 2, 8, 4, 5]])          # group 0's last entry: padding
+    # problems: (group, fold, active positions in the group's working set)
+    probs = [(0, 0, [0, 2]), (0, 1, [1, 2, 3]), (1, 2, [4, 0]), (1, 0, [0, 1, 2, 3, 4]), (0, 2, [3])]
+    k = max(len(a) for _, _, a in probs)
+    P = len(probs)
+    grp = torch.tensor([g for g, _, _ in probs])
+    fold = torch.tensor([f for _, f, _ in probs])
+    pos = torch.zeros((P, k), dtype=torch.long)
+    valid = torch.zeros((P, k), dtype=torch.bool)
+    for i, (g, _, act) in enumerate(probs):
+        rest = [j for j in range(s) if j not in act]
+        pos[i] = torch.tensor(act + rest[:k - len(act)])
+        valid[i, :len(act)] = True
+    feat = torch.where(valid, ws[grp].gather(1, pos), p)
+    xe = design.X.to(F64)
+    if source == "design Gram":
+        shared = ((xe[:n].T @ xe[:n]).reshape(-1), None, torch.zeros((P, s), dtype=F64), grp, xe)
+    else:
+        xw = torch.nn.functional.pad(xe[:n][:, ws].permute(1, 0, 2), (0, 1))
+        shared = (torch.bmm(xw.transpose(1, 2), xw).reshape(-1), s, torch.zeros((P, s), dtype=F64), grp, xe)
+    gram, _ = _downdated_gram(shared, folds, fold, pos, feat, valid, s)
+    for i, (g, f, act) in enumerate(probs):
+        cols = ws[g, act].numpy()
+        xt = X[masks[f].numpy()][:, cols]
+        xt = xt - xt.mean(0)
+        m = len(act)
+        np.testing.assert_allclose(gram[i, :m, :m].numpy(), xt.T @ xt, rtol=1e-12, atol=1e-10 * np.abs(xt).max() ** 2)
+        assert (gram[i, m:, :] == 0).all() and (gram[i, :, m:] == 0).all()
+
+
 @pytest.mark.parametrize("l1_ratio", [1.0, 0.5])
 def test_preconditioned_fista_matches_sklearn_and_needs_fewer_iterations_on_scaled_columns(l1_ratio):
     # gamma column scales and one x30 column: one step 1/L crawls along the small columns
