@@ -296,11 +296,15 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
         limit = torch.where(stat_ok | ~mono.reshape(-1)[probs], cap[probs], 0)
         viol &= ~ok_now[:, None]
         m = _add_counts(viol, active.reshape(K * F, -1)[probs].sum(-1), limit)
-        done, k = (int(v) for v in torch.stack([ok_now.all(), m.max()]).tolist())   # one host read
+        done, k, n_add = (int(v) for v in torch.stack([ok_now.all(), m.max(), (m > 0).sum()]).tolist())
         if done:
             break
-        viol = _strongest(viol, g, m, k, absg)
-        ws, x, active, sign = _enter(ws, x, active, sign, probs, viol, g, p)
+        # only the problems with violators to enter: the ranking and the entering read their
+        # (p+1)-wide rows (leave-one-out's first check: ~12% of 12,700 folds)
+        rows = torch.nonzero_static(m > 0, size=n_add).squeeze(1)
+        g_r = g.index_select(0, rows)
+        viol = _strongest(viol.index_select(0, rows), g_r, m.index_select(0, rows), k, absg.index_select(0, rows))
+        ws, x, active, sign = _enter(ws, x, active, sign, probs.index_select(0, rows), viol, g_r, p)
     # the answer: certified problems their exact solution, the others the engine's iterate
     # (on the possibly wider working set) or the rounds' last point, whichever is lower
     keep = ~certified
