@@ -522,13 +522,13 @@ def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems,
     # gather plus a downdate by its few held-out rows (and the centring term), instead of
     # products over all n rows per problem
     shared = None
-    if width <= n:
+    full = _full_gram(design, K * (s + 1) ** 2, max_elems) if width <= n else None
+    if full is not None or (width <= n and K * s * s <= max_elems // 4):
         xw = _columns(design, ws)                                               # (K, n, s)
         c_ws = torch.bmm(yc, xw).reshape(K * F, s)[probs]
-        full = _full_gram(design, K * (s + 1) ** 2, max_elems)
         if full is not None:        # X^T X on all features: built once per call, read by feature
             shared = (full.reshape(-1), None, c_ws, probs // F, design.X)
-        elif K * s * s <= max_elems // 4:
+        else:
             # each group's on its working set, a zero column appended at position s (padded
             # entries of a problem's system gather zeros from it: no masking of the blocks)
             xw = torch.nn.functional.pad(xw, (0, 1))                            # (K, n, s + 1)
@@ -616,8 +616,7 @@ def _pattern_solve(xt, folds, fold, ws, act, sign, yc, a, b, p, shared, k=None):
     train = folds.train[fold]                                                    # (P, n) float64
     n_train = folds.n_train[fold]
     k = max(int(act.sum(1).max()) if k is None else k, 1)
-    pos = torch.argsort((~act).to(torch.int8), dim=1, stable=True)[:, :k]  # active positions first
-    valid = torch.arange(k, device=act.device)[None, :] < act.sum(1, keepdim=True)
+    pos, valid = _positions(act, k)                                           # active positions first
     feat = torch.where(valid, ws.gather(1, pos), p)                          # (P, k); p: zero column
     diag = torch.where(valid, b[:, None], 1.0)                              # padding: identity
     if shared is not None and k <= n:

@@ -391,9 +391,9 @@ class _Border:
             u = downdates.reshape(K * F, rd, s).index_select(0, flat)           # (P, rd, s)
             u_e = u.gather(2, self.eidx[:, None, :].expand(P, rd, e))           # (P, rd, e)
             u_a = u.gather(2, self.pos[:, None, :].expand(P, rd, m))            # (P, rd, m)
-            self.m_ea = _sub_outer(torch.take(gflat, rows + self.pos[:, None, :]), u_e, u_a) \
+            self.m_ea = _add_outer(torch.take(gflat, rows + self.pos[:, None, :]), u_e, u_a, -1.0) \
                 .mul_(self.evalid[..., None] * self.va[:, None, :])
-            m_ee = _sub_outer(torch.take(gflat, rows + self.eidx[:, None, :]), u_e, u_e)
+            m_ee = _add_outer(torch.take(gflat, rows + self.eidx[:, None, :]), u_e, u_e, -1.0)
             m_ee.diagonal(dim1=1, dim2=2).add_(b[:, None])
             self.Z = self._minv(self.m_ea)                                       # (P, e, m)
         if r:
@@ -434,7 +434,7 @@ class _Border:
         else:
             out = torch.bmm(vecs, self.q)
         coef = torch.bmm(torch.bmm(vecs, self.v.transpose(1, 2)), self.cinv)     # (P, j, rd)
-        return _sub_outer(out, -coef.transpose(1, 2), self.v)
+        return _add_outer(out, coef.transpose(1, 2), self.v, value=1.0)
 
     def solve(self, rhs):
         """The bordered solutions for right-hand sides ``rhs`` (P, s) that are zero outside the
@@ -459,12 +459,12 @@ class _Border:
         return x.scatter_add(1, self.pos, w_a * self.va), self.ok
 
 
-def _sub_outer(out, u, v):
-    """``out - u^T v`` in place for ``u`` (P, rd, i), ``v`` (P, rd, j) with few rows ``rd`` (the
-    fold downdates): one broadcast multiply-add per row (a bmm of inner size 1 or 2 runs at a
-    fraction of the speed)."""
+def _add_outer(out, u, v, value):
+    """``out + value * u^T v`` in place for ``u`` (P, rd, i), ``v`` (P, rd, j) with few rows
+    ``rd`` (the fold downdates): one broadcast multiply-add per row (a bmm of inner size 1 or 2
+    runs at a fraction of the speed)."""
     for k in range(u.shape[1]):
-        out.addcmul_(u[:, k, :, None], v[:, k, None, :], value=-1.0)
+        out.addcmul_(u[:, k, :, None], v[:, k, None, :], value=value)
     return out
 
 
