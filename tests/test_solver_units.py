@@ -318,3 +318,75 @@ def test_fused_dots_give_the_same_fista_with_fewer_launches():
     np.testing.assert_allclose(fused.coef.numpy(), plain.coef.numpy(), rtol=1e-9, atol=1e-12)
     assert int(fused.n_iter.max()) == int(plain.n_iter.max()) == 50
     assert plain_count.launches - fused_count.launches >= 2 * 50
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_centred_kernel_is_the_fold_centring_on_both_sides(center):
+    """``_centred_kernel`` forms ``C K C`` (C: the fold's centring on its training rows, zero
+    on held-out rows) from ``K`` by one rank-2 update and a mask: against numpy's C K C."""
+    from gpurecon.solver.certify import _centred_kernel
+
+    rng = np.random.default_rng(8)
+    P, n = 3, 9
+    r = rng.standard_normal((P, 5, n))
+    kern = r.transpose(0, 2, 1) @ r
+    train = np.ones((P, n))
+    train[0, 4] = train[1, [0, 3, 8]] = 0.0
+    got = _centred_kernel(torch.from_numpy(kern.copy()), torch.from_numpy(train),
+                          torch.from_numpy(train.sum(1)), center).numpy()
+    for i in range(P):
+        d = train[i]
+        c = np.diag(d) - (np.outer(d, d) / d.sum() if center else 0.0)
+        np.testing.assert_allclose(got[i], c @ kern[i] @ c, rtol=1e-12, atol=1e-12 * np.abs(kern[i]).max())
+
+
+@pytest.mark.parametrize("center", [True, False])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_wide_sign_pattern_solves_match_numpy_on_each_folds_training_rows(center, adaptive):
+    """Active sets wider than the training rows take the n x n Woodbury form with the fold's
+    centring applied in n-space (``C R^T``, ``C K C``) and refinement steps that stop early on
+    the CPU (``adaptive``) once the stationarity residual is negligible: each solution must
+    equal numpy's solve of ``(X_A^T X_A + b I) w = X_A^T y_c - a s`` on the fold's own centred
+    training rows, and its stationarity residual (recomputed in numpy) must lie inside the
+    certificate's tolerance ``a KKT_RTOL``, for a tiny ridge term (where only the refinement
+    gets it there: ~30x outside without) and a large one."""
+    from gpurecon.solver.certify import KKT_RTOL, _pattern_solve
+    from gpurecon.solver.working_set import make_design, make_folds
+
+    rng = np.random.default_rng(9)
+    n, p, s = 10, 24, 16
+    X = rng.standard_normal((n, p)) * rng.gamma(2.0, 1.0, p) + 2.0
+    y = rng.standard_normal(n)
+    design = make_design(torch.from_numpy(X), center=center)
+    masks = torch.ones((3, n), dtype=torch.bool)
+    masks[0, [3]] = False
+    masks[1, [0, 4, 7]] = False
+    folds = make_folds(masks, center=center, dtype=torch.float64)
+    # problems: (fold, working set, active positions, ridge b)
+    probs = [(0, rng.permutation(p)[:s], list(range(14)), 1e-4), (1, rng.permutation(p)[:s], list(range(2, 16)), 3.0),
+             (2, rng.permutation(p)[:s], list(range(13)), 1e-3), (1, rng.permutation(p)[:s], list(range(1, 15)), 1e-2)]
+    P = len(probs)
+    fold = torch.tensor([f for f, _, _, _ in probs])
+    ws = torch.from_numpy(np.stack([w for _, w, _, _ in probs]))
+    act = torch.zeros((P, s), dtype=torch.bool)
+    for i, (_, _, A, _) in enumerate(probs):
+        act[i, A] = True
+    sign = torch.from_numpy(rng.choice([-1.0, 1.0], (P, s)))
+    a = torch.full((P,), 0.3, dtype=F64)
+    b = torch.tensor([bb for _, _, _, bb in probs], dtype=F64)
+    tr = masks.numpy()
+    yc = np.zeros((P, n))
+    for i, (f, _, _, _) in enumerate(probs):
+        yc[i, tr[f]] = y[tr[f]] - (y[tr[f]].mean() if center else 0.0)
+    xt = design.X[:n].T.to(F64)
+    got, ok = _pattern_solve(xt, folds, fold, ws, act, sign, torch.from_numpy(yc), a, b, p, None, adaptive=adaptive)
+    assert bool(ok.all())
+    for i, (f, w, A, bb) in enumerate(probs):
+        xf = X[tr[f]][:, w[A]]
+        xf = xf - (xf.mean(0) if center else 0.0)
+        rhs = xf.T @ yc[i, tr[f]] - 0.3 * sign[i, A].numpy()
+        want = np.linalg.solve(xf.T @ xf + bb * np.eye(len(A)), rhs)
+        np.testing.assert_allclose(got[i, A].numpy(), want, rtol=1e-7, atol=1e-7 * np.abs(want).max())
+        w_a = got[i, A].numpy()
+        assert np.abs(rhs - xf.T @ (xf @ w_a) - bb * w_a).max() <= 0.3 * KKT_RTOL
+        assert (got[i][~act[i]] == 0).all()

@@ -117,6 +117,9 @@ WIDE_SHARED_RIDGE = 1e-3
 LASSO_JITTER = 1e-12
 # Iterative-refinement steps after each sign-pattern solve.
 REFINE_STEPS = 2
+# CPU rounds stop refining once every active feature's stationarity error is this fraction of
+# the certificate's tolerance (a KKT_RTOL): the certificate cannot tell such a step from none
+REFINE_MARGIN = 1e-3
 # Sign-flip drops within one round's solve (primal-dual active-set rounds: from a warm start
 # they settle most problems at once). A problem whose objective rises in such a round (the
 # method cycles) continues with feature-sign rounds: one solve, then the exact line search that
@@ -547,7 +550,7 @@ def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems,
     for sl, widest in batches:
         sub = None if shared is None else (shared[0], shared[1], shared[2][sl], shared[3][sl], shared[4])
         x_f[sl], ok_f[sl], first = _solve_some(xt, folds, fold_f[sl], ws_f[sl], act_f[sl], sign_f[sl], yc_f[sl],
-                                               a_f[sl], b_f[sl], p, max_drops, sub, widest)
+                                               a_f[sl], b_f[sl], p, max_drops, sub, widest, spread > 0)
         if with_first:
             first_f[sl] = first
     x.view(K * F, s)[probs] = x_f
@@ -576,7 +579,8 @@ def _size_buckets(width, cost, max_elems, spread=BUCKET_SPREAD):
     return out
 
 
-def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p, max_drops=MAX_DROPS, shared=None, widest=None):
+def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p, max_drops=MAX_DROPS, shared=None, widest=None,
+                adaptive=False):
     """Sign-pattern solves of a batch of P problems (flat), dropping coordinates whose sign
     flips and solving again (only the problems that had flips); see ``_solve_patterns``; also
     returns the first solve (before any drop). With
@@ -592,7 +596,7 @@ def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p, max_drops=MAX_DROPS
     for _ in range(max_drops):
         sub = None if shared is None else (shared[0], shared[1], shared[2][idx], shared[3][idx], shared[4])
         o, o_ok = _pattern_solve(xt, folds, fold[idx], ws[idx], act[idx], sign[idx], yc[idx], a[idx], b[idx], p,
-                                 sub, k)
+                                 sub, k, adaptive)
         flip = act[idx] & (torch.sign(o) != sign[idx])
         out[idx], ok[idx] = o, o_ok
         if first is None:
@@ -608,9 +612,10 @@ def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p, max_drops=MAX_DROPS
     return out, ok & ~flipped, first
 
 
-def _pattern_solve(xt, folds, fold, ws, act, sign, yc, a, b, p, shared, k=None):
+def _pattern_solve(xt, folds, fold, ws, act, sign, yc, a, b, p, shared, k=None, adaptive=False):
     """One sign-pattern solve of each of P problems: (x (P, s), factorised (P,)); ``k``: the
-    widest active set, when the caller knows it."""
+    widest active set, when the caller knows it; ``adaptive``: the host may read (the CPU's
+    batches), so the Woodbury form's refinement stops once its residual is negligible."""
     P, s = act.shape
     n = xt.shape[1]
     train = folds.train[fold]                                                    # (P, n) float64
@@ -619,9 +624,17 @@ def _pattern_solve(xt, folds, fold, ws, act, sign, yc, a, b, p, shared, k=None):
     pos, valid = _positions(act, k)                                           # active positions first
     feat = torch.where(valid, ws.gather(1, pos), p)                          # (P, k); p: zero column
     diag = torch.where(valid, b[:, None], 1.0)                              # padding: identity
+    woodbury = k > n and bool((b > 0).all())
     if shared is not None and k <= n:
         gram, c = _downdated_gram(shared, folds, fold, pos, feat, valid, s)
         xa = None
+    elif woodbury:
+        # the fold's centred active columns are A = C R^T, R = X_A^T (k x n, all rows, padded
+        # rows zero) and C the fold's centring on its training rows (a projector, C y_c = y_c):
+        # every product with A is one with R plus O(n) work, and A A^T = C (R^T R) C in O(n^2)
+        xa = xt[feat]                                                         # (P, k, n) = R
+        c = torch.bmm(xa, yc[..., None])[..., 0]                              # (P, k)
+        gram = None
     else:
         xa = xt[feat]                                                         # (P, k, n)
         if folds.center:
@@ -630,14 +643,17 @@ def _pattern_solve(xt, folds, fold, ws, act, sign, yc, a, b, p, shared, k=None):
         c = torch.bmm(xa, yc[..., None])[..., 0]                              # (P, k)
         gram = None
     rhs = torch.where(valid, c - a[:, None] * sign.gather(1, pos), 0.0)
-    if k > n and bool((b > 0).all()):
-        # Woodbury: (A^T A + b I)^-1 v = (v - A^T (A A^T + b I)^-1 A v) / b, A = xa^T (n x k)
-        m = torch.bmm(xa.transpose(1, 2), xa) + b[:, None, None] * torch.eye(n, dtype=F64, device=xa.device)
+    if woodbury:
+        # Woodbury: (A^T A + b I)^-1 v = (v - A^T (A A^T + b I)^-1 A v) / b
+        center = _fold_centring(train, n_train, folds.center)
+        m = _centred_kernel(torch.bmm(xa.transpose(1, 2), xa), train, n_train, folds.center)
+        m.diagonal(dim1=1, dim2=2).add_(b[:, None])
         chol, info = torch.linalg.cholesky_ex(m)
 
         def inv(v):
+            # A^T M^-1 A = R C M^-1 R^T: C commutes with M = C K C + b I and C^2 = C
             av = torch.bmm(xa.transpose(1, 2), v[..., None])                  # (P, n, 1)
-            return (v - torch.bmm(xa, cho_solve(chol, av))[..., 0]) / diag
+            return (v - torch.bmm(xa, center(cho_solve(chol, av)))[..., 0]) / diag
     else:
         if gram is None:
             gram = torch.bmm(xa, xa.transpose(1, 2))
@@ -657,15 +673,50 @@ def _pattern_solve(xt, folds, fold, ws, act, sign, yc, a, b, p, shared, k=None):
     for _refine in range(REFINE_STEPS):
         # iterative refinement: the Woodbury form divides by b, which loses digits when b is
         # small next to X_A^T X_A (small alpha); a residual step with the same factors restores them
-        if gram is None:
+        if woodbury:
+            hx = torch.bmm(xa, center(torch.bmm(xa.transpose(1, 2), sol[..., None])))[..., 0] + diag * sol
+        elif gram is None:
             hx = torch.bmm(xa, torch.bmm(xa.transpose(1, 2), sol[..., None]))[..., 0] + diag * sol
         else:
             hx = torch.bmm(gram, sol[..., None])[..., 0]
-        sol = sol + inv(torch.where(valid, rhs - hx, 0.0))
+        res = torch.where(valid, rhs - hx, 0.0)
+        # the residual is the active features' stationarity error: where the host may read
+        # (``adaptive``) and a step is costly (Woodbury: four passes over the k x n columns),
+        # stop once it is far inside the certificate's tolerance everywhere
+        if adaptive and woodbury and bool((res.abs() <= REFINE_MARGIN * KKT_RTOL * a[:, None]).all()):
+            break
+        sol = sol + inv(res)
     ok = (info == 0) & torch.isfinite(sol).all(-1)
     sol = torch.where(valid & ok[:, None], sol, 0.0)
     out = torch.zeros((P, s), dtype=F64, device=act.device).scatter_(1, pos, sol)
     return torch.where(act, out, 0.0), ok
+
+
+def _fold_centring(train, n_train, center):
+    """``C u`` for each problem's fold centring ``C = D - d d^T / n_f`` (``d``: its training
+    rows (P, n), ``D = diag(d)``; without centring ``C = D``), applied to u (P, n, m) along n."""
+    d = train[:, :, None]
+    if not center:
+        return lambda u: u * d
+    w = d / n_train[:, None, None]
+
+    def apply(u):
+        return (u - (w * u).sum(1, keepdim=True)) * d
+    return apply
+
+
+def _centred_kernel(kern, train, n_train, center):
+    """``C K C`` in place of ``K`` (P, n, n) symmetric, ``C`` the fold centring of
+    :func:`_fold_centring`: ``D (K - v 1^T - 1 v^T) D`` with ``v = K d / n_f - (d^T K d / n_f^2) / 2``
+    (one rank-2 update and one mask, not two centrings of the n x n block)."""
+    d = train[:, :, None]
+    if center:
+        w = d / n_train[:, None, None]
+        kd = torch.bmm(kern, w)                                                 # (P, n, 1)
+        v = kd - 0.5 * (kd * w).sum(1, keepdim=True)
+        one = torch.ones_like(v)
+        kern.baddbmm_(torch.cat([v, one], 2), torch.cat([one, v], 2).mT, alpha=-1)
+    return kern.mul_(d * d.mT)
 
 
 def _full_gram(design, group_elems, max_elems):
