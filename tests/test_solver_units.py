@@ -390,3 +390,41 @@ def test_wide_sign_pattern_solves_match_numpy_on_each_folds_training_rows(center
         w_a = got[i, A].numpy()
         assert np.abs(rhs - xf.T @ (xf @ w_a) - bb * w_a).max() <= 0.3 * KKT_RTOL
         assert (got[i][~act[i]] == 0).all()
+
+
+@pytest.mark.parametrize("classes", [1, 2])
+@pytest.mark.parametrize("lowrank", [False, True])
+def test_shared_inverse_blocks_are_each_folds_inverse(lowrank, classes):
+    """``SharedInverse.block`` (the zero-constraint systems of the shared-inverse rounds) and
+    ``apply`` must be each fold's ``(X_D^T X_D - U_f^T U_f + b_f I)^-1`` on the group's domain D,
+    in the explicit s x s form and in the low-rank n x n form (working sets wider than n),
+    with folds of one training size and of two (two ridge classes). A wrong block costs rounds only -
+    the certificate repairs it - so it is checked here."""
+    rng = np.random.default_rng(11)
+    K, n, s, F, r = 2, 6, 10, 4, 2
+    X = rng.standard_normal((K, n, s))
+    dom = np.ones((K, s), dtype=bool)
+    dom[0, [2, 7]] = False
+    # each fold's downdate rows are rows of X (held out), so every fold's Hessian stays SPD
+    U = np.stack([np.stack([X[k][[f, (f + 2) % n]] for f in range(F)]) for k in range(K)]) * dom[:, None, None, :]
+    ridge = np.array([0.7, 0.2])
+    b_class = np.array([5.0, 4.0][:classes])
+    fold_class = np.array([[0, 1, 0, 1], [1, 1, 0, 0]]) % classes
+    xd = X * dom[:, None, :]
+    cols = torch.from_numpy(xd) if lowrank else torch.from_numpy(xd.transpose(0, 2, 1) @ xd)
+    inv = SharedInverse(cols, torch.from_numpy(dom), torch.from_numpy(b_class), torch.from_numpy(fold_class),
+                        torch.from_numpy(U), torch.from_numpy(ridge), lowrank=lowrank)
+    idx = np.array([[[0, 3, 5], [1, 4, 9], [3, 6, 8], [0, 1, 9]], [[2, 7, 0], [5, 6, 1], [9, 8, 3], [4, 2, 6]]])
+    got = inv.block(torch.from_numpy(idx)).numpy()
+    vec = rng.standard_normal((K, F, s)) * dom[:, None, :]
+    applied = inv.apply(torch.from_numpy(vec)).numpy()
+    for k in range(K):
+        d = np.flatnonzero(dom[k])
+        for f in range(F):
+            u = U[k, f][:, d]
+            h = xd[k][:, d].T @ xd[k][:, d] - u.T @ u + ridge[k] * b_class[fold_class[k, f]] * np.eye(len(d))
+            q = np.zeros((s, s))
+            q[np.ix_(d, d)] = np.linalg.inv(h)
+            np.testing.assert_allclose(got[k, f], q[np.ix_(idx[k, f], idx[k, f])], rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(applied[k, f][d], q[np.ix_(d, d)] @ vec[k, f][d], rtol=1e-9, atol=1e-12)
+    assert bool(inv.ok.all())

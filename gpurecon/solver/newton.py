@@ -79,6 +79,9 @@ class SharedInverse:
                 ms.append(m)
                 self.ok &= ok & (self.bb[:, c] > 0)
             self.M = torch.stack(ms, 1)                                        # (K, C, n, n)
+            # M_c X_D per group and class, once: a fold's block then gathers its columns instead
+            # of multiplying its gathered (n x d) columns by the n x n M_c
+            self.MX = torch.matmul(self.M, self.xd[:, None])                     # (K, C, n, s)
         else:
             outer = self.dom[:, :, None] * self.dom[:, None, :]
             qs = []
@@ -133,15 +136,19 @@ class SharedInverse:
         """``Q_f[B, B]`` for index sets idx (K, F, d) inside the domain."""
         K, F, d = idx.shape
         if self.lowrank:
-            n = self.xd.shape[1]
-            xb = self.xd[:, None].expand(K, F, n, self.xd.shape[2]).gather(3, idx[:, :, None, :].expand(K, F, n, d))
+            n, s = self.xd.shape[1:]
+            cols = idx[:, :, None, :].expand(K, F, n, d)
+            xb = self.xd[:, None].expand(K, F, n, s).gather(3, cols)                # (K, F, n, d)
             if self.n_classes == 1:
-                m, bb = self.M[:, 0][:, None], self.bb[:, 0][:, None].expand(K, F)
+                mxb = self.MX[:, 0][:, None].expand(K, F, n, s).gather(3, cols)
+                bb = self.bb[:, 0][:, None].expand(K, F)
             else:
-                kk = torch.arange(K, device=idx.device)[:, None]
-                m, bb = self.M[kk, self.fold_class], self.bb[kk, self.fold_class]
+                base = (torch.arange(K, device=idx.device)[:, None] * self.n_classes + self.fold_class) * (n * s)
+                rows = torch.arange(n, device=idx.device)[:, None] * s
+                mxb = torch.take(self.MX, base[..., None, None] + rows + idx[:, :, None, :])
+                bb = self.bb[torch.arange(K, device=idx.device)[:, None], self.fold_class]
             eye = torch.eye(d, dtype=F64, device=idx.device)
-            qbb = (eye - xb.transpose(-1, -2) @ m @ xb) / bb[..., None, None]
+            qbb = (eye - xb.transpose(-1, -2) @ mxb) / bb[..., None, None]
         else:
             C, s = self.Q.shape[1], self.Q.shape[-1]
             # one flat take: cheaper than broadcast advanced indexing over four index tensors
