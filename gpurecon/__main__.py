@@ -27,6 +27,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from .allocator import keep_freed_memory
 from .config import register_configs
 from .errors import GpureconError, Terminated
 from .outputs import DISK_FULL, is_complete
@@ -85,6 +86,7 @@ def _app(cfg: DictConfig) -> JobFailed | None:
     out_dir = Path(hc.runtime.output_dir)
     _announce_job()
     try:
+        log.info("%s", keep_freed_memory())   # before the run's large temporaries (gpurecon.allocator)
         # Lock the folder and refuse to replace what is not this run's, before any work
         # (a single run was already checked before Hydra made anything: CheckOutputFolder).
         decision = claim(out_dir, cfg, key="hydra.sweep.dir" if in_multirun() else "hydra.run.dir",

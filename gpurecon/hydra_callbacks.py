@@ -5,7 +5,7 @@
 it and exit status 1, instead of a traceback from inside Hydra. For a single run it also locks
 the run folder and refuses one that is not the run's to write (the user's files, a run of other
 settings: :mod:`gpurecon.run_folder`) before Hydra opens its log there. The app's environment
-settings that no config key checks (``$GPURECON_HEARTBEAT``) are checked here too, before any
+settings that no config key checks (``$GPURECON_HEARTBEAT``, ``$GPURECON_MALLOC``) are checked here too, before any
 folder is made.
 """
 
@@ -34,13 +34,16 @@ def _check(folder: str, key: str) -> None:
 
 
 def _check_environment() -> None:
-    """``$GPURECON_HEARTBEAT`` (:func:`gpurecon.progress.heartbeat_interval`): one line and
-    exit status 1 before anything is made, not an error in the middle of a run."""
+    """``$GPURECON_HEARTBEAT`` (:func:`gpurecon.progress.heartbeat_interval`) and
+    ``$GPURECON_MALLOC`` (:func:`gpurecon.allocator.wanted`): one line and exit status 1 before
+    anything is made, not an error in the middle of a run."""
+    from .allocator import wanted
     from .errors import GpureconError
     from .progress import heartbeat_interval
 
     try:
         heartbeat_interval()
+        wanted()
     except GpureconError as err:
         print(f"gpurecon: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None

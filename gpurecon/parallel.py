@@ -34,6 +34,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from . import allocator
 log = logging.getLogger("gpurecon")
 
 
@@ -234,6 +235,8 @@ def _rank_fit(fabric, X, Y, perms, solver_kwargs, handover, nested=None):
     from .solver import cross_val_predict
     from .solver.cv import nested_parts, select_grid_points
 
+    if os.environ.get(allocator.APPLIED) == "1":   # the app's heap setting, in every rank
+        allocator.keep_freed_memory()
     rank, world = fabric.global_rank, fabric.world_size
     if nested is None:
         res = cross_val_predict(X, Y, permutations=perms, device=fabric.device, part=(rank, world),

@@ -147,6 +147,8 @@ def test_a_run_logged_to_a_file_gets_solver_heartbeats_with_done_of_total(tmp_pa
     assert "\r" not in proc.stderr   # no bar
     total = n_channels * (1 + n_perm)   # every target, and its permuted copies
     log = (out / "__main__.log").read_text()
+    # the app's heap setting is applied and said (gpurecon.allocator)
+    assert " - memory: freed blocks stay in the heap for reuse" in log
     beats = [ln.split(" - ", 1)[1] for ln in log.splitlines() if " - solver (targets): " in ln]
     assert beats, log[-3000:]
     counted = [b for b in beats if " done (" in b]
