@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from . import allocator
+
 log = logging.getLogger("gpurecon")
 
 

@@ -628,18 +628,16 @@ def _pattern_solve(xt, folds, fold, ws, act, sign, yc, a, b, p, shared, k=None, 
     if shared is not None and k <= n:
         gram, c = _downdated_gram(shared, folds, fold, pos, feat, valid, s)
         xa = None
-    elif woodbury:
-        # the fold's centred active columns are A = C R^T, R = X_A^T (k x n, all rows, padded
-        # rows zero) and C the fold's centring on its training rows (a projector, C y_c = y_c):
-        # every product with A is one with R plus O(n) work, and A A^T = C (R^T R) C in O(n^2)
-        xa = xt[feat]                                                         # (P, k, n) = R
-        c = torch.bmm(xa, yc[..., None])[..., 0]                              # (P, k)
-        gram = None
     else:
-        xa = xt[feat]                                                         # (P, k, n)
-        if folds.center:
-            xa = xa - (xa * train[:, None, :]).sum(-1, keepdim=True) / n_train[:, None, None]
-        xa = xa * train[:, None, :] * valid[..., None]
+        # Woodbury: the fold's centred active columns are A = C R^T, R = X_A^T (k x n, all rows,
+        # padded rows zero) and C the fold's centring on its training rows (a projector,
+        # C y_c = y_c): every product with A is one with R plus O(n) work, and
+        # A A^T = C (R^T R) C in O(n^2). The k x k Gram form centres the columns themselves.
+        xa = xt[feat]                                                         # (P, k, n) = R
+        if not woodbury:
+            if folds.center:
+                xa = xa - (xa * train[:, None, :]).sum(-1, keepdim=True) / n_train[:, None, None]
+            xa = xa * train[:, None, :] * valid[..., None]
         c = torch.bmm(xa, yc[..., None])[..., 0]                              # (P, k)
         gram = None
     rhs = torch.where(valid, c - a[:, None] * sign.gather(1, pos), 0.0)
@@ -675,8 +673,6 @@ def _pattern_solve(xt, folds, fold, ws, act, sign, yc, a, b, p, shared, k=None, 
         # small next to X_A^T X_A (small alpha); a residual step with the same factors restores them
         if woodbury:
             hx = torch.bmm(xa, center(torch.bmm(xa.transpose(1, 2), sol[..., None])))[..., 0] + diag * sol
-        elif gram is None:
-            hx = torch.bmm(xa, torch.bmm(xa.transpose(1, 2), sol[..., None]))[..., 0] + diag * sol
         else:
             hx = torch.bmm(gram, sol[..., None])[..., 0]
         res = torch.where(valid, rhs - hx, 0.0)

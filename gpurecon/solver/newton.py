@@ -132,6 +132,13 @@ class SharedInverse:
         coef = torch.einsum("kfrq,kfq->kfr", self.Cinv, coef)
         return qv + torch.einsum("kfrs,kfr->kfs", self.V, coef)
 
+    def _class_base(self, stride):
+        """(K, F) flat offsets of each problem's (group, fold class) block in a (K, C, ...)
+        tensor whose blocks hold ``stride`` elements."""
+        K = self.fold_class.shape[0]
+        kk = torch.arange(K, device=self.fold_class.device)[:, None]
+        return (kk * self.n_classes + self.fold_class) * stride
+
     def block(self, idx):
         """``Q_f[B, B]`` for index sets idx (K, F, d) inside the domain."""
         K, F, d = idx.shape
@@ -143,17 +150,15 @@ class SharedInverse:
                 mxb = self.MX[:, 0][:, None].expand(K, F, n, s).gather(3, cols)
                 bb = self.bb[:, 0][:, None].expand(K, F)
             else:
-                base = (torch.arange(K, device=idx.device)[:, None] * self.n_classes + self.fold_class) * (n * s)
                 rows = torch.arange(n, device=idx.device)[:, None] * s
-                mxb = torch.take(self.MX, base[..., None, None] + rows + idx[:, :, None, :])
+                mxb = torch.take(self.MX, self._class_base(n * s)[..., None, None] + rows + idx[:, :, None, :])
                 bb = self.bb[torch.arange(K, device=idx.device)[:, None], self.fold_class]
             eye = torch.eye(d, dtype=F64, device=idx.device)
             qbb = (eye - xb.transpose(-1, -2) @ mxb) / bb[..., None, None]
         else:
-            C, s = self.Q.shape[1], self.Q.shape[-1]
+            s = self.Q.shape[-1]
             # one flat take: cheaper than broadcast advanced indexing over four index tensors
-            base = (torch.arange(K, device=idx.device)[:, None] * C + self.fold_class) * (s * s)
-            lin = base[..., None, None] + idx[..., :, None] * s + idx[..., None, :]
+            lin = self._class_base(s * s)[..., None, None] + idx[..., :, None] * s + idx[..., None, :]
             qbb = torch.take(self.Q, lin)
         vb = self.V.gather(3, idx[:, :, None, :].expand(K, F, self.V.shape[2], d))    # (K, F, r, d)
         return qbb + torch.einsum("kfrd,kfrq,kfqe->kfde", vb, self.Cinv, vb)
