@@ -137,20 +137,27 @@ def run_one(name: str, args, tmp: Path) -> tuple[str, bool]:
     shown = " ".join(["python", f"benchmarks/{script.name}", *cmd[2:]]).replace(str(md), "FILE")
     print(f"[run_all] {shown}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)     # stderr (progress) passes through
+    # stderr (progress) passes through; stdout (the rows, as each finishes) is echoed to stderr too,
+    # so that a run stopped early (a solver_cv section takes hours on 2 cores) keeps what it measured
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            print(f"[{name}] {line}", end="", file=sys.stderr, flush=True)
+    stdout = "".join(lines)
     seconds = time.perf_counter() - t0
     title = f"## {name.capitalize()}"
     if proc.returncode != 0:
         body = md.read_text() if markdown and md.exists() else ""
         return (f"{body or title + chr(10)}\n**`{shown}` exited with status {proc.returncode}** after "
-                f"{seconds:.0f} s; its output ends with:\n\n```\n{proc.stdout[-2000:]}\n```\n"), False
+                f"{seconds:.0f} s; its output ends with:\n\n```\n{stdout[-2000:]}\n```\n"), False
     if markdown and md.exists():
         body = md.read_text().rstrip("\n")
         if not body.lstrip().startswith("## "):   # every section gets its heading
             body = f"{title}\n\n{body}"
         return body + f"\n\n(`{shown}`: {seconds:.0f} s in all)\n", True
     return (f"{title}\n\n`{shown}` ({seconds:.0f} s in all; this benchmark has no `--markdown` yet, its "
-            f"standard output follows)\n\n{proc.stdout.strip()}\n"), True
+            f"standard output follows)\n\n{stdout.strip()}\n"), True
 
 
 def write_atomic(path: Path, text: str) -> None:

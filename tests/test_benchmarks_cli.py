@@ -42,6 +42,8 @@ def test_run_all_rewrites_results_with_the_machine_and_each_section(tmp_path):
     assert re.search(r"^- CPU: .+ logical cores; RAM", text, re.M)
     assert re.search(r"torch \d", text) and "scikit-learn" in text and "Load average" in text
     assert "## Signal" in text and "| gpurecon CPU float32" in text
+    # each row is echoed to stderr as it is measured (a run stopped early keeps its rows)
+    assert "[signal] | gpurecon CPU float32" in proc.stderr
     # the benchmark itself no longer touches the committed RESULTS.md
     assert hashlib.sha256((BENCH / "RESULTS.md").read_bytes()).digest() == hashlib.sha256(committed).digest()
 
