@@ -102,3 +102,17 @@ def test_hard_kfold_problems_certify_in_few_rounds():
     for f, m in enumerate(masks):
         ref = exact_enet(X[m], y[m], alpha, l1)
         np.testing.assert_allclose(pred[~m].numpy(), ref.predict(X[~m]), rtol=0, atol=1e-8 * y.std())
+
+
+def test_one_host_read_per_newton_step():
+    """Each step reads the host once (whether any problem still moves, with the next step's
+    widest active set), plus one read before the first: at most max_steps + 1 reads, and a
+    problem that needs several steps shows it (the limit cuts the steps, not the reads)."""
+    from gpurecon.profiling import OpCounter
+
+    _, (Xe, train, n_train, yc, a, b) = _fold_problems("collinear", 0, 40, 160, 1e-3, 0.5)
+    for steps in (1, 2, 3):
+        with OpCounter() as c:
+            _, settled = dual_newton(Xe, train, n_train, True, yc, yc.clone(), a, b, max_steps=steps)
+        assert not bool(settled.all())            # every step was taken
+        assert c.syncs == steps + 1, (steps, c.sync_by_op)

@@ -403,3 +403,37 @@ def test_strategy_selects_the_gpu_path_on_a_cpu():
     assert counts["gpu"].syncs <= counts["cpu"].syncs
     with pytest.raises(ValueError, match="strategy must be one of 'auto', 'cpu', 'gpu', got 'tpu'"):
         cross_val_predict(X, Y, 0.1, 0.5, device="cpu", strategy="tpu")
+
+
+def test_gpu_path_certify_rounds_read_the_host_once_each(monkeypatch):
+    """On the GPU path a certify round reads the host once (its stop, its working sets' growth
+    and the next round's counts in one read), besides one read per batch of sign-pattern
+    solves (the drop loop's); the widths that size the solves come from those reads. Counted
+    per certify call (k-fold: no shared inverse); the predictions stay certified."""
+    import gpurecon.solver.certify as certify_mod
+    import gpurecon.solver.elasticnet as en
+    from gpurecon.profiling import OpCounter
+
+    seen = {"solves": 0, "rounds": 0, "syncs": 0, "calls": 0}
+    pattern_solve, certify = certify_mod._pattern_solve, en.certify
+
+    def counted_solve(*args, **kw):
+        seen["solves"] += 1
+        return pattern_solve(*args, **kw)
+
+    def counted_certify(design, Y, folds, sol, **kw):
+        with OpCounter() as c:
+            out = certify(design, Y, folds, sol, **kw)
+        seen["calls"] += 1
+        seen["syncs"] += c.syncs
+        seen["rounds"] += int((out.n_iter - sol.n_iter).max())
+        return out
+
+    monkeypatch.setattr(certify_mod, "_pattern_solve", counted_solve)
+    monkeypatch.setattr(en, "certify", counted_certify)
+    X, Y = _data(n=40, p=120, T=6, seed=3)
+    res = cross_val_predict(X, Y, 0.1, 0.5, folds=kfold(40, 5, shuffle=True, seed=0), device="cpu", strategy="gpu")
+    assert bool(res.certified.all())
+    assert seen["rounds"] >= 2 * seen["calls"]          # the count below sees rounds
+    # per call: a first read, then one per round and one per batch of solves
+    assert seen["syncs"] <= seen["calls"] + seen["rounds"] + seen["solves"], seen

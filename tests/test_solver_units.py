@@ -392,6 +392,65 @@ def test_wide_sign_pattern_solves_match_numpy_on_each_folds_training_rows(center
         assert (got[i][~act[i]] == 0).all()
 
 
+@pytest.mark.parametrize("wide", [False, True])
+def test_gpu_path_pattern_solves_read_the_host_once_when_the_caller_knows_count_width_and_ridge(wide):
+    """The GPU path's sign-pattern solves (one batch, ``spread=0``), given the open problems'
+    count, a bound on their width and that every problem has a ridge term (all from the round's
+    one read), read the host once: the drop loop's check. Without them each batch reads its
+    widest set and, in the n x n Woodbury form (sets wider than the training rows), whether
+    every ridge term is positive. The solutions are numpy's per-fold solves either way."""
+    from gpurecon.profiling import OpCounter
+    from gpurecon.solver.certify import _solve_patterns
+    from gpurecon.solver.working_set import Folds, make_design, make_folds
+
+    rng = np.random.default_rng(5)
+    n, p, s, K = 10, 24, 16, 2
+    k = 14 if wide else 6                                   # active features: above / below n
+    X = rng.standard_normal((n, p)) * rng.gamma(2.0, 1.0, p)
+    Y = rng.standard_normal((n, K))
+    design = make_design(torch.from_numpy(X), center=True)
+    masks = torch.ones((3, n), dtype=torch.bool)
+    masks[0, [3]] = False
+    masks[1, [0, 4, 7]] = False
+    masks[2, [9]] = False
+    folds = make_folds(masks, center=True, dtype=F64)
+    f64 = Folds(folds.train, folds.n_train, folds.held_out, folds.center)
+    F = masks.shape[0]
+    ws = torch.from_numpy(np.stack([rng.permutation(p)[:s] for _ in range(K)]))
+    active = torch.zeros((K, F, s), dtype=torch.bool)
+    active[:, :, :k] = True
+    tr = masks.numpy()
+    yc = np.zeros((K, F, n))
+    for g in range(K):
+        for f in range(F):
+            yc[g, f, tr[f]] = Y[tr[f], g] - Y[tr[f], g].mean()
+    a = torch.full((K, F), 1e-8, dtype=F64)                 # tiny l1: the ridge solution's signs hold
+    b = torch.full((K, F), 0.5, dtype=F64)
+    sign = torch.zeros((K, F, s), dtype=F64)
+    want = np.zeros((K, F, k))
+    for g in range(K):
+        for f in range(F):
+            xf = X[tr[f]][:, ws[g, :k].numpy()]
+            xf = xf - xf.mean(0)
+            m = xf.T @ xf + 0.5 * np.eye(k)
+            sg = np.sign(np.linalg.solve(m, xf.T @ yc[g, f, tr[f]]))
+            sign[g, f, :k] = torch.from_numpy(sg)
+            want[g, f] = np.linalg.solve(m, xf.T @ yc[g, f, tr[f]] - 1e-8 * sg)
+    open_ = torch.ones((K, F), dtype=torch.bool)
+    yct = torch.from_numpy(yc)
+    with OpCounter() as told:
+        x, solved = _solve_patterns(design, f64, ws, active, sign, yct, a, b, open_, 2 ** 25, spread=0.0,
+                                    count=K * F, width=k, ridged=True)
+    with OpCounter() as untold:
+        x2, _ = _solve_patterns(design, f64, ws, active, sign, yct, a, b, open_, 2 ** 25, spread=0.0, count=K * F)
+    assert bool(solved.all())
+    np.testing.assert_allclose(x[:, :, :k].numpy(), want, rtol=1e-9, atol=1e-12)
+    assert (x[:, :, k:] == 0).all()
+    assert torch.equal(x, x2)
+    assert told.syncs == 1, told.sync_by_op
+    assert untold.syncs == (3 if wide else 2), untold.sync_by_op
+
+
 @pytest.mark.parametrize("classes", [1, 2])
 @pytest.mark.parametrize("lowrank", [False, True])
 def test_shared_inverse_blocks_are_each_folds_inverse(lowrank, classes):

@@ -206,24 +206,42 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
     # (k-fold's folds hold out n/k rows each: the Woodbury downdates grow with them, and the
     # direct solves on each problem's own active features were faster on 8 of 11 10-fold rows)
     shared_ok = F > 1 and folds.held_out.shape[1] <= SHARED_MAX_HELD_OUT
-    wide_ok = bool((alpha * (1.0 - l1_ratio) * folds.n_train.max() >= WIDE_SHARED_RIDGE * design.lam_max).all())
+    # read with the first round's counts: whether wide working sets may share an inverse,
+    # whether every problem has a ridge term (each n x n Woodbury solve would read it again),
+    # and whether every problem has a sign pattern
+    constants = [(alpha * (1.0 - l1_ratio) * folds.n_train.max() >= WIDE_SHARED_RIDGE * design.lam_max).all(),
+                 (b > 0).all(), lasso_like.all()]
+    # the GPU path (one batch per round): each round's solves are padded to a width bound from
+    # the round's read, and a round's stop, its working sets' growth and the next round's
+    # counts are one host read
+    one_read = spread == 0
+    plan, finished = None, False
     f_prev = _objective(d64, f64, ws, x, yc, a, b)
     for i in range(max_rounds):
         # 1) exact solve of each open problem's sign pattern (certified ones keep theirs)
-        open_all = lasso_like & ~certified
+        # (the sets below, where the last round's end made them for its read: the same)
+        open_all = lasso_like & ~certified if plan is None else plan[1]
         spent += open_all
         if i >= MAX_FAST_ROUNDS:
             mono |= open_all
         # problems whose active-set rounds stopped descending and that have a ridge term: the
         # dual's semismooth Newton finds their active set at once (once per problem); the
         # pattern solve below then makes it exact
-        newton = open_all & mono & ~dualed & (b > 0)
+        newton = open_all & mono & ~dualed & (b > 0) if plan is None else plan[2]
         # the round's decisions from one host read: the dual step, the feature-sign rounds,
         # and the open problems for the shared inverse (mono loses the dual-stepped problems)
-        open_ = open_all & ~(mono & ~newton)
-        n_all, any_newton, n_slow, n_open, n_busy = (int(v) for v in torch.stack([
-            open_all.sum(), newton.any(), (open_all & mono & ~newton).sum(), open_.sum(), open_.any(1).sum() * F
-        ]).tolist())
+        open_ = open_all & ~(mono & ~newton) if plan is None else plan[3]
+        if plan is None:
+            plan = torch.stack(_round_counts(open_all, newton, open_, mono, active.sum(-1) if one_read else None, F)
+                               + (constants if i == 0 else [])).tolist()
+            if i == 0:
+                wide_ok, ridged, lasso_all = (bool(v) for v in plan[6:])
+            plan = (plan,)
+        n_all, any_newton, n_slow, n_open, n_busy, widest = (int(v) for v in plan[0][:6])
+        plan = None
+        # the widest open active set bounds every solve of this round (the GPU path pads to it:
+        # no host read of its own); the dual step below widens some sets, so then each reads
+        widest = widest if one_read and not any_newton else None
         if any_newton:
             ws, x, active, sign = _dual_step(d64, f64, ws, x, active, sign, yc, a, b, newton, max_elems)
             dualed |= newton
@@ -246,13 +264,15 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
         rest = open_ & ~solved
         if (bool(rest.any()) if use_shared else n_open):
             x_rest, solved_rest = _solve_patterns(d64, f64, ws, active, sign, yc, a, b, rest, max_elems,
-                                                  spread=spread, count=None if use_shared else n_open)
+                                                  spread=spread, count=None if use_shared else n_open,
+                                                  width=widest, ridged=ridged)
             x_new = torch.where(rest[..., None], x_rest, x_new)
             solved = torch.where(rest, solved_rest, solved)
         slow = open_all & mono
         if n_slow:
             x_drop, solved_drop, x_slow = _solve_patterns(d64, f64, ws, active, sign, yc, a, b, slow, max_elems,
-                                                          with_first=True, spread=spread, count=n_slow)
+                                                          with_first=True, spread=spread, count=n_slow,
+                                                          width=widest, ridged=ridged)
             # feature-sign search: move only as far along the segment to the pattern's
             # solution as the objective keeps falling. Pattern solves alone can cycle
             # (near-collinear columns, tiny ridge terms, rank-saturated lasso folds); with the
@@ -299,8 +319,31 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
         limit = torch.where(stat_ok | ~mono.reshape(-1)[probs], cap[probs], 0)
         viol &= ~ok_now[:, None]
         m = _add_counts(viol, active.reshape(K * F, -1)[probs].sum(-1), limit)
+        if widest is not None:
+            # the GPU path: the ranking on every checked problem, padded to a bound on m (the
+            # round's widest set only shrank since its read), and the working sets' growth read
+            # with the stop: one host read instead of three
+            k_b = min(max(MIN_ADD, int(ADD_FRACTION * widest)), p + 1)
+            viol = _strongest(viol, g, m, k_b, absg)
+            new = _new_features(ws, probs // F, viol, K, p)
+            # the next round's sets, as its top will find them (entering features are never
+            # active already, so its widths are exact)
+            width = active.sum(-1)
+            width.view(-1).index_add_(0, probs, viol.sum(-1))
+            open_n = lasso_like & ~certified
+            mono_n = mono | open_n if i + 1 >= MAX_FAST_ROUNDS else mono
+            newton_n = open_n & mono_n & ~dualed & (b > 0)
+            sets = (open_n, newton_n, open_n & ~(mono_n & ~newton_n))
+            vals = torch.stack([ok_now.all(), new.sum(1).max()] + _round_counts(*sets, mono_n, width, F)).tolist()
+            done, k_add, plan = int(vals[0]), int(vals[1]), (vals[2:], *sets)
+            if done:
+                finished = True
+                break
+            ws, x, active, sign = _enter(ws, x, active, sign, probs, viol, g, p, (new, k_add))
+            continue
         done, k, n_add = (int(v) for v in torch.stack([ok_now.all(), m.max(), (m > 0).sum()]).tolist())
         if done:
+            finished = True
             break
         # only the problems with violators to enter: the ranking and the entering read their
         # (p+1)-wide rows (leave-one-out's first check: ~12% of 12,700 folds)
@@ -311,7 +354,7 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
     # the answer: certified problems their exact solution, the others the engine's iterate
     # (on the possibly wider working set) or the rounds' last point, whichever is lower
     keep = ~certified
-    if bool(keep.any()):
+    if not (finished and lasso_all) and bool(keep.any()):      # (finished: every problem certified)
         w_eng = _carry(sol.ws, sol.coef.to(F64), ws, p)
         lower = _objective(d64, f64, ws, x, yc, a, b) < _objective(d64, f64, ws, w_eng, yc, a, b)
         x = torch.where((keep & ~lower)[..., None], w_eng, x)
@@ -323,6 +366,14 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
         score = sol.score
     return replace(sol, ws=ws, coef=x.to(sol.coef.dtype), gap=gap, converged=converged, certified=certified,
                    score=score, n_iter=sol.n_iter + spent)
+
+
+def _round_counts(open_all, newton, open_, mono, width, F):
+    """A round's decisions, as 0-d tensors for one host read: open problems, whether any takes
+    the dual step, feature-sign problems, problems for the pattern solves, the busy groups'
+    problems, and (``width``: each problem's active-set size, or None) the widest open set."""
+    return [open_all.sum(), newton.any(), (open_all & mono & ~newton).sum(), open_.sum(), open_.any(1).sum() * F,
+            torch.where(open_all, width, 0).max() if width is not None else open_all.new_zeros((), dtype=torch.int64)]
 
 
 def centred_targets(Y, folds, t_idx, n):
@@ -492,11 +543,13 @@ def _solve_shared_inverse(design, folds, ws, active, sign, yc, a, b, open_, alph
 
 
 def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems, max_drops=MAX_DROPS,
-                    with_first=False, spread=BUCKET_SPREAD, count=None):
+                    with_first=False, spread=BUCKET_SPREAD, count=None, width=None, ridged=False):
     """Solve ``(H_f + b I)_AA w_A = c_A - a s_A`` for every open problem, dropping coordinates
     whose sign flips (up to MAX_DROPS times); returns (x (K, F, s), solved (K, F)), and with
     ``with_first`` also the first solve's x (before any drop). ``count``: how many problems are
-    open, when the caller knows it (then no host read finds them).
+    open, when the caller knows it (then no host read finds them); ``width``: a bound on their
+    widest active set, likewise; ``ridged``: True when the caller knows every problem has a
+    ridge term (else each Woodbury solve reads it).
 
     Each problem's system is built on its own active features only (compacted, not the
     group's union): Cholesky of ``|A| x |A|``, or with ``|A|`` above the training size and a
@@ -510,7 +563,10 @@ def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems,
     flat = open_.reshape(-1)
     probs = (torch.nonzero(flat) if count is None else torch.nonzero_static(flat, size=count)).squeeze(1)
     act_f = act.reshape(K * F, s)[probs]
-    width = int(act_f.sum(1).max()) if probs.numel() else 0
+    if not probs.numel():
+        width = 0
+    elif width is None:
+        width = int(act_f.sum(1).max())
     if not width:      # nothing active: zero solves every open problem
         return (x, open_.clone(), x) if with_first else (x, open_.clone())
     sign_f = sign.reshape(K * F, s)[probs]
@@ -550,7 +606,7 @@ def _solve_patterns(design, folds, ws, active, sign, yc, a, b, open_, max_elems,
     for sl, widest in batches:
         sub = None if shared is None else (shared[0], shared[1], shared[2][sl], shared[3][sl], shared[4])
         x_f[sl], ok_f[sl], first = _solve_some(xt, folds, fold_f[sl], ws_f[sl], act_f[sl], sign_f[sl], yc_f[sl],
-                                               a_f[sl], b_f[sl], p, max_drops, sub, widest, spread > 0)
+                                               a_f[sl], b_f[sl], p, max_drops, sub, widest, spread > 0, ridged)
         if with_first:
             first_f[sl] = first
     x.view(K * F, s)[probs] = x_f
@@ -580,7 +636,7 @@ def _size_buckets(width, cost, max_elems, spread=BUCKET_SPREAD):
 
 
 def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p, max_drops=MAX_DROPS, shared=None, widest=None,
-                adaptive=False):
+                adaptive=False, ridged=False):
     """Sign-pattern solves of a batch of P problems (flat), dropping coordinates whose sign
     flips and solving again (only the problems that had flips); see ``_solve_patterns``; also
     returns the first solve (before any drop). With
@@ -596,7 +652,7 @@ def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p, max_drops=MAX_DROPS
     for _ in range(max_drops):
         sub = None if shared is None else (shared[0], shared[1], shared[2][idx], shared[3][idx], shared[4])
         o, o_ok = _pattern_solve(xt, folds, fold[idx], ws[idx], act[idx], sign[idx], yc[idx], a[idx], b[idx], p,
-                                 sub, k, adaptive)
+                                 sub, k, adaptive, ridged)
         flip = act[idx] & (torch.sign(o) != sign[idx])
         out[idx], ok[idx] = o, o_ok
         if first is None:
@@ -612,7 +668,7 @@ def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p, max_drops=MAX_DROPS
     return out, ok & ~flipped, first
 
 
-def _pattern_solve(xt, folds, fold, ws, act, sign, yc, a, b, p, shared, k=None, adaptive=False):
+def _pattern_solve(xt, folds, fold, ws, act, sign, yc, a, b, p, shared, k=None, adaptive=False, ridged=False):
     """One sign-pattern solve of each of P problems: (x (P, s), factorised (P,)); ``k``: the
     widest active set, when the caller knows it; ``adaptive``: the host may read (the CPU's
     batches), so the Woodbury form's refinement stops once its residual is negligible."""
@@ -624,7 +680,7 @@ def _pattern_solve(xt, folds, fold, ws, act, sign, yc, a, b, p, shared, k=None, 
     pos, valid = _positions(act, k)                                           # active positions first
     feat = torch.where(valid, ws.gather(1, pos), p)                          # (P, k); p: zero column
     diag = torch.where(valid, b[:, None], 1.0)                              # padding: identity
-    woodbury = k > n and bool((b > 0).all())
+    woodbury = k > n and (ridged or bool((b > 0).all()))
     if shared is not None and k <= n:
         gram, c = _downdated_gram(shared, folds, fold, pos, feat, valid, s)
         xa = None
@@ -804,19 +860,27 @@ def _kkt(design, folds, ws, x, yc, a, b, active, sign, col_norm, probs):
     return r, g, viol, stat_ok, absg
 
 
-def _enter(ws, x, active, sign, probs, viol, g, p):
+def _new_features(ws, k_of, viol, K, p):
+    """(K, p+1) bool: the features that violators ``viol`` (P, p+1) of problems in groups
+    ``k_of`` (P,) bring to their groups' working sets ``ws`` (not yet in them)."""
+    wanted = torch.zeros((K, p + 1), dtype=torch.uint8, device=ws.device).scatter_reduce_(
+        0, k_of[:, None].expand_as(viol), viol.view(torch.uint8), "amax") > 0
+    new = wanted & ~torch.zeros((K, p + 1), dtype=torch.bool, device=ws.device).scatter_(1, ws, True)
+    new[:, p] = False
+    return new
+
+
+def _enter(ws, x, active, sign, probs, viol, g, p, new_read=None):
     """Add the violators ``viol`` (P, p+1) of problems ``probs`` to their active sets: features
-    already in the group's working set in place, the others appended to it."""
+    already in the group's working set in place, the others appended to it. ``new_read``:
+    (:func:`_new_features`, its largest row count) when the caller has read it."""
     K, F, s = x.shape
     dev = ws.device
     k_of = probs // F
-    wanted = torch.zeros((K, p + 1), dtype=torch.uint8, device=dev).scatter_reduce_(
-        0, k_of[:, None].expand_as(viol), viol.view(torch.uint8), "amax") > 0
-    in_ws = torch.zeros((K, p + 1), dtype=torch.bool, device=dev).scatter_(1, ws, True)
-    new = wanted & ~in_ws
-    new[:, p] = False
+    new, k_add = new_read if new_read is not None else (_new_features(ws, k_of, viol, K, p), None)
     n_new = new.sum(1)
-    k_add = int(n_new.max())
+    if k_add is None:
+        k_add = int(n_new.max())
     if k_add:
         order = torch.argsort((~new).to(torch.int8), dim=1, stable=True)[:, :k_add]
         added = torch.where(torch.arange(k_add, device=dev)[None, :] < n_new[:, None], order, p)

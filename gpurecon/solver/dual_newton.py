@@ -65,13 +65,13 @@ def dual_newton(X, train, n_train, center, yc, r, a, b, max_steps: int = MAX_STE
     r = _centre(r, train, nt, center)
     settled = torch.zeros(P, dtype=torch.bool, device=r.device)
     live = torch.ones(P, dtype=torch.bool, device=r.device)
+    g = r @ X                                                                   # (P, p+1): x_j^T r
+    k = max(int(((g.abs() - a1) > 0).sum(1).max()), 1)
     for _ in range(max_steps):
-        g = r @ X                                                               # (P, p+1): x_j^T r
         excess = (g.abs() - a1).clamp_min(0.0)
         w = torch.sign(g) * excess / b1
         grad = yc - r - _centre(w @ X.T, train, nt, center)                    # (P, n)
         active = excess > 0
-        k = max(int(active.sum(1).max()), 1)
         feat = torch.topk(excess, k, dim=1).indices                             # active first
         valid = active.gather(1, feat)
         xa = _centre(X.T[feat], train[:, None, :], nt[:, :, None], center) * valid[..., None]   # (P, k, n)
@@ -87,9 +87,13 @@ def dual_newton(X, train, n_train, center, yc, r, a, b, max_steps: int = MAX_STE
         # a full step on a piece that stays is that piece's exact maximiser: the optimum
         settled = settled | (live & (t == 1.0) & kept.all(1))
         live = live & ~settled & (t > 0)
-        if not bool(live.any()):
+        g = r @ X
+        # one host read per step: whether any problem is still moving, and the next step's
+        # widest active set
+        any_live, k = (int(v) for v in torch.stack([live.any(), ((g.abs() - a1) > 0).sum(1).max()]).tolist())
+        k = max(k, 1)
+        if not any_live:
             break
-    g = r @ X
     return torch.sign(g) * (g.abs() - a1).clamp_min(0.0) / b1, settled
 
 
