@@ -116,3 +116,42 @@ def test_one_host_read_per_newton_step():
             _, settled = dual_newton(Xe, train, n_train, True, yc, yc.clone(), a, b, max_steps=steps)
         assert not bool(settled.all())            # every step was taken
         assert c.syncs == steps + 1, (steps, c.sync_by_op)
+
+
+@pytest.mark.parametrize("kind,frac,l1", [("heavy_tails", 0.03, 0.5), ("iid", 0.1, 0.05), ("collinear", 0.01, 0.5)])
+def test_cold_fits_with_wide_supports_start_from_the_dual_newton_solution(monkeypatch, kind, frac, l1):
+    """A single fit whose support is wide (far below alpha_max, or many features violating the
+    KKT conditions at zero) starts from the dual's Newton solution: the certificate then needs
+    one or two active-set rounds, where from zero (each round lets ~30% more features in) it
+    needs many; the answer is the certified optimum either way."""
+    import gpurecon.solver.elasticnet as en
+    from gpurecon.solver import enet_path_fit
+
+    rng = np.random.default_rng(21)
+    n, p = 40, 300
+    X = _design(kind, rng, n, p)
+    Y = X[:, :8] @ rng.standard_normal((8, 3)) + rng.standard_normal((n, 3))
+    alpha = frac * np.median([alpha_max(X, Y[:, t], l1) for t in range(3)])
+    dual = enet_path_fit(X, Y, alpha, l1, tol=1e-8)
+    monkeypatch.setattr(en, "dual_start", lambda design, Y, folds, sol, **kw: sol)    # from zero
+    cold = enet_path_fit(X, Y, alpha, l1, tol=1e-8)
+    assert bool(dual.certified.all()) and bool(cold.certified.all())
+    assert int(dual.n_iter.max()) <= 2 < int(cold.n_iter.min()), (dual.n_iter, cold.n_iter)
+    for t in range(3):
+        ref = exact_enet(X, Y[:, t], alpha, l1)
+        assert ref.certificate.holds()
+        scale = np.abs(ref.coef).max()
+        np.testing.assert_allclose(dual.coef[0, 0, t].numpy(), ref.coef, rtol=0, atol=1e-9 * scale)
+    np.testing.assert_allclose(dual.coef.numpy(), cold.coef.numpy(), rtol=0, atol=1e-9 * float(dual.coef.abs().max()))
+
+
+@pytest.mark.parametrize("kind,seed,n,p,frac,l1", CASES)
+def test_staged_step_lengths_give_the_same_steps(kind, seed, n, p, frac, l1):
+    """The CPU's staged line search (the first few halvings, then the rest only where some
+    problem found none) takes exactly the steps of the all-at-once search."""
+    _, (Xe, train, n_train, yc, a, b) = _fold_problems(kind, seed, n, p, frac, l1)
+    r0 = yc + 3.0 * torch.randn(yc.shape, dtype=F64, generator=torch.Generator().manual_seed(seed))
+    for steps in (2, 50):
+        once = dual_newton(Xe, train, n_train, True, yc, r0, a, b, max_steps=steps)
+        staged = dual_newton(Xe, train, n_train, True, yc, r0, a, b, max_steps=steps, staged=True)
+        assert torch.equal(once[0], staged[0]) and torch.equal(once[1], staged[1])

@@ -41,9 +41,14 @@ segment drops one kink per round); violators enter only once the point is optima
 active set (then the step descends; if several entering at once do not, only the strongest
 enters next). Every such round lowers the objective, so no pattern repeats and the rounds end
 at the certified optimum (a feature-sign point is accepted on the KKT conditions alone: next
-to the optimum its step to the pattern's solution is rounding). Cold starts (the full-data fit) of groups far below their
-alpha_max walk down the regularisation path, ``alpha_max * 0.3**k``, so that each step starts
-next to its support (glmnet's pathwise warm starts; ``elasticnet.solve_chunk``).
+to the optimum its step to the pattern's solution is rounding). Cold starts (the full-data fit)
+whose supports are wide - groups far below their alpha_max, or with many features violating
+the conditions at zero, and every group on the GPU path - begin, where a ridge term is present,
+at the dual Newton solution (:func:`dual_start`: every feature in or out at once, so one or two
+rounds follow instead of the ~log(s / 10) / log(1.3) rounds of entering features from zero;
+the GPT-2-like design's P1 fit on the GPU path: 10,300 -> 4,300 launches). Lasso groups far
+below their alpha_max walk down the regularisation path, ``alpha_max * 0.3**k``, so that each
+step starts next to its support (glmnet's pathwise warm starts; ``elasticnet.solve_chunk``).
 
 Batching. Where a ridge term is present, folds hold out at most two rows and most of a group's
 folds are open (the first rounds of leave-one-out), PDAS runs on the group's working set with
@@ -243,7 +248,8 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
         # no host read of its own); the dual step below widens some sets, so then each reads
         widest = widest if one_read and not any_newton else None
         if any_newton:
-            ws, x, active, sign = _dual_step(d64, f64, ws, x, active, sign, yc, a, b, newton, max_elems)
+            ws, x, active, sign = _dual_step(d64, f64, ws, x, active, sign, yc, a, b, newton, max_elems,
+                                             staged=spread > 0)
             dualed |= newton
             mono &= ~newton
         # in the first round, where there is a ridge term, folds hold out <= 2 rows and most of
@@ -376,6 +382,33 @@ def _round_counts(open_all, newton, open_, mono, width, F):
             torch.where(open_all, width, 0).max() if width is not None else open_all.new_zeros((), dtype=torch.int64)]
 
 
+def dual_start(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alpha, l1_ratio, t_idx,
+               max_elems: int = 2 ** 25, one_batch: bool = False) -> Solution:
+    """A cold start's first point from the dual's semismooth Newton method (every group must
+    have a ridge term, ``l1_ratio < 1``): ``sol`` (zero, empty working sets) replaced by the
+    dual solution's coefficients, their support as the working sets.
+
+    Why: from zero, active-set rounds let at most ``ADD_FRACTION`` of the set enter per round,
+    so a support of s features takes ~log(s / MIN_ADD) / log(1.3) rounds (12 for 230, each a
+    KKT check over all features), and groups far below alpha_max walk down the path first. The
+    dual Newton steps bring every feature in or out at once and usually land on the optimum's
+    pattern (5-20 steps of an n x n system); :func:`certify` then makes it exact."""
+    K, F, _ = sol.coef.shape
+    n = design.n
+    X64 = design.X.to(F64, copy=True)
+    if folds.center:
+        X64[:n] -= X64[:n].mean(0)
+    d64 = Design(X64, design.lam_max, design.center)
+    f64 = Folds(folds.train.to(F64), folds.n_train, folds.held_out, folds.center)
+    yc = centred_targets(Y, f64, t_idx, n)
+    a = alpha[:, None] * l1_ratio[:, None] * folds.n_train[None, :]
+    b = alpha[:, None] * (1.0 - l1_ratio[:, None]) * folds.n_train[None, :]
+    x = sol.coef.to(F64)
+    ws, x, _, _ = _dual_step(d64, f64, sol.ws, x, x != 0, torch.sign(x), yc, a, b,
+                             torch.ones((K, F), dtype=torch.bool, device=x.device), max_elems, staged=not one_batch)
+    return replace(sol, ws=ws, coef=x.to(sol.coef.dtype))
+
+
 def centred_targets(Y, folds, t_idx, n):
     """Each group's target centred on each fold's training rows, zero on held-out rows:
     (K, F, n) float64."""
@@ -395,15 +428,21 @@ def _objective(design, folds, ws, x, yc, a, b):
     return _penalised(yc - _fit(design, folds, ws, x), x, a, b)
 
 
-def alpha_max(design, Y, folds, l1_ratio, t_idx):
-    """Each group's smallest alpha with an all-zero solution on every fold, (K,) float64."""
+def alpha_max(design, Y, folds, l1_ratio, t_idx, alpha=None):
+    """Each group's smallest alpha with an all-zero solution on every fold, (K,) float64; with
+    ``alpha`` (K,) also how many features violate the KKT conditions at zero (the largest
+    count over the group's folds, (K,) int64): a cold start's first violators."""
     n = design.n
     yc = centred_targets(Y, folds, t_idx, n)
     X64 = design.X[:n, :design.p].to(F64)
     if folds.center:
         X64 = X64 - X64.mean(0)
-    g = (yc @ X64).abs().amax(-1) / folds.n_train[None, :]                        # (K, F)
-    return g.amax(1) / l1_ratio.clamp_min(1e-3)
+    g = (yc @ X64).abs()                                                          # (K, F, p)
+    amax = (g.amax(-1) / folds.n_train[None, :]).amax(1) / l1_ratio.clamp_min(1e-3)
+    if alpha is None:
+        return amax
+    a = (alpha * l1_ratio)[:, None, None] * folds.n_train[None, :, None]
+    return amax, (g > a).sum(-1).amax(1)
 
 
 # The last working set's columns (_columns): the rounds' fits reuse them until features enter.
@@ -474,7 +513,7 @@ def _line_search(design, folds, ws, x0, x1, yc, a, b, open_, sign):
     return torch.where(open_[..., None], x, x0), full & open_, moved
 
 
-def _dual_step(design, folds, ws, x, active, sign, yc, a, b, which, max_elems):
+def _dual_step(design, folds, ws, x, active, sign, yc, a, b, which, max_elems, staged=False):
     """The problems ``which`` (K, F) moved to the dual Newton solution's coefficients
     (:func:`.dual_newton.dual_newton` from their current residuals), its features added to
     the working set; returns (ws, x, active, sign)."""
@@ -489,7 +528,7 @@ def _dual_step(design, folds, ws, x, active, sign, yc, a, b, which, max_elems):
         sl = slice(lo, lo + step)
         w[sl], _ = dual_newton(design.X[:n], folds.train[fold[sl]], folds.n_train[fold[sl]], folds.center,
                                yc.reshape(K * F, n)[probs[sl]], r[sl], a.reshape(-1)[probs[sl]],
-                               b.reshape(-1)[probs[sl]])
+                               b.reshape(-1)[probs[sl]], staged=staged)
     ws, x, active, sign = _enter(ws, x, active, sign, probs, w != 0, w, p)
     s2 = ws.shape[1]
     x_p = w.gather(1, ws[probs // F])

@@ -30,6 +30,9 @@ F64 = torch.float64
 # Armijo's sufficient-increase fraction and the step halvings tried per Newton step.
 ARMIJO = 1e-4
 HALVINGS = 30
+# ... of which a host that may read (a CPU) tries the first few before the rest: each trial
+# evaluates the dual on all p features of every problem, and most steps take one of these
+FIRST_HALVINGS = 3
 # Newton steps per call: the piece is usually found in 5-20.
 MAX_STEPS = 50
 
@@ -41,7 +44,7 @@ def _centre(v, train, n_train, center):
     return v * train
 
 
-def dual_newton(X, train, n_train, center, yc, r, a, b, max_steps: int = MAX_STEPS):
+def dual_newton(X, train, n_train, center, yc, r, a, b, max_steps: int = MAX_STEPS, staged: bool = False):
     """Maximise the dual of P fold problems from residuals ``r``.
 
     Parameters
@@ -53,6 +56,10 @@ def dual_newton(X, train, n_train, center, yc, r, a, b, max_steps: int = MAX_STE
     yc : Tensor (P, n) fold-centred targets, zero on held-out rows
     r : Tensor (P, n) starting residuals (e.g. ``yc - X_f w`` of the current point)
     a, b : Tensor (P,) float64, ``b > 0``
+    max_steps : int
+    staged : bool
+        Try the first ``FIRST_HALVINGS`` step lengths before the others (one host read per
+        step; a CPU), rather than all ``HALVINGS`` at once (no read; a GPU).
 
     Returns
     -------
@@ -81,7 +88,7 @@ def dual_newton(X, train, n_train, center, yc, r, a, b, max_steps: int = MAX_STE
         step = torch.where(((info == 0) & live)[:, None], step, 0.0)
         h = step @ X                                                            # (P, p+1): x_j^T step
         slope = (grad * step).sum(-1)
-        t = _armijo(r, step, yc, g, h, a1, b1, slope)
+        t = _armijo(r, step, yc, g, h, a1, b1, slope, FIRST_HALVINGS if staged else HALVINGS)
         r = r + t[:, None] * step
         kept = ((g + t[:, None] * h).abs() > a1) == active
         # a full step on a piece that stays is that piece's exact maximiser: the optimum
@@ -97,9 +104,11 @@ def dual_newton(X, train, n_train, center, yc, r, a, b, max_steps: int = MAX_STE
     return torch.sign(g) * (g.abs() - a1).clamp_min(0.0) / b1, settled
 
 
-def _armijo(r, step, yc, g, h, a1, b1, slope):
-    """The largest ``t`` in 1, 1/2, 1/4, ... with ``D(r + t step) >= D(r) + ARMIJO t slope``
-    (0 where none: the step is not an ascent direction, e.g. at rounding level)."""
+def _armijo(r, step, yc, g, h, a1, b1, slope, first=HALVINGS):
+    """The largest ``t`` in 1, 1/2, 1/4, ... (``HALVINGS`` of them) with
+    ``D(r + t step) >= D(r) + ARMIJO t slope`` (0 where none: the step is not an ascent
+    direction, e.g. at rounding level); the first ``first`` lengths are tried before the rest,
+    which are tried only where some ascending problem found none (one host read)."""
     t = 0.5 ** torch.arange(HALVINGS, dtype=F64, device=r.device)            # (m,)
 
     def dual(tt):   # D(r + tt step) for tt (m,) -> (P, m)
@@ -109,7 +118,9 @@ def _armijo(r, step, yc, g, h, a1, b1, slope):
                 - 0.5 / b1 * (gg.abs() - a1[..., None]).clamp_min(0.0).square().sum(-1))
 
     d0 = dual(torch.zeros(1, dtype=F64, device=r.device))                     # (P, 1)
-    ok = dual(t) >= d0 + ARMIJO * t[None, :] * slope[:, None]
-    ok = ok & (slope > 0)[:, None]
-    first = torch.where(ok.any(1), ok.to(torch.int8).argmax(1), HALVINGS)
-    return torch.where(first < HALVINGS, t[first.clamp_max(HALVINGS - 1)], 0.0)
+    ascent = (slope > 0)[:, None]
+    ok = (dual(t[:first]) >= d0 + ARMIJO * t[None, :first] * slope[:, None]) & ascent
+    if first < HALVINGS and not bool((ok.any(1, keepdim=True) | ~ascent).all()):
+        ok = torch.cat([ok, (dual(t[first:]) >= d0 + ARMIJO * t[None, first:] * slope[:, None]) & ascent], 1)
+    idx = torch.where(ok.any(1), ok.to(torch.int8).argmax(1), HALVINGS)
+    return torch.where(idx < HALVINGS, t[idx.clamp_max(HALVINGS - 1)], 0.0)

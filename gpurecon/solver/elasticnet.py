@@ -54,7 +54,7 @@ from sklearn.exceptions import ConvergenceWarning as _BaseConvergenceWarning
 
 from ..device import resolve_device
 from . import working_set
-from .certify import alpha_max, centred_targets, certify
+from .certify import alpha_max, centred_targets, certify, dual_start
 from .ridge import solve_plain
 
 
@@ -73,6 +73,11 @@ PATH_RATIO = 0.3
 # ... for groups whose alpha is below PATH_BELOW x their alpha_max.
 PATH_BELOW = 0.05
 PATH_ROUNDS = 12
+# Cold starts of groups with a ridge term begin at the dual Newton solution (certify.dual_start)
+# where more than this many features violate the KKT conditions at zero (from zero, active-set
+# rounds need ~log(s / 10) / log(1.3) rounds for a support of s; the study's design at
+# 0.5 x alpha_max has ~70 violators and ~30 active features, at 0.05 x ~660 and ~220).
+DUAL_VIOLATORS = 100
 
 # float64 elements a sub-batch of systems may hold at least (256 MiB), else 1/16 of the budget.
 MIN_ELEMS = 2 ** 25
@@ -347,10 +352,27 @@ def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
         rounds = min(rounds, problem.max_iter)      # max_iter bounds the rounds
         params = dict(alpha=alpha[lasso], l1_ratio=l1[lasso], t_idx=t_idx[lasso])
         if ws is None:
-            # groups far below their alpha_max walk down the path first; the others start from
-            # zero at their own alpha (a handful of rounds find their support)
-            amax = alpha_max(problem.design, problem.Y, folds, params["l1_ratio"], params["t_idx"])
-            far = torch.nonzero(params["alpha"] < PATH_BELOW * amax).squeeze(1)
+            # groups with a ridge term start from the dual's Newton solution (its pattern is
+            # usually the optimum's) where a cold start would take many rounds (each round lets
+            # ~30% more features in): with many violators at zero, or far below their alpha_max
+            # (instead of the path), and on the GPU path (a round is ~500 launches, a Newton
+            # step ~40). Lasso groups far below their alpha_max walk down the path first; the
+            # others start from zero at their own alpha (a handful of rounds find their support)
+            amax, v0 = alpha_max(problem.design, problem.Y, folds, params["l1_ratio"], params["t_idx"],
+                                 params["alpha"])
+            far = params["alpha"] < PATH_BELOW * amax
+            # (all ridged groups or none: the rounds cost as many passes for a few cold groups
+            # as for all of them)
+            ridged = params["l1_ratio"] < 1
+            wide = ridged & (far | (v0 > DUAL_VIOLATORS))
+            ridged = ridged & (one_batch or bool(2 * wide.sum() >= ridged.sum()))
+            dual = torch.nonzero(ridged).squeeze(1)
+            if dual.numel():
+                started = dual_start(problem.design, problem.Y, folds, _groups(start, dual), alpha=params["alpha"][dual],
+                                     l1_ratio=params["l1_ratio"][dual], t_idx=params["t_idx"][dual], max_elems=elems,
+                                     one_batch=one_batch)
+                start = working_set.merge_groups(start, started, dual, problem.design.p)
+            far = torch.nonzero(far & ~ridged).squeeze(1)
             if far.numel():
                 walked = _path(problem, folds, _groups(start, far), params["alpha"][far], params["l1_ratio"][far],
                                params["t_idx"][far], amax[far], elems, one_batch)
