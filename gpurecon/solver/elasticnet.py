@@ -337,8 +337,9 @@ def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
         problem.Y.device.type == "cuda" or (memory_budget or 0) >= ONE_BATCH_BUDGET))
     # groups without an l1 term (ridge, least squares) have no sign pattern: one exact solve
     plain = alpha * l1 == 0
-    lasso, ridge = torch.nonzero(~plain).squeeze(1), torch.nonzero(plain).squeeze(1)
-    n_plain = ridge.numel()
+    n_plain = int(plain.sum())                       # one host read for both index sets
+    lasso = torch.nonzero_static(~plain, size=plain.numel() - n_plain).squeeze(1)
+    ridge = torch.nonzero_static(plain, size=n_plain).squeeze(1)
 
     def finish(folds, ws, coef, score, rounds):
         """Active-set rounds from (ws, coef) (None: from zero) for the groups with an l1 term;

@@ -357,8 +357,7 @@ def bordered_pdas(cols, *, downdates, b_class, fold_class, ridge, c, a, b, activ
         bad = (bad | too_big | bad_group) & ~stable
         coef, stable, active, sign = _pdas_update(cols, downdates, b, c, a3, x, bad, active, sign, fixed3, stable,
                                                   coef)
-        if bool(stable.all()):
-            break
+        # (no read of stable.all() here: the next round's read finds no live fold then)
     return coef, stable
 
 
