@@ -182,17 +182,8 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
     K, F, _ = sol.coef.shape
     n, p = design.n, design.p
     dev = sol.coef.device
-    # float64 copies; re-centring in float64 changes no fold-centred quantity (a constant per
-    # column cancels) and makes the all-rows mean exactly zero, which the downdate identity uses
-    X64 = design.X.to(F64, copy=True)   # never in place: design.X is shared by every chunk
-    if folds.center:
-        X64[:n] -= X64[:n].mean(0)
-    d64 = Design(X64, design.lam_max, design.center)
-    f64 = Folds(folds.train.to(F64), folds.n_train, folds.held_out, folds.center)
-    yc = centred_targets(Y, f64, t_idx, n)                                      # (K, F, n)
-    a = alpha[:, None] * l1_ratio[:, None] * folds.n_train[None, :]                # (K, F)
-    b = alpha[:, None] * (1.0 - l1_ratio[:, None]) * folds.n_train[None, :]
-    col_norm = X64[:n].square().sum(0).sqrt()                                      # (p+1,)
+    d64, f64, yc, a, b = _float64_problem(design, Y, folds, alpha, l1_ratio, t_idx)
+    col_norm = d64.X[:n].square().sum(0).sqrt()                                    # (p+1,)
 
     ws, w = sol.ws, sol.coef.to(F64)
     active = w != 0
@@ -374,6 +365,21 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
                    score=score, n_iter=sol.n_iter + spent)
 
 
+def _float64_problem(design, Y, folds, alpha, l1_ratio, t_idx):
+    """The float64 design and folds, fold-centred targets (K, F, n) and the penalties ``a``
+    (l1) and ``b`` (ridge) of every (group, fold), each times the fold's training size. (Re-
+    centring in float64 changes no fold-centred quantity - a constant per column cancels - and
+    makes the all-rows mean exactly zero, which the downdate identity uses.)"""
+    n = design.n
+    X64 = design.X.to(F64, copy=True)   # never in place: design.X is shared by every chunk
+    if folds.center:
+        X64[:n] -= X64[:n].mean(0)
+    f64 = Folds(folds.train.to(F64), folds.n_train, folds.held_out, folds.center)
+    a = alpha[:, None] * l1_ratio[:, None] * folds.n_train[None, :]                # (K, F)
+    b = alpha[:, None] * (1.0 - l1_ratio[:, None]) * folds.n_train[None, :]
+    return Design(X64, design.lam_max, design.center), f64, centred_targets(Y, f64, t_idx, n), a, b
+
+
 def _round_counts(open_all, newton, open_, mono, width, F):
     """A round's decisions, as 0-d tensors for one host read: open problems, whether any takes
     the dual step, feature-sign problems, problems for the pattern solves, the busy groups'
@@ -394,15 +400,7 @@ def dual_start(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, 
     dual Newton steps bring every feature in or out at once and usually land on the optimum's
     pattern (5-20 steps of an n x n system); :func:`certify` then makes it exact."""
     K, F, _ = sol.coef.shape
-    n = design.n
-    X64 = design.X.to(F64, copy=True)
-    if folds.center:
-        X64[:n] -= X64[:n].mean(0)
-    d64 = Design(X64, design.lam_max, design.center)
-    f64 = Folds(folds.train.to(F64), folds.n_train, folds.held_out, folds.center)
-    yc = centred_targets(Y, f64, t_idx, n)
-    a = alpha[:, None] * l1_ratio[:, None] * folds.n_train[None, :]
-    b = alpha[:, None] * (1.0 - l1_ratio[:, None]) * folds.n_train[None, :]
+    d64, f64, yc, a, b = _float64_problem(design, Y, folds, alpha, l1_ratio, t_idx)
     x = sol.coef.to(F64)
     ws, x, _, _ = _dual_step(d64, f64, sol.ws, x, x != 0, torch.sign(x), yc, a, b,
                              torch.ones((K, F), dtype=torch.bool, device=x.device), max_elems, staged=not one_batch)
