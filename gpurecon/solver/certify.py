@@ -211,30 +211,23 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
     # the round's read, and a round's stop, its working sets' growth and the next round's
     # counts are one host read
     one_read = spread == 0
-    plan, finished = None, False
+    counts, carried, finished = None, None, False
     f_prev = _objective(d64, f64, ws, x, yc, a, b)
     for i in range(max_rounds):
-        # 1) exact solve of each open problem's sign pattern (certified ones keep theirs)
-        # (the sets below, where the last round's end made them for its read: the same)
-        open_all = lasso_like & ~certified if plan is None else plan[1]
-        spent += open_all
-        if i >= MAX_FAST_ROUNDS:
-            mono |= open_all
-        # problems whose active-set rounds stopped descending and that have a ridge term: the
-        # dual's semismooth Newton finds their active set at once (once per problem); the
-        # pattern solve below then makes it exact
-        newton = open_all & mono & ~dualed & (b > 0) if plan is None else plan[2]
-        # the round's decisions from one host read: the dual step, the feature-sign rounds,
-        # and the open problems for the shared inverse (mono loses the dual-stepped problems)
-        open_ = open_all & ~(mono & ~newton) if plan is None else plan[3]
-        if plan is None:
-            plan = torch.stack(_round_counts(open_all, newton, open_, mono, active.sum(-1) if one_read else None, F)
-                               + (constants if i == 0 else [])).tolist()
+        # 1) exact solve of each open problem's sign pattern (certified ones keep theirs); the
+        # round's sets (see _round_sets), and its decisions from one host read (on the GPU path
+        # the last round's end made both, for its own read)
+        if carried is None:
+            open_all, mono, newton, open_ = _round_sets(lasso_like, certified, mono, dualed, b, i >= MAX_FAST_ROUNDS)
+            counts = torch.stack(_round_counts(open_all, newton, open_, mono, active.sum(-1) if one_read else None, F)
+                                 + (constants if i == 0 else [])).tolist()
             if i == 0:
-                wide_ok, ridged, lasso_all = (bool(v) for v in plan[6:])
-            plan = (plan,)
-        n_all, any_newton, n_slow, n_open, n_busy, widest = (int(v) for v in plan[0][:6])
-        plan = None
+                wide_ok, ridged, lasso_all = (bool(v) for v in counts[6:])
+        else:
+            open_all, mono, newton, open_ = carried
+        spent += open_all
+        n_all, any_newton, n_slow, n_open, n_busy, widest = (int(v) for v in counts[:6])
+        carried = None
         # the widest open active set bounds every solve of this round (the GPU path pads to it:
         # no host read of its own); the dual step below widens some sets, so then each reads
         widest = widest if one_read and not any_newton else None
@@ -327,12 +320,11 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
             # active already, so its widths are exact)
             width = active.sum(-1)
             width.view(-1).index_add_(0, probs, viol.sum(-1))
-            open_n = lasso_like & ~certified
-            mono_n = mono | open_n if i + 1 >= MAX_FAST_ROUNDS else mono
-            newton_n = open_n & mono_n & ~dualed & (b > 0)
-            sets = (open_n, newton_n, open_n & ~(mono_n & ~newton_n))
-            vals = torch.stack([ok_now.all(), new.sum(1).max()] + _round_counts(*sets, mono_n, width, F)).tolist()
-            done, k_add, plan = int(vals[0]), int(vals[1]), (vals[2:], *sets)
+            carried = _round_sets(lasso_like, certified, mono, dualed, b, i + 1 >= MAX_FAST_ROUNDS)
+            open_n, mono_n, newton_n, busy_n = carried
+            vals = torch.stack([ok_now.all(), new.sum(1).max()]
+                               + _round_counts(open_n, newton_n, busy_n, mono_n, width, F)).tolist()
+            done, k_add, counts = int(vals[0]), int(vals[1]), vals[2:]
             if done:
                 finished = True
                 break
@@ -378,6 +370,18 @@ def _float64_problem(design, Y, folds, alpha, l1_ratio, t_idx):
     a = alpha[:, None] * l1_ratio[:, None] * folds.n_train[None, :]                # (K, F)
     b = alpha[:, None] * (1.0 - l1_ratio[:, None]) * folds.n_train[None, :]
     return Design(X64, design.lam_max, design.center), f64, centred_targets(Y, f64, t_idx, n), a, b
+
+
+def _round_sets(lasso_like, certified, mono, dualed, b, all_slow):
+    """A round's problem sets (K, F): the open ones; ``mono`` (the problems in feature-sign
+    rounds: every open one once ``all_slow``); those taking the dual Newton step (their
+    active-set rounds stopped descending and they have a ridge term: its semismooth Newton finds
+    their active set at once, once per problem; the pattern solve then makes it exact); and
+    those for the pattern solves and the shared inverse (mono loses the dual-stepped ones)."""
+    open_all = lasso_like & ~certified
+    mono = mono | open_all if all_slow else mono
+    newton = open_all & mono & ~dualed & (b > 0)
+    return open_all, mono, newton, open_all & ~(mono & ~newton)
 
 
 def _round_counts(open_all, newton, open_, mono, width, F):
@@ -426,10 +430,10 @@ def _objective(design, folds, ws, x, yc, a, b):
     return _penalised(yc - _fit(design, folds, ws, x), x, a, b)
 
 
-def alpha_max(design, Y, folds, l1_ratio, t_idx, alpha=None):
-    """Each group's smallest alpha with an all-zero solution on every fold, (K,) float64; with
-    ``alpha`` (K,) also how many features violate the KKT conditions at zero (the largest
-    count over the group's folds, (K,) int64): a cold start's first violators."""
+def cold_start_stats(design, Y, folds, alpha, l1_ratio, t_idx):
+    """Each group's smallest alpha with an all-zero solution on every fold, (K,) float64, and
+    how many features violate the KKT conditions at zero at its ``alpha`` (the largest count
+    over the group's folds, (K,) int64): a cold start's first violators."""
     n = design.n
     yc = centred_targets(Y, folds, t_idx, n)
     X64 = design.X[:n, :design.p].to(F64)
@@ -437,8 +441,6 @@ def alpha_max(design, Y, folds, l1_ratio, t_idx, alpha=None):
         X64 = X64 - X64.mean(0)
     g = (yc @ X64).abs()                                                          # (K, F, p)
     amax = (g.amax(-1) / folds.n_train[None, :]).amax(1) / l1_ratio.clamp_min(1e-3)
-    if alpha is None:
-        return amax
     a = (alpha * l1_ratio)[:, None, None] * folds.n_train[None, :, None]
     return amax, (g > a).sum(-1).amax(1)
 

@@ -73,9 +73,9 @@ def dual_newton(X, train, n_train, center, yc, r, a, b, max_steps: int = MAX_STE
     settled = torch.zeros(P, dtype=torch.bool, device=r.device)
     live = torch.ones(P, dtype=torch.bool, device=r.device)
     g = r @ X                                                                   # (P, p+1): x_j^T r
-    k = max(int(((g.abs() - a1) > 0).sum(1).max()), 1)
+    excess = (g.abs() - a1).clamp_min(0.0)
+    k = max(int((excess > 0).sum(1).max()), 1)
     for _ in range(max_steps):
-        excess = (g.abs() - a1).clamp_min(0.0)
         w = torch.sign(g) * excess / b1
         grad = yc - r - _centre(w @ X.T, train, nt, center)                    # (P, n)
         active = excess > 0
@@ -95,13 +95,14 @@ def dual_newton(X, train, n_train, center, yc, r, a, b, max_steps: int = MAX_STE
         settled = settled | (live & (t == 1.0) & kept.all(1))
         live = live & ~settled & (t > 0)
         g = r @ X
+        excess = (g.abs() - a1).clamp_min(0.0)
         # one host read per step: whether any problem is still moving, and the next step's
         # widest active set
-        any_live, k = (int(v) for v in torch.stack([live.any(), ((g.abs() - a1) > 0).sum(1).max()]).tolist())
+        any_live, k = (int(v) for v in torch.stack([live.any(), (excess > 0).sum(1).max()]).tolist())
         k = max(k, 1)
         if not any_live:
             break
-    return torch.sign(g) * (g.abs() - a1).clamp_min(0.0) / b1, settled
+    return torch.sign(g) * excess / b1, settled
 
 
 def _armijo(r, step, yc, g, h, a1, b1, slope, first=HALVINGS):

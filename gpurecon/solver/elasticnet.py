@@ -54,7 +54,7 @@ from sklearn.exceptions import ConvergenceWarning as _BaseConvergenceWarning
 
 from ..device import resolve_device
 from . import working_set
-from .certify import alpha_max, centred_targets, certify, dual_start
+from .certify import centred_targets, certify, cold_start_stats, dual_start
 from .ridge import solve_plain
 
 
@@ -359,21 +359,21 @@ def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
             # (instead of the path), and on the GPU path (a round is ~500 launches, a Newton
             # step ~40). Lasso groups far below their alpha_max walk down the path first; the
             # others start from zero at their own alpha (a handful of rounds find their support)
-            amax, v0 = alpha_max(problem.design, problem.Y, folds, params["l1_ratio"], params["t_idx"],
-                                 params["alpha"])
+            amax, v0 = cold_start_stats(problem.design, problem.Y, folds, params["alpha"], params["l1_ratio"],
+                                        params["t_idx"])
             far = params["alpha"] < PATH_BELOW * amax
-            # (all ridged groups or none: the rounds cost as many passes for a few cold groups
-            # as for all of them)
-            ridged = params["l1_ratio"] < 1
-            wide = ridged & (far | (v0 > DUAL_VIOLATORS))
-            ridged = ridged & (one_batch or bool(2 * wide.sum() >= ridged.sum()))
-            dual = torch.nonzero(ridged).squeeze(1)
+            # (all groups with a ridge term or none: the rounds cost as many passes for a few
+            # cold groups as for all of them)
+            has_ridge = params["l1_ratio"] < 1
+            wide = has_ridge & (far | (v0 > DUAL_VIOLATORS))
+            from_dual = has_ridge & (one_batch or bool(2 * wide.sum() >= has_ridge.sum()))
+            dual = torch.nonzero(from_dual).squeeze(1)
             if dual.numel():
                 started = dual_start(problem.design, problem.Y, folds, _groups(start, dual), alpha=params["alpha"][dual],
                                      l1_ratio=params["l1_ratio"][dual], t_idx=params["t_idx"][dual], max_elems=elems,
                                      one_batch=one_batch)
                 start = working_set.merge_groups(start, started, dual, problem.design.p)
-            far = torch.nonzero(far & ~ridged).squeeze(1)
+            far = torch.nonzero(far & ~from_dual).squeeze(1)
             if far.numel():
                 walked = _path(problem, folds, _groups(start, far), params["alpha"][far], params["l1_ratio"][far],
                                params["t_idx"][far], amax[far], elems, one_batch)
