@@ -29,7 +29,7 @@ Convergence. PDAS is not globally convergent: with near-collinear columns, tiny 
 rank-saturated lasso folds the pattern solves overshoot and the active set cycles. So each
 problem is watched. From the first round that raises its objective, a problem with a ridge term
 (``b > 0``) is moved, once, to the solution of the dual's semismooth Newton method
-(:mod:`.dual_newton`: an ``n x n`` Newton system per step, every feature entering or leaving at
+(:mod:`.dual_newton`: an ``n x n`` Newton system per step (``|A| x |A|`` where smaller), every feature entering or leaving at
 once, globally convergent with a line search; near-collinear pairs at 1e-3 x alpha_max,
 10-fold: up to 429 rounds without it, 4 with it), whose pattern the next round solves exactly. Otherwise (the lasso, or
 a rise after that) it continues by feature-sign search (Lee et al., 2007): one pattern solve,
@@ -42,11 +42,13 @@ active set (then the step descends; if several entering at once do not, only the
 enters next). Every such round lowers the objective, so no pattern repeats and the rounds end
 at the certified optimum (a feature-sign point is accepted on the KKT conditions alone: next
 to the optimum its step to the pattern's solution is rounding). Cold starts (the full-data fit)
-whose supports are wide - groups far below their alpha_max, or with many features violating
-the conditions at zero, and every group on the GPU path - begin, where a ridge term is present,
-at the dual Newton solution (:func:`dual_start`: every feature in or out at once, so one or two
-rounds follow instead of the ~log(s / 10) / log(1.3) rounds of entering features from zero;
-the GPT-2-like design's P1 fit on the GPU path: 10,300 -> 4,300 launches). Lasso groups far
+whose supports are wide - groups far below their alpha_max, and every group on the GPU path -
+begin, where a ridge term is present, at the dual Newton solution (:func:`dual_start`: every
+feature in or out at once, so one or two rounds follow instead of the ~log(s / 10) / log(1.3)
+rounds of entering features from zero; the GPT-2-like design's P1 fit on the GPU path:
+10,300 -> 4,300 launches); on a CPU the others take the Newton step in their third round where
+their strongest violators at zero left most of the others violating (``dual_after``: many
+violators at zero alone are no sign of a wide support). Lasso groups far
 below their alpha_max walk down the regularisation path, ``alpha_max * 0.3**k``, so that each
 step starts next to its support (glmnet's pathwise warm starts; ``elasticnet.solve_chunk``).
 
@@ -92,6 +94,11 @@ KKT_ATOL = 1e-12
 # Active-set rounds (each: sign-pattern solves with sign flips dropped, then a KKT check over
 # all features) before a problem is given up as not certified.
 MAX_ROUNDS = 12
+# A cold start's problem takes the dual Newton step in its third round where after the second
+# (its strongest violators at zero entered) at least this fraction of its violators at zero
+# still violate (and more than ``dual_after``): the study's design at 0.05 x alpha_max keeps
+# ~70% (support ~220 > n), at 0.1 x alpha_max (support ~60) ~25%, outlier trials ~1%
+DUAL_KEEP = 0.5
 # Violators entering per round: at least MIN_ADD, at most ADD_FRACTION of the active set.
 MIN_ADD = 10
 ADD_FRACTION = 0.3
@@ -142,7 +149,8 @@ MIN_FAST_ROUNDS = 3
 
 
 def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alpha, l1_ratio, t_idx,
-            max_elems: int = 2 ** 25, max_rounds: int = MAX_ROUNDS, one_batch: bool = False):
+            max_elems: int = 2 ** 25, max_rounds: int = MAX_ROUNDS, one_batch: bool = False,
+            dual_after: int | None = None):
     """Replace each problem's coefficients by the certified exact optimum where one is found.
 
     Parameters
@@ -161,6 +169,11 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
     one_batch : bool
         Solve each round's sign patterns in one batch (padded to the widest active set; a GPU)
         rather than in batches of similar width (a CPU).
+    dual_after : int or None
+        A cold start's wide problems (see :data:`DUAL_KEEP`): where, after the first round's
+        features entered, more than this many features still violate KKT and at least
+        ``DUAL_KEEP`` of those at the start, the next round is a dual Newton step (problems
+        with a ridge term). None: off.
 
     Returns
     -------
@@ -172,13 +185,13 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
     """
     try:
         return _certify(design, Y, folds, sol, alpha=alpha, l1_ratio=l1_ratio, t_idx=t_idx, max_elems=max_elems,
-                        max_rounds=max_rounds, spread=0.0 if one_batch else BUCKET_SPREAD)
+                        max_rounds=max_rounds, spread=0.0 if one_batch else BUCKET_SPREAD, dual_after=dual_after)
     finally:
         _LAST_COLUMNS.clear()   # the gathered columns and the Gram live for one call only
         _FULL_GRAM.clear()
 
 
-def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_rounds, spread):
+def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_rounds, spread, dual_after=None):
     K, F, _ = sol.coef.shape
     n, p = design.n, design.p
     dev = sol.coef.device
@@ -199,6 +212,9 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
     # objective, feature-sign rounds (monotone) from the first round that raises it
     mono = torch.zeros((K, F), dtype=torch.bool, device=dev)
     dualed = torch.zeros((K, F), dtype=torch.bool, device=dev)
+    # cold problems whose first features left most violators violating (dual_after)
+    wide = torch.zeros((K, F), dtype=torch.bool, device=dev)
+    first_viol = None
     # (k-fold's folds hold out n/k rows each: the Woodbury downdates grow with them, and the
     # direct solves on each problem's own active features were faster on 8 of 11 10-fold rows)
     shared_ok = F > 1 and folds.held_out.shape[1] <= SHARED_MAX_HELD_OUT
@@ -218,7 +234,7 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
         # round's sets (see _round_sets), and its decisions from one host read (on the GPU path
         # the last round's end made both, for its own read)
         if carried is None:
-            open_all, mono, newton, open_ = _round_sets(lasso_like, certified, mono, dualed, b, i >= MAX_FAST_ROUNDS)
+            open_all, mono, newton, open_ = _round_sets(lasso_like, certified, mono, dualed, b, i >= MAX_FAST_ROUNDS, wide)
             counts = torch.stack(_round_counts(open_all, newton, open_, mono, active.sum(-1) if one_read else None, F)
                                  + (constants if i == 0 else [])).tolist()
             if i == 0:
@@ -308,6 +324,18 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
         # then the step to the wider pattern is a descent direction)
         limit = torch.where(stat_ok | ~mono.reshape(-1)[probs], cap[probs], 0)
         viol &= ~ok_now[:, None]
+        if dual_after is not None and i < 2:
+            # the first check (from zero: the violators at zero) and the second (after the
+            # strongest entered): where most still violate, the support is wide and rounds
+            # that add ~30% per round would need many; the dual Newton step finds it at once
+            n_viol = torch.zeros(K * F, dtype=torch.int64, device=dev).index_copy_(0, probs, viol.sum(-1))
+            if i == 0:
+                first_viol = n_viol
+            else:
+                wide = ((n_viol > dual_after) & (n_viol >= DUAL_KEEP * first_viol)).view(K, F) & ~certified
+                # where most open problems are wide, all take the step: the rounds would cost
+                # as many passes for the few others as for all of them
+                wide = torch.where(2 * wide.sum() >= (lasso_like & ~certified).sum(), lasso_like & ~certified, wide)
         m = _add_counts(viol, active.reshape(K * F, -1)[probs].sum(-1), limit)
         if widest is not None:
             # the GPU path: the ranking on every checked problem, padded to a bound on m (the
@@ -320,7 +348,7 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
             # active already, so its widths are exact)
             width = active.sum(-1)
             width.view(-1).index_add_(0, probs, viol.sum(-1))
-            carried = _round_sets(lasso_like, certified, mono, dualed, b, i + 1 >= MAX_FAST_ROUNDS)
+            carried = _round_sets(lasso_like, certified, mono, dualed, b, i + 1 >= MAX_FAST_ROUNDS, wide)
             open_n, mono_n, newton_n, busy_n = carried
             vals = torch.stack([ok_now.all(), new.sum(1).max()]
                                + _round_counts(open_n, newton_n, busy_n, mono_n, width, F)).tolist()
@@ -366,21 +394,22 @@ def _float64_problem(design, Y, folds, alpha, l1_ratio, t_idx):
     X64 = design.X.to(F64, copy=True)   # never in place: design.X is shared by every chunk
     if folds.center:
         X64[:n] -= X64[:n].mean(0)
-    f64 = Folds(folds.train.to(F64), folds.n_train, folds.held_out, folds.center)
+    f64 = replace(folds, train=folds.train.to(F64))
     a = alpha[:, None] * l1_ratio[:, None] * folds.n_train[None, :]                # (K, F)
     b = alpha[:, None] * (1.0 - l1_ratio[:, None]) * folds.n_train[None, :]
     return Design(X64, design.lam_max, design.center), f64, centred_targets(Y, f64, t_idx, n), a, b
 
 
-def _round_sets(lasso_like, certified, mono, dualed, b, all_slow):
+def _round_sets(lasso_like, certified, mono, dualed, b, all_slow, wide):
     """A round's problem sets (K, F): the open ones; ``mono`` (the problems in feature-sign
     rounds: every open one once ``all_slow``); those taking the dual Newton step (their
-    active-set rounds stopped descending and they have a ridge term: its semismooth Newton finds
-    their active set at once, once per problem; the pattern solve then makes it exact); and
-    those for the pattern solves and the shared inverse (mono loses the dual-stepped ones)."""
+    active-set rounds stopped descending, or ``wide``: a cold start's support is wide, and they
+    have a ridge term: its semismooth Newton finds their active set at once, once per problem;
+    the pattern solve then makes it exact); and those for the pattern solves and the shared
+    inverse (mono loses the dual-stepped ones)."""
     open_all = lasso_like & ~certified
     mono = mono | open_all if all_slow else mono
-    newton = open_all & mono & ~dualed & (b > 0)
+    newton = open_all & (mono | wide) & ~dualed & (b > 0)
     return open_all, mono, newton, open_all & ~(mono & ~newton)
 
 
@@ -430,19 +459,15 @@ def _objective(design, folds, ws, x, yc, a, b):
     return _penalised(yc - _fit(design, folds, ws, x), x, a, b)
 
 
-def cold_start_stats(design, Y, folds, alpha, l1_ratio, t_idx):
-    """Each group's smallest alpha with an all-zero solution on every fold, (K,) float64, and
-    how many features violate the KKT conditions at zero at its ``alpha`` (the largest count
-    over the group's folds, (K,) int64): a cold start's first violators."""
+def alpha_max(design, Y, folds, l1_ratio, t_idx):
+    """Each group's smallest alpha with an all-zero solution on every fold, (K,) float64."""
     n = design.n
     yc = centred_targets(Y, folds, t_idx, n)
     X64 = design.X[:n, :design.p].to(F64)
     if folds.center:
         X64 = X64 - X64.mean(0)
     g = (yc @ X64).abs()                                                          # (K, F, p)
-    amax = (g.amax(-1) / folds.n_train[None, :]).amax(1) / l1_ratio.clamp_min(1e-3)
-    a = (alpha * l1_ratio)[:, None, None] * folds.n_train[None, :, None]
-    return amax, (g > a).sum(-1).amax(1)
+    return (g.amax(-1) / folds.n_train[None, :]).amax(1) / l1_ratio.clamp_min(1e-3)
 
 
 # The last working set's columns (_columns): the rounds' fits reuse them until features enter.
@@ -528,7 +553,7 @@ def _dual_step(design, folds, ws, x, active, sign, yc, a, b, which, max_elems, s
         sl = slice(lo, lo + step)
         w[sl], _ = dual_newton(design.X[:n], folds.train[fold[sl]], folds.n_train[fold[sl]], folds.center,
                                yc.reshape(K * F, n)[probs[sl]], r[sl], a.reshape(-1)[probs[sl]],
-                               b.reshape(-1)[probs[sl]], staged=staged)
+                               b.reshape(-1)[probs[sl]], staged=staged, all_rows=folds.all_rows)
     ws, x, active, sign = _enter(ws, x, active, sign, probs, w != 0, w, p)
     s2 = ws.shape[1]
     x_p = w.gather(1, ws[probs // F])

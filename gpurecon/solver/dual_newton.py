@@ -11,7 +11,9 @@ is, in the residual ``r`` (n values, the fold's training rows),
 strongly concave and once differentiable, with ``grad D = y - r - X w(r)`` where
 ``w_j(r) = soft(x_j^T r, a) / b``: it vanishes exactly at the primal-dual optimum (the KKT
 conditions of :mod:`.certify`). A generalised Hessian is ``-(I + X_A X_A^T / b)`` with
-``A = {j : |x_j^T r| > a}``: an ``n x n`` system whatever the number of active features.
+``A = {j : |x_j^T r| > a}``: an ``n x n`` system, solved in that form where |A| >= n and by
+Woodbury's identity, ``(I + X_A X_A^T / b)^-1 = I - X_A (b I + X_A^T X_A)^-1 X_A^T``, where
+|A| < n (a |A| x |A| factorisation: at moderate alpha |A| is a fraction of n).
 Newton steps with an Armijo line search converge globally (D is strongly concave with a
 Lipschitz gradient) and finitely on the right piece (D is piecewise quadratic): every feature
 enters or leaves at once, where active-set rounds on the primal move them a few at a time
@@ -38,13 +40,17 @@ MAX_STEPS = 50
 
 
 def _centre(v, train, n_train, center):
-    """Vectors ``v`` (P, ..., n) centred on each problem's training rows, zero elsewhere."""
+    """Vectors ``v`` (P, ..., n) centred on each problem's training rows, zero elsewhere
+    (``train`` None: every row trains and ``v`` is already centred)."""
+    if train is None:
+        return v
     if center:
         v = v - (v * train).sum(-1, keepdim=True) / n_train
     return v * train
 
 
-def dual_newton(X, train, n_train, center, yc, r, a, b, max_steps: int = MAX_STEPS, staged: bool = False):
+def dual_newton(X, train, n_train, center, yc, r, a, b, max_steps: int = MAX_STEPS, staged: bool = False,
+                all_rows: bool = False):
     """Maximise the dual of P fold problems from residuals ``r``.
 
     Parameters
@@ -60,6 +66,9 @@ def dual_newton(X, train, n_train, center, yc, r, a, b, max_steps: int = MAX_STE
     staged : bool
         Try the first ``FIRST_HALVINGS`` step lengths before the others (one host read per
         step; a CPU), rather than all ``HALVINGS`` at once (no read; a GPU).
+    all_rows : bool
+        Every problem trains on every row (``train`` all ones): fold-centring is then the
+        design's own centring and is skipped.
 
     Returns
     -------
@@ -69,6 +78,8 @@ def dual_newton(X, train, n_train, center, yc, r, a, b, max_steps: int = MAX_STE
     P, n = r.shape
     nt = n_train[:, None]
     a1, b1 = a[:, None], b[:, None]
+    if all_rows:   # X and yc are already centred on every row; r stays so along the steps
+        train = nt = None
     r = _centre(r, train, nt, center)
     settled = torch.zeros(P, dtype=torch.bool, device=r.device)
     live = torch.ones(P, dtype=torch.bool, device=r.device)
@@ -81,10 +92,19 @@ def dual_newton(X, train, n_train, center, yc, r, a, b, max_steps: int = MAX_STE
         active = excess > 0
         feat = torch.topk(excess, k, dim=1).indices                             # active first
         valid = active.gather(1, feat)
-        xa = _centre(X.T[feat], train[:, None, :], nt[:, :, None], center) * valid[..., None]   # (P, k, n)
-        hess = torch.bmm(xa.transpose(1, 2), xa) / b[:, None, None] + torch.eye(n, dtype=F64, device=r.device)
-        chol, info = torch.linalg.cholesky_ex(hess)
-        step = _centre(cho_solve(chol, grad[..., None])[..., 0], train, nt, center)
+        xa = X.T[feat] * valid[..., None]                                        # (P, k, n)
+        if train is not None:
+            xa = _centre(xa, train[:, None, :], nt[:, :, None], center)
+        if k < n:   # Woodbury: a k x k system (zero padding rows add b to its diagonal)
+            inner = torch.baddbmm(torch.diag_embed(b[:, None].expand(P, k)), xa, xa.transpose(1, 2))
+            chol, info = torch.linalg.cholesky_ex(inner)
+            z = cho_solve(chol, torch.bmm(xa, grad[..., None]))                   # (P, k, 1)
+            step = grad - torch.bmm(xa.transpose(1, 2), z)[..., 0]
+        else:
+            hess = torch.bmm(xa.transpose(1, 2), xa) / b[:, None, None] + torch.eye(n, dtype=F64, device=r.device)
+            chol, info = torch.linalg.cholesky_ex(hess)
+            step = cho_solve(chol, grad[..., None])[..., 0]
+        step = _centre(step, train, nt, center)
         step = torch.where(((info == 0) & live)[:, None], step, 0.0)
         h = step @ X                                                            # (P, p+1): x_j^T step
         slope = (grad * step).sum(-1)

@@ -54,7 +54,7 @@ from sklearn.exceptions import ConvergenceWarning as _BaseConvergenceWarning
 
 from ..device import resolve_device
 from . import working_set
-from .certify import centred_targets, certify, cold_start_stats, dual_start
+from .certify import centred_targets, certify, alpha_max, dual_start
 from .ridge import solve_plain
 
 
@@ -73,11 +73,11 @@ PATH_RATIO = 0.3
 # ... for groups whose alpha is below PATH_BELOW x their alpha_max.
 PATH_BELOW = 0.05
 PATH_ROUNDS = 12
-# Cold starts of groups with a ridge term begin at the dual Newton solution (certify.dual_start)
-# where more than this many features violate the KKT conditions at zero (from zero, active-set
-# rounds need ~log(s / 10) / log(1.3) rounds for a support of s; the study's design at
-# 0.5 x alpha_max has ~70 violators and ~30 active features, at 0.05 x ~660 and ~220).
-DUAL_VIOLATORS = 100
+# On a CPU a cold start's problem with a ridge term takes the dual Newton step in its third
+# round where more than this many features (a round's intake, certify.MIN_ADD), and most of
+# those at zero (certify.DUAL_KEEP), still violate the KKT conditions after its second (from
+# zero, active-set rounds need ~log(s / 10) / log(1.3) rounds for a support of s). None: never.
+DUAL_VIOLATORS = 10
 
 # float64 elements a sub-batch of systems may hold at least (256 MiB), else 1/16 of the budget.
 MIN_ELEMS = 2 ** 25
@@ -355,18 +355,15 @@ def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
         if ws is None:
             # groups with a ridge term start from the dual's Newton solution (its pattern is
             # usually the optimum's) where a cold start would take many rounds (each round lets
-            # ~30% more features in): with many violators at zero, or far below their alpha_max
-            # (instead of the path), and on the GPU path (a round is ~500 launches, a Newton
-            # step ~40). Lasso groups far below their alpha_max walk down the path first; the
-            # others start from zero at their own alpha (a handful of rounds find their support)
-            amax, v0 = cold_start_stats(problem.design, problem.Y, folds, params["alpha"], params["l1_ratio"],
-                                        params["t_idx"])
+            # ~30% more features in): far below their alpha_max (instead of the path), and on
+            # the GPU path (a round is ~500 launches, a Newton step ~40). Lasso groups far below
+            # their alpha_max walk down the path first; the others start from zero at their own
+            # alpha, and on a CPU those whose support the first rounds show to be wide take the
+            # Newton step then (certify's dual_after: many violators at zero are no sign of a
+            # wide support - outlier trials have hundreds and a support of ~5)
+            amax = alpha_max(problem.design, problem.Y, folds, params["l1_ratio"], params["t_idx"])
             far = params["alpha"] < PATH_BELOW * amax
-            # (all groups with a ridge term or none: the rounds cost as many passes for a few
-            # cold groups as for all of them)
-            has_ridge = params["l1_ratio"] < 1
-            wide = has_ridge & (far | (v0 > DUAL_VIOLATORS))
-            from_dual = has_ridge & (one_batch or bool(2 * wide.sum() >= has_ridge.sum()))
+            from_dual = (params["l1_ratio"] < 1) & (far | one_batch)
             dual = torch.nonzero(from_dual).squeeze(1)
             if dual.numel():
                 started = dual_start(problem.design, problem.Y, folds, _groups(start, dual), alpha=params["alpha"][dual],
@@ -379,7 +376,7 @@ def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
                                params["t_idx"][far], amax[far], elems, one_batch)
                 start = working_set.merge_groups(start, walked, far, problem.design.p)
         sol = certify(problem.design, problem.Y, folds, start, **params, max_elems=elems, max_rounds=rounds,
-                      one_batch=one_batch)
+                      one_batch=one_batch, dual_after=None if ws is not None or one_batch else DUAL_VIOLATORS)
         if not n_plain:
             return sol
         p = problem.design.p
@@ -397,7 +394,7 @@ def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
 
 def _plain(problem, folds, start, t_idx, alpha, l1, elems) -> working_set.Solution:
     """The closed-form answers (:mod:`.ridge`) of groups without an l1 term (``start``: theirs)."""
-    f64 = working_set.Folds(folds.train.to(torch.float64), folds.n_train, folds.held_out, folds.center)
+    f64 = dataclasses.replace(folds, train=folds.train.to(torch.float64))
     yc = centred_targets(problem.Y, f64, t_idx, problem.design.n)
     b = alpha[:, None] * (1.0 - l1[:, None]) * folds.n_train[None, :]
     sol = solve_plain(problem.design, f64, yc, b, start.tol, elems)

@@ -45,6 +45,7 @@ class Folds:
     n_train: torch.Tensor   # (F,) float64
     held_out: torch.Tensor  # (F, h) int64 held-out rows, padded with n (the zero row)
     center: bool
+    all_rows: bool = False  # every fold trains on every row (the full-data fit)
 
 
 @dataclass
@@ -83,12 +84,13 @@ def make_folds(train_masks: torch.Tensor, center: bool, dtype: torch.dtype) -> F
     """Fold tensors from boolean training masks (F, n)."""
     F, n = train_masks.shape
     held = ~train_masks
-    h = max(int(held.sum(1).max()) if F else 0, 1)
+    widest = int(held.sum(1).max()) if F else 0
+    h = max(widest, 1)
     # stable sort puts each fold's held-out rows first, in row order
     order = torch.argsort((~held).to(torch.int8), dim=1, stable=True)[:, :h]
     valid = torch.arange(h, device=train_masks.device)[None, :] < held.sum(1, keepdim=True)
     held_out = torch.where(valid, order, torch.full_like(order, n))
-    return Folds(train_masks.to(dtype), train_masks.sum(1).to(torch.float64), held_out, center)
+    return Folds(train_masks.to(dtype), train_masks.sum(1).to(torch.float64), held_out, center, F > 0 and widest == 0)
 
 
 def target_stats(Y: torch.Tensor, folds: Folds):
