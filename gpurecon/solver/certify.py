@@ -29,9 +29,10 @@ Convergence. PDAS is not globally convergent: with near-collinear columns, tiny 
 rank-saturated lasso folds the pattern solves overshoot and the active set cycles. So each
 problem is watched. From the first round that raises its objective, a problem with a ridge term
 (``b > 0``) is moved, once, to the solution of the dual's semismooth Newton method
-(:mod:`.dual_newton`: an ``n x n`` Newton system per step (``|A| x |A|`` where smaller), every feature entering or leaving at
-once, globally convergent with a line search; near-collinear pairs at 1e-3 x alpha_max,
-10-fold: up to 429 rounds without it, 4 with it), whose pattern the next round solves exactly. Otherwise (the lasso, or
+(:mod:`.dual_newton`: an ``n x n`` Newton system per step, ``|A| x |A|`` where smaller, every
+feature entering or leaving at once, globally convergent with a line search; near-collinear
+pairs at 1e-3 x alpha_max, 10-fold: up to 429 rounds without it, 4 with it), whose pattern the
+next round solves exactly. Otherwise (the lasso, or
 a rise after that) it continues by feature-sign search (Lee et al., 2007): one pattern solve,
 then the exact minimiser of the objective on the segment from the current point to that
 solution (a convex piecewise quadratic along the segment, kinks where coordinates cross zero;
@@ -235,7 +236,8 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
         # round's sets (see _round_sets), and its decisions from one host read (on the GPU path
         # the last round's end made both, for its own read)
         if carried is None:
-            open_all, mono, newton, open_ = _round_sets(lasso_like, certified, mono, dualed, b, i >= MAX_FAST_ROUNDS, wide)
+            open_all, mono, newton, open_ = _round_sets(lasso_like, certified, mono, dualed, b, i >= MAX_FAST_ROUNDS,
+                                                        wide)
             counts = torch.stack(_round_counts(open_all, newton, open_, mono, active.sum(-1) if one_read else None, F)
                                  + (constants if i == 0 else [])).tolist()
             if i == 0:
