@@ -173,9 +173,9 @@ def certify(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, alp
         rather than in batches of similar width (a CPU).
     dual_after : int or None
         A cold start's wide problems (see :data:`DUAL_KEEP`): where, after the first round's
-        features entered, more than this many features still violate KKT and at least
-        ``DUAL_KEEP`` of those at the start, the next round is a dual Newton step (problems
-        with a ridge term). None: off.
+        features entered, most open problems still have more than this many violators and at
+        least ``DUAL_KEEP`` of those at the start, the next round is a dual Newton step for
+        every open problem with a ridge term (all or none). None: off.
 
     Returns
     -------

@@ -54,7 +54,7 @@ from sklearn.exceptions import ConvergenceWarning as _BaseConvergenceWarning
 
 from ..device import resolve_device
 from . import working_set
-from .certify import centred_targets, certify, alpha_max, dual_start
+from .certify import alpha_max, centred_targets, certify, dual_start
 from .ridge import solve_plain
 
 
