@@ -131,18 +131,44 @@ def test_hard_kfold_problems_certify_in_few_rounds():
         np.testing.assert_allclose(pred[~m].numpy(), ref.predict(X[~m]), rtol=0, atol=1e-8 * y.std())
 
 
-def test_one_host_read_per_newton_step():
-    """Each step reads the host once (whether any problem still moves, with the next step's
-    widest active set), plus one read before the first: at most max_steps + 1 reads, and a
-    problem that needs several steps shows it (the limit cuts the steps, not the reads)."""
+def test_host_reads_per_newton_step():
+    """The GPU path (``staged=False``) reads the host (whether any problem still moves, with
+    the next step's widest active set) every READ_EVERY steps, plus one read before the first;
+    a problem that needs several steps shows it (the limit cuts the steps, not the reads)."""
     from gpurecon.profiling import OpCounter
+    from gpurecon.solver.dual_newton import READ_EVERY
 
     _, (Xe, train, n_train, yc, a, b) = _fold_problems("collinear", 0, 40, 160, 1e-3, 0.5)
-    for steps in (1, 2, 3):
+    for steps in range(1, 2 * READ_EVERY + 2):
         with OpCounter() as c:
             _, settled = dual_newton(Xe, train, n_train, True, yc, yc.clone(), a, b, max_steps=steps)
         assert not bool(settled.all())            # every step was taken
-        assert c.syncs == steps + 1, (steps, c.sync_by_op)
+        assert c.syncs == 1 + steps // READ_EVERY, (steps, c.sync_by_op)
+
+
+@pytest.mark.parametrize("kind,seed,n,p,frac,l1", CASES)
+def test_steps_between_reads_reach_the_same_optimum(kind, seed, n, p, frac, l1):
+    """The steps between the GPU path's reads size their systems from the last read's widest
+    active set (plus a margin): a set that outgrew it takes an inexact step and is not called
+    settled on it. From a zero residual (nothing active at the first read: the unread steps'
+    systems are too narrow) both schedules end at the same optimum, to rounding; so does a
+    margin of one feature."""
+    import gpurecon.solver.dual_newton as dn
+
+    _, (Xe, train, n_train, yc, a, b) = _fold_problems(kind, seed, n, p, frac, l1)
+    staged, s_ok = dual_newton(Xe, train, n_train, True, yc, yc.clone(), a, b, staged=True)
+    gpu, g_ok = dual_newton(Xe, train, n_train, True, yc, torch.zeros_like(yc), a, b, staged=False)
+    assert bool(s_ok.all()) and bool(g_ok.all())
+    assert torch.equal(staged != 0, gpu != 0)
+    torch.testing.assert_close(gpu, staged, rtol=0, atol=1e-9 * float(staged.abs().max()))
+    margin = dn.WIDTH_MARGIN
+    try:
+        dn.WIDTH_MARGIN = -1.0          # unread steps keep k_read + 1: most are inexact
+        tight, t_ok = dual_newton(Xe, train, n_train, True, yc, torch.zeros_like(yc), a, b, staged=False)
+    finally:
+        dn.WIDTH_MARGIN = margin
+    assert bool(t_ok.all()) and torch.equal(tight != 0, staged != 0)
+    torch.testing.assert_close(tight, staged, rtol=0, atol=1e-9 * float(staged.abs().max()))
 
 
 @pytest.mark.parametrize("kind,frac,l1,rounds", [("heavy_tails", 0.03, 0.5, 2), ("iid", 0.1, 0.05, 3),
@@ -176,9 +202,13 @@ def test_cold_fits_with_wide_supports_start_from_the_dual_newton_solution(monkey
 
 
 @pytest.mark.parametrize("kind,seed,n,p,frac,l1", CASES)
-def test_staged_step_lengths_give_the_same_steps(kind, seed, n, p, frac, l1):
+def test_staged_step_lengths_give_the_same_steps(monkeypatch, kind, seed, n, p, frac, l1):
     """The CPU's staged line search (the first few halvings, then the rest only where some
-    problem found none) takes exactly the steps of the all-at-once search."""
+    problem found none) takes exactly the steps of the all-at-once search (with the GPU
+    path's reads after every step, as the CPU's: the same systems)."""
+    import gpurecon.solver.dual_newton as dn
+
+    monkeypatch.setattr(dn, "READ_EVERY", 1)
     _, (Xe, train, n_train, yc, a, b) = _fold_problems(kind, seed, n, p, frac, l1)
     r0 = yc + 3.0 * torch.randn(yc.shape, dtype=F64, generator=torch.Generator().manual_seed(seed))
     for steps in (2, 50):

@@ -37,6 +37,12 @@ HALVINGS = 30
 FIRST_HALVINGS = 3
 # Newton steps per call: the piece is usually found in 5-20.
 MAX_STEPS = 50
+# A host that should not read often (a GPU: each read drains the launch queue) reads whether
+# any problem still moves every this many steps; the steps between size their systems by the
+# last read's widest active set plus ``WIDTH_MARGIN`` of it (a problem whose active set outgrew
+# that takes an inexact step - still an ascent direction - and is not called settled on it).
+READ_EVERY = 3
+WIDTH_MARGIN = 0.5
 
 
 def _centre(v, train, n_train, center):
@@ -64,8 +70,9 @@ def dual_newton(X, train, n_train, center, yc, r, a, b, max_steps: int = MAX_STE
     a, b : Tensor (P,) float64, ``b > 0``
     max_steps : int
     staged : bool
-        Try the first ``FIRST_HALVINGS`` step lengths before the others (one host read per
-        step; a CPU), rather than all ``HALVINGS`` at once (no read; a GPU).
+        A CPU: try the first ``FIRST_HALVINGS`` step lengths before the others (one host read
+        per step) and read whether any problem still moves after every step; otherwise (a GPU)
+        all ``HALVINGS`` at once and a read every ``READ_EVERY`` steps.
     all_rows : bool
         Every problem trains on every row (``train`` all ones): fold-centring is then the
         design's own centring and is skipped.
@@ -76,6 +83,7 @@ def dual_newton(X, train, n_train, center, yc, r, a, b, max_steps: int = MAX_STE
     settled : Tensor (P,) bool, the last step was a full Newton step that kept the active set
     """
     P, n = r.shape
+    p1 = X.shape[1]
     nt = n_train[:, None]
     a1, b1 = a[:, None], b[:, None]
     if all_rows:   # X and yc are already centred on every row; r stays so along the steps
@@ -85,11 +93,14 @@ def dual_newton(X, train, n_train, center, yc, r, a, b, max_steps: int = MAX_STE
     live = torch.ones(P, dtype=torch.bool, device=r.device)
     g = r @ X                                                                   # (P, p+1): x_j^T r
     excess = (g.abs() - a1).clamp_min(0.0)
-    k = max(int((excess > 0).sum(1).max()), 1)
-    for _ in range(max_steps):
+    k = k_read = max(int((excess > 0).sum(1).max()), 1)
+    every = 1 if staged else READ_EVERY
+    for step_no in range(max_steps):
         w = torch.sign(g) * excess / b1
         grad = yc - r - _centre(w @ X.T, train, nt, center)                    # (P, n)
         active = excess > 0
+        k = min(k, p1)
+        exact = active.sum(1) <= k                                              # the step's system holds A
         feat = torch.topk(excess, k, dim=1).indices                             # active first
         valid = active.gather(1, feat)
         xa = X.T[feat] * valid[..., None]                                        # (P, k, n)
@@ -112,14 +123,17 @@ def dual_newton(X, train, n_train, center, yc, r, a, b, max_steps: int = MAX_STE
         r = r + t[:, None] * step
         kept = ((g + t[:, None] * h).abs() > a1) == active
         # a full step on a piece that stays is that piece's exact maximiser: the optimum
-        settled = settled | (live & (t == 1.0) & kept.all(1))
+        settled = settled | (live & (t == 1.0) & kept.all(1) & exact)
         live = live & ~settled & (t > 0)
         g = r @ X
         excess = (g.abs() - a1).clamp_min(0.0)
-        # one host read per step: whether any problem is still moving, and the next step's
-        # widest active set
+        if (step_no + 1) % every:       # no read: the last read's width and a margin
+            k = k_read + max(1, int(WIDTH_MARGIN * k_read))
+            continue
+        # one host read: whether any problem is still moving, and the next step's widest
+        # active set
         any_live, k = (int(v) for v in torch.stack([live.any(), (excess > 0).sum(1).max()]).tolist())
-        k = max(k, 1)
+        k = k_read = max(k, 1)
         if not any_live:
             break
     return torch.sign(g) * excess / b1, settled
