@@ -114,6 +114,9 @@ SHARED_MAX_HELD_OUT = 2
 # PDAS rounds per shared-inverse call: each round rebuilds every busy group's inverse, so the
 # few problems still moving after two are cheaper as direct solves of their own.
 SHARED_ROUNDS = 8
+# ... on the GPU path they stop once fewer than this fraction of the call's problems still
+# move (each round is a host read; the last few take the round's direct solves instead)
+GPU_SHARED_TAIL = 0.01
 # The shared inverse of a working set up to LOWRANK_ABOVE x n wide is the explicit s x s one
 # (cheap per-fold blocks); wider sets use the n x n low-rank form, whose per-fold blocks gather
 # (folds x n x d) columns: at s just above n that made the first round 2-3x slower (GPT-2's last
@@ -139,6 +142,11 @@ REFINE_MARGIN = 1e-3
 # method cycles) continues with feature-sign rounds: one solve, then the exact line search that
 # makes every round lower the objective; every problem does after MAX_FAST_ROUNDS rounds.
 MAX_DROPS = 8
+# ... on the GPU path: a host read after every second solve, at most GPU_DROP_READS per batch
+# (the drops still pending after the solves that follow the last read continue in the
+# certificate's next round, which reads anyway)
+DROP_READ_EVERY = 2
+GPU_DROP_READS = 1
 # Problems solved in one batch pad their systems to the batch's widest active set: a batch
 # takes problems of widths down to this fraction of its widest (fewer, larger batches above
 # it; at 0 one batch of everything).
@@ -245,14 +253,15 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
         else:
             open_all, mono, newton, open_ = carried
         spent += open_all
-        n_all, any_newton, n_slow, n_open, n_busy, widest = (int(v) for v in counts[:6])
+        n_all, n_newton, n_slow, n_open, n_busy, widest = (int(v) for v in counts[:6])
         carried = None
         # the widest open active set bounds every solve of this round (the GPU path pads to it:
-        # no host read of its own); the dual step below widens some sets, so then each reads
-        widest = widest if one_read and not any_newton else None
-        if any_newton:
-            ws, x, active, sign = _dual_step(d64, f64, ws, x, active, sign, yc, a, b, newton, max_elems,
-                                             staged=spread > 0)
+        # no host read of its own; the dual step below reads its own problems' widest with it)
+        widest = widest if one_read else None
+        if n_newton:
+            ws, x, active, sign, w_dual = _dual_step(d64, f64, ws, x, active, sign, yc, a, b, newton, max_elems,
+                                                     staged=spread > 0, count=n_newton)
+            widest = None if widest is None else max(widest, w_dual)
             dualed |= newton
             mono &= ~newton
         # in the first round, where there is a ridge term, folds hold out <= 2 rows and most of
@@ -267,14 +276,14 @@ def _certify(design, Y, folds, sol, *, alpha, l1_ratio, t_idx, max_elems, max_ro
                       and (ws.shape[1] <= n or wide_ok))
         if use_shared:
             x_new, solved = _solve_shared_inverse(d64, f64, ws, active, sign, yc, a, b, open_, alpha, l1_ratio,
-                                                  max_elems)
+                                                  max_elems, one_batch=one_read)
         else:
             x_new, solved = torch.zeros_like(x), torch.zeros_like(open_)
         rest = open_ & ~solved
-        if (bool(rest.any()) if use_shared else n_open):
+        n_rest = int(rest.sum()) if use_shared else n_open      # (one read: the solves' count too)
+        if n_rest:
             x_rest, solved_rest = _solve_patterns(d64, f64, ws, active, sign, yc, a, b, rest, max_elems,
-                                                  spread=spread, count=None if use_shared else n_open,
-                                                  width=widest, ridged=ridged)
+                                                  spread=spread, count=n_rest, width=widest, ridged=ridged)
             x_new = torch.where(rest[..., None], x_rest, x_new)
             solved = torch.where(rest, solved_rest, solved)
         slow = open_all & mono
@@ -419,10 +428,10 @@ def _round_sets(lasso_like, certified, mono, dualed, b, all_slow, wide):
 
 
 def _round_counts(open_all, newton, open_, mono, width, F):
-    """A round's decisions, as 0-d tensors for one host read: open problems, whether any takes
-    the dual step, feature-sign problems, problems for the pattern solves, the busy groups'
+    """A round's decisions, as 0-d tensors for one host read: open problems, those taking the
+    dual step, feature-sign problems, problems for the pattern solves, the busy groups'
     problems, and (``width``: each problem's active-set size, or None) the widest open set."""
-    return [open_all.sum(), newton.any(), (open_all & mono & ~newton).sum(), open_.sum(), open_.any(1).sum() * F,
+    return [open_all.sum(), newton.sum(), (open_all & mono & ~newton).sum(), open_.sum(), open_.any(1).sum() * F,
             torch.where(open_all, width, 0).max() if width is not None else open_all.new_zeros((), dtype=torch.int64)]
 
 
@@ -440,8 +449,9 @@ def dual_start(design: Design, Y: torch.Tensor, folds: Folds, sol: Solution, *, 
     K, F, _ = sol.coef.shape
     d64, f64, yc, a, b = _float64_problem(design, Y, folds, alpha, l1_ratio, t_idx)
     x = sol.coef.to(F64)
-    ws, x, _, _ = _dual_step(d64, f64, sol.ws, x, x != 0, torch.sign(x), yc, a, b,
-                             torch.ones((K, F), dtype=torch.bool, device=x.device), max_elems, staged=not one_batch)
+    ws, x, _, _, _ = _dual_step(d64, f64, sol.ws, x, x != 0, torch.sign(x), yc, a, b,
+                                torch.ones((K, F), dtype=torch.bool, device=x.device), max_elems,
+                                staged=not one_batch, count=K * F)
     return replace(sol, ws=ws, coef=x.to(sol.coef.dtype))
 
 
@@ -543,13 +553,16 @@ def _line_search(design, folds, ws, x0, x1, yc, a, b, open_, sign):
     return torch.where(open_[..., None], x, x0), full & open_, moved
 
 
-def _dual_step(design, folds, ws, x, active, sign, yc, a, b, which, max_elems, staged=False):
+def _dual_step(design, folds, ws, x, active, sign, yc, a, b, which, max_elems, staged=False, count=None):
     """The problems ``which`` (K, F) moved to the dual Newton solution's coefficients
     (:func:`.dual_newton.dual_newton` from their current residuals), its features added to
-    the working set; returns (ws, x, active, sign)."""
+    the working set; returns (ws, x, active, sign, widest): ``widest`` the largest active set
+    of the moved problems (read with the working sets' growth). ``count``: how many problems
+    ``which`` holds, when the caller knows it (else a host read finds them)."""
     K, F, s = x.shape
     n, p = design.n, design.p
-    probs = torch.nonzero(which.reshape(-1)).squeeze(1)
+    flat = which.reshape(-1)
+    probs = (torch.nonzero(flat) if count is None else torch.nonzero_static(flat, size=count)).squeeze(1)
     fold = probs % F
     r = (yc - _fit(design, folds, ws, x)).reshape(K * F, n)[probs]
     w = torch.zeros((probs.numel(), p + 1), dtype=F64, device=x.device)
@@ -559,27 +572,38 @@ def _dual_step(design, folds, ws, x, active, sign, yc, a, b, which, max_elems, s
         w[sl], _ = dual_newton(design.X[:n], folds.train[fold[sl]], folds.n_train[fold[sl]], folds.center,
                                yc.reshape(K * F, n)[probs[sl]], r[sl], a.reshape(-1)[probs[sl]],
                                b.reshape(-1)[probs[sl]], staged=staged, all_rows=folds.all_rows)
-    ws, x, active, sign = _enter(ws, x, active, sign, probs, w != 0, w, p)
+    nz = w != 0
+    new = _new_features(ws, probs // F, nz, K, p)
+    k_add, widest = (int(v) for v in torch.stack([new.sum(1).max(), nz.sum(1).max()]).tolist())   # one read
+    ws, x, active, sign = _enter(ws, x, active, sign, probs, nz, w, p, (new, k_add))
     s2 = ws.shape[1]
     x_p = w.gather(1, ws[probs // F])
     x.view(K * F, s2)[probs] = x_p
     active.view(K * F, s2)[probs] = x_p != 0
     sign.view(K * F, s2)[probs] = torch.sign(x_p)
-    return ws, x, active, sign
+    return ws, x, active, sign, widest
 
 
-def _solve_shared_inverse(design, folds, ws, active, sign, yc, a, b, open_, alpha, l1_ratio, max_elems):
+def _solve_shared_inverse(design, folds, ws, active, sign, yc, a, b, open_, alpha, l1_ratio, max_elems,
+                          one_batch=False):
     """PDAS rounds (:func:`.newton.pdas`) on each group's working set for the open problems
     of groups with a ridge term; returns (x (K, F, s), settled (K, F)): settled where the
-    active set stopped moving with KKT met on the working set."""
+    active set stopped moving with KKT met on the working set. ``one_batch``: the GPU path
+    (see :data:`GPU_SHARED_TAIL`)."""
     K, F, s = active.shape
     n, p = design.n, design.p
     x = torch.zeros((K, F, s), dtype=F64, device=ws.device)
     settled = torch.zeros((K, F), dtype=torch.bool, device=ws.device)
     ridge = alpha * (1.0 - l1_ratio)
-    groups = torch.nonzero((ridge > 0) & open_.any(1)).squeeze(1)
-    if not groups.numel():
+    # groups of similar pattern width together (a chunk's inverses pad to its widest): the
+    # busy groups by width, and how many there are, in one host read
+    busy = (ridge > 0) & open_.any(1)
+    width = torch.where(busy, (active & open_[..., None]).any(1).sum(1), s + 1)     # idle groups last
+    order = torch.argsort(width, stable=True)
+    widest = [w for w in width[order].tolist() if w <= s]
+    if not widest:
         return x, settled
+    groups = order[:len(widest)]
     sizes, cls = _fold_classes(folds)
     lowrank = s > LOWRANK_ABOVE * n
     r = folds.held_out.shape[1] + 1
@@ -589,17 +613,14 @@ def _solve_shared_inverse(design, folds, ws, active, sign, yc, a, b, open_, alph
     else:   # each open fold gathers its group's inverse and its bordered system's columns
         per_group = 2 * s * s * sizes.numel() + F * (16 * s + 4 * r * s + s * s + 4 * MAX_BORDER * s)
     step = max(1, int(max_elems // per_group))
-    # groups of similar pattern width together: a chunk's inverses pad to its widest
-    width = (active[groups] & open_[groups][..., None]).any(1).sum(1)
-    order = torch.argsort(width, stable=True)
-    groups, widest = groups[order], width[order].tolist()
     for lo in range(0, groups.numel(), step):
         g = groups[lo:lo + step]
         bordered = not lowrank and widest[min(lo + step, groups.numel()) - 1] <= n
         xw = design.X[:n][:, ws[g]].permute(1, 0, 2)                             # (k, n, s)
         kw = dict(downdates=_downdates(design, folds, ws[g], F64), b_class=sizes,
                   fold_class=cls[None].expand(g.numel(), F), ridge=ridge[g], c=torch.bmm(yc[g], xw), a=a[g], b=b[g],
-                  active=active[g], sign=sign[g], fixed=ws[g] == p, rounds=SHARED_ROUNDS, done=~open_[g])
+                  active=active[g], sign=sign[g], fixed=ws[g] == p, rounds=SHARED_ROUNDS, done=~open_[g],
+                  min_open=max(1, int(GPU_SHARED_TAIL * g.numel() * F)) if one_batch else 1)
         # each fold's own moves from the shared pattern as a bordered system where that pattern
         # is at most n wide; wider patterns (small alpha: their folds move by ~15 features each,
         # and every open fold's copy of the m x m inverse costs more than the union domain's
@@ -718,7 +739,12 @@ def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p, max_drops=MAX_DROPS
     act = act.clone()
     idx = torch.arange(P, device=act.device)
     first, k = None, widest
-    for _ in range(max_drops):
+    # a CPU reads after every solve (and re-solves only the problems that flipped); a GPU reads
+    # after every DROP_READ_EVERY-th (the ones between re-solve the same batch: the problems
+    # without flips get their own solution again) and at most GPU_DROP_READS times, leaving
+    # what still flips after the next batch to the certificate's next round, flips dropped
+    every, reads_left = (1, max_drops) if adaptive else (DROP_READ_EVERY, GPU_DROP_READS)
+    for it in range(max_drops):
         sub = None if shared is None else (shared[0], shared[1], shared[2][idx], shared[3][idx], shared[4])
         o, o_ok = _pattern_solve(xt, folds, fold[idx], ws[idx], act[idx], sign[idx], yc[idx], a[idx], b[idx], p,
                                  sub, k, adaptive, ridged)
@@ -729,8 +755,14 @@ def _solve_some(xt, folds, fold, ws, act, sign, yc, a, b, p, max_drops=MAX_DROPS
         again = flip.any(1)
         flipped[idx] = again
         act[idx] = act[idx] & ~flip
+        if (it + 1) % every and it + 1 < max_drops:
+            continue        # drops only narrow the sets: k still bounds them
+        if not reads_left:  # what still flips waits for the next round, its flips dropped
+            out[idx] = torch.where(act[idx], out[idx], 0.0)
+            break
         # one host read: how many solve again, and their widest active set
         n_again, k = (int(v) for v in torch.stack([again.sum(), torch.where(again, act[idx].sum(1), 0).max()]).tolist())
+        reads_left -= 1
         if not n_again:
             break
         idx = idx[torch.nonzero_static(again, size=n_again).squeeze(1)]

@@ -285,9 +285,10 @@ def cross_val_predict(X, Y, alphas=1.0, l1_ratios=0.5, *, folds=None, preprocess
     if one_d:
         predictions = predictions[..., 0]
         null = null[..., 0] if null is not None else None
-    mine = conv[:, :, solved]
-    en.warn_not_converged(int((~mine).sum()), float(ratio[:, :, solved].max()) if mine.numel() else 0.0,
-                          mine.numel())
+    mine, mine_ratio = (conv, ratio) if part is None else (conv[:, :, solved], ratio[:, :, solved])
+    if mine.numel():    # one host read for both
+        missed, worst = torch.stack([(~mine).sum().to(F64), mine_ratio.max().to(F64)]).tolist()
+        en.warn_not_converged(int(missed), worst, mine.numel())
     perms = None if permutations is None else np.asarray(torch.as_tensor(permutations).cpu())
     return CVResult(predictions, problem.grid, null, perms, conv, ratio, iters, train, n_features,
                     time.perf_counter() - t0, None if part is None else solved, cert)

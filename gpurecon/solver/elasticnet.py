@@ -142,17 +142,24 @@ class EnetResult:
 
 
 def as_2d_float(name: str, value, dtype, device, ndim_ok=(2,)) -> torch.Tensor:
-    """A float tensor on ``device``; ValueError naming ``name`` if not finite or wrong rank."""
+    """A float tensor on ``device``; ValueError naming ``name`` if of the wrong rank or not numeric
+    (finiteness: :func:`check_finite`)."""
     t = value if isinstance(value, torch.Tensor) else torch.as_tensor(_writable(np.asarray(value)))
     if t.ndim not in ndim_ok:
         raise ValueError(f"{name} must have {' or '.join(map(str, ndim_ok))} dimensions, got shape {tuple(t.shape)}")
     if not (t.is_floating_point() or t.dtype in (torch.int8, torch.int16, torch.int32, torch.int64,
                                                  torch.uint8, torch.bool)):
         raise ValueError(f"{name} must be numeric, got dtype {t.dtype}")
-    t = t.to(device=device, dtype=dtype)
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return t
+    return t.to(device=device, dtype=dtype)
+
+
+def check_finite(**named: torch.Tensor) -> None:
+    """ValueError naming the first of ``named`` that holds NaN or infinite values (one host
+    read for all of them)."""
+    finite = torch.stack([torch.isfinite(t).all() for t in named.values()]).tolist()
+    for name, ok in zip(named, finite):
+        if not ok:
+            raise ValueError(f"{name} contains NaN or infinite values")
 
 
 def _writable(a: np.ndarray) -> np.ndarray:
@@ -284,6 +291,7 @@ def prepare(X, Y, alphas, l1_ratios, *, train_masks=None, fit_intercept=True, to
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dt}")
     Xt = as_2d_float("X", X, dt, dev)
     Yt = as_2d_float("Y", Y, dt, dev, ndim_ok=(1, 2))
+    check_finite(X=Xt, Y=Yt)
     one_d = Yt.ndim == 1
     if one_d:
         Yt = Yt[:, None]
@@ -307,7 +315,7 @@ def prepare(X, Y, alphas, l1_ratios, *, train_masks=None, fit_intercept=True, to
     Ye = torch.zeros((n + 1, Yt.shape[1]), dtype=dt, device=dev)
     Ye[:n] = (Yt.to(torch.float64) - y_mean).to(dt)
     folds = working_set.make_folds(masks, fit_intercept, dt)
-    full = working_set.make_folds(torch.ones((1, n), dtype=torch.bool, device=dev), fit_intercept, dt)
+    full = working_set.make_folds(torch.ones((1, n), dtype=torch.bool, device=dev), fit_intercept, dt, widest=0)
     return Problem(design, Ye, y_mean, x_mean, folds, full, grid, float(tol), int(max_iter),
                    bool(fit_intercept), strategy), one_d
 
@@ -329,7 +337,7 @@ def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
     target ``targets[i]``. ``memory_budget`` (bytes) sizes the sub-batches.
     """
     alpha, l1, t_idx = _group_params(problem, targets)
-    all_rows = problem.folds.train.shape[0] == 1 and bool((problem.folds.train > 0).all())
+    all_rows = problem.folds.all_rows
     # sub-batches may hold 1/16 of the budget (float64 elements), at least 256 MiB
     elems = max(MIN_ELEMS, int((memory_budget or 0) // (16 * 8)))
     # launch-bound devices (a GPU, or a GPU-sized budget) solve each round in one batch
@@ -364,14 +372,16 @@ def solve_chunk(problem: Problem, targets: torch.Tensor, warm_start=True,
             amax = alpha_max(problem.design, problem.Y, folds, params["l1_ratio"], params["t_idx"])
             far = params["alpha"] < PATH_BELOW * amax
             from_dual = (params["l1_ratio"] < 1) & (far | one_batch)
-            dual = torch.nonzero(from_dual).squeeze(1)
-            if dual.numel():
+            far = far & ~from_dual
+            n_dual, n_far = (int(v) for v in torch.stack([from_dual.sum(), far.sum()]).tolist())   # one read
+            dual = torch.nonzero_static(from_dual, size=n_dual).squeeze(1)
+            if n_dual:
                 started = dual_start(problem.design, problem.Y, folds, _groups(start, dual), alpha=params["alpha"][dual],
                                      l1_ratio=params["l1_ratio"][dual], t_idx=params["t_idx"][dual], max_elems=elems,
                                      one_batch=one_batch)
                 start = working_set.merge_groups(start, started, dual, problem.design.p)
-            far = torch.nonzero(far & ~from_dual).squeeze(1)
-            if far.numel():
+            far = torch.nonzero_static(far, size=n_far).squeeze(1)
+            if n_far:
                 walked = _path(problem, folds, _groups(start, far), params["alpha"][far], params["l1_ratio"][far],
                                params["t_idx"][far], amax[far], elems, one_batch)
                 start = working_set.merge_groups(start, walked, far, problem.design.p)

@@ -194,7 +194,7 @@ def hessian_apply(cols, downdates, b, x, lowrank=False):
 
 
 def pdas(cols, *, downdates, b_class, fold_class, ridge, c, a, b, active, sign, fixed, rounds, done=None,
-         lowrank=False):
+         lowrank=False, min_open=1):
     """Primal-dual active-set rounds on every problem; float64 throughout.
 
     Parameters
@@ -213,6 +213,9 @@ def pdas(cols, *, downdates, b_class, fold_class, ridge, c, a, b, active, sign, 
         Most rounds to run.
     done : Tensor (K, F) bool or None
         Problems to leave alone (they neither move nor widen the group's domain).
+    min_open : int
+        Stop once fewer problems than this are still moving (a GPU: the last few cost a round
+        and a host read each here, and one batch of direct solves in the caller).
 
     Returns
     -------
@@ -228,20 +231,23 @@ def pdas(cols, *, downdates, b_class, fold_class, ridge, c, a, b, active, sign, 
     sign = torch.where(active, sign, torch.zeros_like(sign))
     stable = torch.zeros((K, F), dtype=torch.bool, device=c.device) if done is None else done.clone()
     coef = torch.zeros_like(c)
-    for _ in range(rounds):
-        # the inverse lives on the union of the group's unfinished active sets
+
+    def constraints(active, stable):
+        # the inverse lives on the union of the group's unfinished active sets; B: domain
+        # features inactive in a fold, forced to zero through a small system (problems needing
+        # a large one sit the round out: never stable)
         domain = (active & ~stable[..., None]).any(1)
+        zero_in_dom = domain[:, None, :] & ~active
+        n_in = zero_in_dom.sum(-1)
+        too_big = n_in > MAX_CONSTRAINTS
+        return domain, zero_in_dom & ~too_big[..., None], torch.where(too_big, 0, n_in), too_big
+
+    domain, zero_in_dom, n_in, too_big = constraints(active, stable)
+    d = int(n_in.max())
+    for _ in range(rounds):
         inv = SharedInverse(cols, domain, b_class, fold_class, downdates, ridge, lowrank)
         rhs = torch.where(active, c - a3 * sign, torch.zeros_like(c))
         x0 = inv.apply(rhs)
-        # B: domain features inactive in this fold, forced to zero through a small system
-        zero_in_dom = domain[:, None, :] & ~active
-        n_in = zero_in_dom.sum(-1)
-        # problems needing a large zero-constraint system sit this round out (never stable)
-        too_big = n_in > MAX_CONSTRAINTS
-        zero_in_dom = zero_in_dom & ~too_big[..., None]
-        n_in = torch.where(too_big, 0, n_in)
-        d = int(n_in.max())
         lam_full = torch.zeros_like(c)
         if d:
             order = torch.argsort((~zero_in_dom).to(torch.int8), dim=-1, stable=True)[..., :d]
@@ -261,7 +267,10 @@ def pdas(cols, *, downdates, b_class, fold_class, ridge, c, a, b, active, sign, 
             bad |= info != 0
         coef, stable, active, sign = _pdas_update(cols, downdates, b, c, a3, x, bad, active, sign, fixed3, stable,
                                                   coef, lowrank)
-        if bool(stable.all()):
+        # one host read per round: the stop and the next round's constraint count
+        domain, zero_in_dom, n_in, too_big = constraints(active, stable)
+        moving, d = (int(v) for v in torch.stack([(~stable).sum(), n_in.max()]).tolist())
+        if moving < min_open:
             break
     return coef, stable
 
@@ -286,7 +295,7 @@ def _pdas_update(cols, downdates, b, c, a3, x, bad, active, sign, fixed3, stable
 
 
 def bordered_pdas(cols, *, downdates, b_class, fold_class, ridge, c, a, b, active, sign, fixed, rounds, done=None,
-                  max_border=None):
+                  max_border=None, min_open=1):
     """PDAS rounds like :func:`pdas` (Gram form), with one inverse per group for all rounds:
     its domain is the starting active set ``A`` (the union over the group's open folds), and each
     fold's own departures from it - features entered (``E``) and features dropped (``R``) - are a
@@ -309,7 +318,8 @@ def bordered_pdas(cols, *, downdates, b_class, fold_class, ridge, c, a, b, activ
 
     a small LU solve per fold; ``w_A = z0 - Z w_E - Q_R lam``. One step of iterative refinement
     with the true matrix follows. Folds whose ``|E| + |R|`` exceeds ``max_border`` sit the rounds
-    out (never stable). Arguments and returns as :func:`pdas` (``cols`` is the Gram).
+    out (never stable). Arguments and returns as :func:`pdas` (``cols`` is the Gram; ``min_open``
+    counts the folds that would take the next round).
     """
     K, F, s = c.shape
     dev = c.device
@@ -337,7 +347,7 @@ def bordered_pdas(cols, *, downdates, b_class, fold_class, ridge, c, a, b, activ
         live = ~stable & ~too_big & ~bad_group
         n_live, e, r = (int(v) for v in torch.stack([live.sum(), torch.where(live, n_e, 0).max(),
                                                      torch.where(live, n_r, 0).max()]).tolist())
-        if not n_live:      # only folds too far from the shared pattern are left: on their own
+        if n_live < min_open:   # (none: only folds too far from the shared pattern are left)
             break
         probs = torch.nonzero_static(live.reshape(-1), size=n_live).squeeze(1)
         kp, fp = probs // F, probs % F

@@ -80,11 +80,13 @@ def _lambda_max(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.eigvalsh(x @ x.T if n <= p else x.T @ x)[-1].to(torch.float64)
 
 
-def make_folds(train_masks: torch.Tensor, center: bool, dtype: torch.dtype) -> Folds:
-    """Fold tensors from boolean training masks (F, n)."""
+def make_folds(train_masks: torch.Tensor, center: bool, dtype: torch.dtype, widest: int | None = None) -> Folds:
+    """Fold tensors from boolean training masks (F, n); ``widest``: the most rows a fold holds
+    out, when the caller knows it (else one host read finds it)."""
     F, n = train_masks.shape
     held = ~train_masks
-    widest = int(held.sum(1).max()) if F else 0
+    if widest is None:
+        widest = int(held.sum(1).max()) if F else 0
     h = max(widest, 1)
     # stable sort puts each fold's held-out rows first, in row order
     order = torch.argsort((~held).to(torch.int8), dim=1, stable=True)[:, :h]
