@@ -115,8 +115,11 @@ SHARED_MAX_HELD_OUT = 2
 # few problems still moving after two are cheaper as direct solves of their own.
 SHARED_ROUNDS = 8
 # ... on the GPU path they stop once fewer than this fraction of the call's problems still
-# move (each round is a host read; the last few take the round's direct solves instead)
-GPU_SHARED_TAIL = 0.01
+# move (each round is a host read; the last few take the round's direct solves instead). At
+# 1% the direct solves of the study-like P1 fit (alpha 1) cost 650 more launches than the
+# rounds they replace; at 0.2% (25 of 12,700) its rounds run to the end, and outlier trials
+# and target scales save 2-4 reads and 400-700 launches (each family's total within 5%)
+GPU_SHARED_TAIL = 0.002
 # The shared inverse of a working set up to LOWRANK_ABOVE x n wide is the explicit s x s one
 # (cheap per-fold blocks); wider sets use the n x n low-rank form, whose per-fold blocks gather
 # (folds x n x d) columns: at s just above n that made the first round 2-3x slower (GPT-2's last
