@@ -17,6 +17,9 @@ timeout 120 python benchmarks/bench_solver.py --device cuda --sections counts --
 timeout 150 python benchmarks/bench_solver.py --device cuda --sections families --targets 127 \
     --sklearn-folds 10 --peers "" --exact-targets 2 --exact-folds 5 --markdown "$SOLVER_MD/solver_families_cuda.md"
 timeout 90 python benchmarks/bench_solver.py --device cuda --quick --sections workloads
+# Reads or launches (session 15 traded ~20 launches for each host read saved): both schedules
+# timed on the device, per family
+timeout 60 python benchmarks/bench_read_schedule.py --device cuda --families gpt2,outlier_trials --reps 2
 python benchmarks/bench_embeddings.py --devices cpu cuda
 # The whole study, one participant at real size, CPU and CUDA side by side (quick size).
 timeout 150 python benchmarks/bench_pipeline.py --quick --devices cpu cuda

@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
 OWN_SCRIPTS = ["bench_signal.py", "bench_embeddings.py", "bench_pipeline.py", "bench_solver.py", "bench_ranks.py",
-               "bench_solver_cv.py", "bench_layers.py", "run_all.py"]
+               "bench_solver_cv.py", "bench_layers.py", "bench_read_schedule.py", "run_all.py"]
 
 
 def run(args, timeout=300, **kw):
@@ -95,3 +95,22 @@ def test_solver_cv_benchmark_row_agrees_with_the_certified_optimum(tmp_path):
     g_err, s_err = float(cells[7]), float(cells[8])
     assert g_err < 1e-6 and s_err > g_err
     assert cells[10] == "0/20"                       # every (fold, target) problem certified
+
+
+def test_read_schedule_benchmark_times_both_schedules_to_the_same_answers():
+    """bench_read_schedule.py (the GPU check that decides reads against launches), on the CPU:
+    one row per schedule with its counts, the per-step schedule reading the host at least as
+    often, every answer certified and both schedules' predictions equal to rounding."""
+    proc = run([str(BENCH / "bench_read_schedule.py"), "--device", "cpu", "--families", "outlier_trials",
+                "--targets", "4", "--reps", "1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {}
+    for line in proc.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 7 and cells[0] == "outlier_trials":
+            rows[cells[1]] = (int(cells[2].replace(",", "")), int(cells[3]), float(cells[4]), cells[6])
+    assert set(rows) == {"session 15 (default)", "a read per step and per solve"}, proc.stdout
+    assert rows["a read per step and per solve"][1] >= rows["session 15 (default)"][1]
+    assert all(unc == "0" and secs > 0 for _, _, secs, unc in rows.values())
+    diff = float(re.search(r"prediction: ([0-9.e+-]+)", proc.stdout).group(1))
+    assert diff < 1e-9
