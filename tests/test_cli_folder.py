@@ -239,6 +239,7 @@ def test_a_sweep_job_into_the_users_folder_is_a_recorded_failure(tmp_path):
     assert is_complete(sweep / "1_model.noise=0.5")
 
 
+@pytest.mark.slow
 def test_a_sweep_into_a_folder_holding_the_users_files_is_refused_before_any_job(tmp_path):
     sweep = tmp_path / "sweep"
     sweep.mkdir()

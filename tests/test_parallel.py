@@ -151,6 +151,7 @@ def test_a_part_holds_only_its_columns(one_torch_thread):
     assert bool((cols[..., :lo] == 0).all()) and bool((cols[..., lo:] != 0).all())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grid", [[], ["solver.alpha=[0.5,1.0]", "solver.l1_ratio=[0.2,0.8]"]],
                          ids=["one-point", "grid"])
 def test_devices_2_on_cpu_writes_what_one_process_writes(tmp_path, grid):
@@ -225,6 +226,7 @@ if __name__ == "__main__":
 '''
 
 
+@pytest.mark.slow
 def test_sharded_fit_hands_over_a_result_larger_than_a_pipe(tmp_path):
     """A 300-permutation null is ~300 kB: Lightning's return pipe would block rank 0 for ever
     (it is read only after every rank exits); the result comes through a file, bit for bit the

@@ -20,6 +20,7 @@ def clean_run(tmp_path_factory):
     return finished_run(TINY, tmp_path_factory.mktemp("clean"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["generation", "high_gamma", "solver", "writing", "publish"])
 def test_killed_run_reruns_to_the_clean_outputs_with_no_leftovers(stage, clean_run, tmp_path):
     killed, out = run_cli(TINY, tmp_path, env_extra={"GPURECON_TEST_KILL_AT": stage})
@@ -71,6 +72,7 @@ def test_resume_skips_a_complete_run_and_reruns_without_it(clean_run, tmp_path):
     same_outputs(out, clean_run)
 
 
+@pytest.mark.slow
 def test_multirun_resume_skips_finished_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", *TINY, "model.noise=0,0.5", f"hydra.sweep.dir={sweep}", "resume=true"]
