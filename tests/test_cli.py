@@ -109,6 +109,7 @@ def test_regular_install_finds_conf(tmp_path):
     assert str(target) in proc.stdout
 
 
+@pytest.mark.slow
 def test_permutation_null_and_fold_wise_pca_for_wav2vec2(tmp_path):
     proc, out = run_cli([*SMALL, "solver.n_permutations=40"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

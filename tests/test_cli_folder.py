@@ -149,6 +149,7 @@ def test_a_failed_run_keeps_the_finished_runs_outputs_and_record(finished, tmp_p
     assert is_complete(out)
 
 
+@pytest.mark.slow
 def test_an_unfinished_run_of_other_settings_is_refused_and_of_the_same_settings_finished(tmp_path):
     """A killed run's folder (its record, no results) is resumed by the same settings only."""
     killed, out = run_cli(FAST, tmp_path, env_extra={"GPURECON_TEST_KILL_AT": "solver"})

@@ -553,6 +553,7 @@ def test_end_to_end_multirun_then_report(tmp_path):
     assert "| sub-01 |" in md and "| mean ± SD (n=2) |" in md and "untrained" in md
 
 
+@pytest.mark.slow
 def test_report_progress_bar_only_on_a_terminal(study, monkeypatch, capsys):
     tmp, dirs, _ = study
 

@@ -42,6 +42,7 @@ def test_killed_run_reruns_to_the_clean_outputs_with_no_leftovers(stage, clean_r
         assert "targets loaded from the cache" in log and "generating" not in log
 
 
+@pytest.mark.slow
 def test_resume_skips_a_complete_run_and_reruns_without_it(clean_run, tmp_path):
     import shutil
 

@@ -276,6 +276,7 @@ def test_layout_moves_the_listed_lists_and_keeps_settings_and_others(tmp_path):
 
 # --------------------------------------------------------------------------- sweeps
 
+@pytest.mark.slow
 def test_a_sweep_ends_with_its_summary_and_the_report_command(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", *SMALL, "solver.alpha=-1,0.1", "solver.n_permutations=19",
