@@ -33,8 +33,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(1, os.path.dirname(HERE))
 
-FAMILIES = ("gpt2", "fasttext", "pca", "iid", "heavy_tails", "outlier_trials", "collinear", "wide_2000",
-            "wide_10x5000", "target_scales")
+import bench_solver_cv as cv_bench  # noqa: E402  (light at import: numpy and torch come in main())
+
+FAMILIES = cv_bench.ALL_FAMILIES
 
 
 def parse_args(argv=None):
@@ -91,8 +92,9 @@ def main(argv=None):
     import numpy as np
     import torch
 
-    import solver_data
     from gpurecon.profiling import OpCounter
+
+    cv_bench._import_heavy()
 
     torch.set_num_threads(1)
     device = torch.device(args.device)
@@ -102,14 +104,8 @@ def main(argv=None):
     print("| family | schedule | launches | host reads | seconds | / default | uncertified |\n"
           "|---|---|---|---|---|---|---|", flush=True)
     for fam in args.families:
-        if fam in solver_data.FAMILIES:
-            X, Y = solver_data.family(fam)
-            X, Y = X.astype(np.float64), Y[:, :args.targets].astype(np.float64)
-        else:
-            X, Y = solver_data.new_family(fam, args.targets)
-        Xc, Yc = X - X.mean(0), Y - Y.mean(0)
-        amax = np.abs(Xc.T @ Yc).max(0) / (len(X) * 0.5)
-        alpha = 0.1 * float(np.median(amax[amax > 0]))
+        X, Y = cv_bench.load(fam, args.targets)
+        alpha = 0.1 * cv_bench.alpha_max(X, Y, 0.5)
         Xd, Yd = torch.tensor(X, device=device), torch.tensor(Y, device=device)
         best, counts, preds = {}, {}, {}
         for name, settings in plans.items():          # warm-up and counts, untimed
